@@ -1,0 +1,161 @@
+"""Isotropy of an embedding matrix: IsoScore, effective rank and the partition-function ratio I(W).
+
+All three use one blocked pass for the d x d covariance (or second-moment) matrix and its eigendecomposition,
+so they scale to 1,000,000 x 384 rows; :func:`isotropy_stats` computes them together from one covariance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import check_matrix, row_blocks, unit_block, work_dtype
+from .geometry import covariance
+
+__all__ = ["isoscore", "effective_rank", "partition_ratio", "isotropy_stats",
+           "isoscore_from_variances", "effective_rank_from_eigenvalues"]
+
+
+def isoscore_from_variances(variances) -> float:
+    """IsoScore of a variance vector (the covariance eigenvalues = variances along the principal axes).
+
+    Steps 3-6 of Rudman et al. (2022), with n the number of dimensions and :math:`\\Sigma_D` the variances:
+
+    1. normalise: :math:`\\hat\\Sigma_D = \\sqrt{n}\\, \\Sigma_D / \\lVert \\Sigma_D \\rVert_2`;
+    2. isotropy defect: :math:`\\delta = \\lVert \\hat\\Sigma_D - \\mathbf 1_n \\rVert_2 / \\sqrt{2(n - \\sqrt n)}`;
+    3. fraction of dimensions used: :math:`\\phi = (n - \\delta^2 (n - \\sqrt n))^2 / n^2`;
+    4. IsoScore :math:`\\iota = (n \\phi - 1) / (n - 1)`,
+
+    in [0, 1]: 1 for equal variance in every direction, 0 when all variance lies along one direction.
+    NaN when all variances are 0 or n < 2.
+    """
+    v = np.clip(np.asarray(variances, dtype=np.float64), 0.0, None)
+    n = v.size
+    norm = np.linalg.norm(v)
+    if n < 2 or norm == 0:
+        return float("nan")
+    v_hat = np.sqrt(n) * v / norm
+    defect = np.linalg.norm(v_hat - 1.0) / np.sqrt(2.0 * (n - np.sqrt(n)))
+    phi = (n - defect ** 2 * (n - np.sqrt(n))) ** 2 / n ** 2
+    score = (n * phi - 1.0) / (n - 1.0)
+    return float(np.clip(score, 0.0, 1.0))
+
+
+def isoscore(x, *, name: str = "embeddings") -> float:
+    """IsoScore (Rudman, Gillman, Rayne & Eickhoff 2022, "IsoScore: Measuring the Uniformity of Embedding
+    Space Utilization", Findings of ACL 2022).
+
+    Step 1-2 of the published algorithm reorient the point cloud by PCA; the variance vector of the
+    reoriented points is the vector of eigenvalues of the covariance matrix, computed here exactly from the
+    blocked covariance (all d eigenvalues, zeros included, so fewer rows than dimensions is allowed). Steps
+    3-6 are in :func:`isoscore_from_variances`. ~1 for an isotropic Gaussian, ~0 for rank-1 data.
+    """
+    _, c = covariance(x, center=True, name=name)
+    return isoscore_from_variances(np.linalg.eigvalsh(c))
+
+
+def effective_rank_from_eigenvalues(eigenvalues) -> float:
+    """Effective rank from the eigenvalues of :math:`A^\\top A` (singular values :math:`\\sigma = \\sqrt\\lambda`).
+
+    :math:`\\mathrm{erank} = \\exp(-\\sum_k p_k \\log p_k)`, :math:`p_k = \\sigma_k / \\sum_j \\sigma_j`
+    (Roy & Vetterli 2007), with :math:`0 \\log 0 = 0`. Eigenvalues below the round-off level
+    :math:`\\lambda_{max} \\cdot d \\cdot \\epsilon_{float64}` count as 0. NaN when all eigenvalues are 0.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    # eigenvalues below the round-off level of the eigendecomposition are zero (as numpy's matrix_rank)
+    tol = lam.max(initial=0.0) * lam.size * np.finfo(np.float64).eps
+    s = np.sqrt(np.where(lam > tol, lam, 0.0))
+    total = s.sum()
+    if total == 0:
+        return float("nan")
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def effective_rank(x, *, center: bool = True, name: str = "embeddings") -> float:
+    """Effective rank (Roy & Vetterli 2007, "The effective rank: a measure of effective dimensionality",
+    EUSIPCO 2007): the exponential of the Shannon entropy of the normalised singular values.
+
+    .. math:: \\mathrm{erank}(A) = \\exp\\Big(-\\sum_k p_k \\log p_k\\Big), \\quad
+              p_k = \\sigma_k / \\lVert \\sigma \\rVert_1
+
+    where :math:`\\sigma_k` are the singular values of A. With ``center=True`` (default) A is the centred data
+    matrix (the spread of the cloud, independent of where its mean lies: the mean-vector anisotropy is
+    measured by :func:`~dance_analysis.analysis.geometry.mean_vector_norm_ratio`); with ``center=False`` A is
+    X itself. Singular values come from the eigenvalues of the blocked :math:`A^\\top A`. In [1, d]: ~d for
+    an isotropic Gaussian, 1 for rank-1 data.
+    """
+    _, c = covariance(x, center=center, name=name)
+    return effective_rank_from_eigenvalues(np.linalg.eigvalsh(c))
+
+
+def _log_partition(x: np.ndarray, directions: np.ndarray, normalize: bool) -> np.ndarray:
+    """log Z(c) = logsumexp_i (c . x_i) for each column c of ``directions`` (streamed running logsumexp)."""
+    k = directions.shape[1]
+    run_max = np.full(k, -np.inf)
+    run_sum = np.zeros(k)
+    dt = work_dtype(x)
+    dirs = directions.astype(dt)
+    for start, stop in row_blocks(x.shape[0]):
+        if normalize:
+            b, _ = unit_block(x[start:stop], dt)
+        else:
+            b = np.asarray(x[start:stop], dtype=dt)
+        s = b @ dirs  # [B, k] in the input precision
+        new_max = np.maximum(run_max, s.max(axis=0).astype(np.float64))
+        run_sum = (run_sum * np.exp(run_max - new_max)
+                   + np.exp(s - new_max.astype(dt)).sum(axis=0, dtype=np.float64))
+        run_max = new_max
+    return run_max + np.log(run_sum)
+
+
+def partition_ratio(x, *, normalize: bool = False, name: str = "embeddings",
+                    _second_moment: np.ndarray | None = None) -> float:
+    """Partition-function isotropy I(W) of Mu & Viswanath (2018, "All-but-the-Top: Simple and Effective
+    Postprocessing for Word Representations", ICLR 2018), following Arora et al. (2016).
+
+    .. math:: I(W) = \\frac{\\min_{c \\in C} Z(c)}{\\max_{c \\in C} Z(c)}, \\quad Z(c) = \\sum_i \\exp(c^\\top w_i)
+
+    The minimum and maximum over all unit vectors are approximated, as in the paper, over C = the eigenvectors
+    of :math:`W^\\top W` (uncentred second moment), each taken with both signs (2d directions). Computed with
+    a streamed log-sum-exp, so large norms do not overflow. In (0, 1]: close to 1 when the space is isotropic
+    (e.g. a large isotropic Gaussian sample), close to 0 with a dominant common direction. ``normalize=True``
+    L2-normalises the rows first (zero rows stay zero), which makes the value independent of the norm scale.
+    The products :math:`c^\\top w_i` run in the input precision (float32 input: relative error ~1e-7 of
+    :math:`\\lVert w_i \\rVert` in the exponent).
+    """
+    x = check_matrix(x, name)
+    if _second_moment is None:
+        if normalize:
+            dim = x.shape[1]
+            m = np.zeros((dim, dim))
+            for start, stop in row_blocks(x.shape[0]):
+                b, _ = unit_block(x[start:stop], work_dtype(x))
+                m += b.T @ b
+            m /= x.shape[0]
+        else:
+            _, m = covariance(x, center=False, name=name)
+    else:
+        m = _second_moment
+    _, vecs = np.linalg.eigh((m + m.T) / 2)
+    directions = np.concatenate([vecs, -vecs], axis=1)
+    log_z = _log_partition(x, directions, normalize)
+    return float(np.exp(log_z.min() - log_z.max()))
+
+
+def isotropy_stats(x, *, cov: tuple[np.ndarray, np.ndarray] | None = None,
+                   name: str = "embeddings") -> dict[str, float]:
+    """IsoScore, effective rank (centred) and I(W) (raw vectors) from one shared covariance pass.
+
+    Returns ``{"isoscore", "effective_rank", "partition_ratio"}``, equal to :func:`isoscore`,
+    :func:`effective_rank` and :func:`partition_ratio` called separately. ``cov`` may pass the result of
+    :func:`~dance_analysis.analysis.geometry.covariance` ``(x)`` when it is already computed (e.g. for
+    :func:`~dance_analysis.analysis.geometry.pca_spectrum`); I(W) still needs one pass over ``x``.
+    """
+    x = check_matrix(x, name, min_rows=2)
+    n = x.shape[0]
+    mean, c = cov if cov is not None else covariance(x, center=True, name=name)
+    vals = np.linalg.eigvalsh(c)
+    second = c * ((n - 1) / n) + np.outer(mean, mean)
+    return {"isoscore": isoscore_from_variances(vals),
+            "effective_rank": effective_rank_from_eigenvalues(vals),
+            "partition_ratio": partition_ratio(x, name=name, _second_moment=second)}

@@ -1,0 +1,110 @@
+"""dance-analyze: one self-contained HTML report on the embedding spaces of checkpoints, runs or models.
+
+    dance-analyze runs/demo-ance runs/demo-dance
+    dance-analyze runs/demo-dance/checkpoint-40 --split test
+    dance-analyze minilm --collection rag24-sample --split test --sample 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import user_errors_exit_2
+
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+EPILOG = """\
+Each PATH is one of:
+  a checkpoint folder (checkpoint.json)        one subject
+  a run folder (checkpoint-<step>/ folders)     every checkpoint in step order (a trajectory); the checkpoint
+                                                with the best dev metric (else the last) stands for the run
+  a model folder or the alias 'minilm'          encoded on the collection
+  a folder of saved embeddings                  corpus.npy, corpus.ids.npy, queries.npy, queries.ids.npy
+                                                (optional meta.json {"collection": ...})
+Several PATHs are compared side by side (typically an ANCE run and a DANCE run). Embeddings saved in a checkpoint
+are reused; other subjects are encoded. The collection is --collection, else the one the checkpoints record.
+
+--sample N analyses N queries of the split (drawn with --seed) and a sub-corpus: every judged document of those
+queries plus N other documents drawn with the seed (ranking numbers are then those of the sub-corpus; the report
+says so). Without it, every query of the split with a relevant document and the whole corpus are analysed.
+
+Writes DIR/index.html (self-contained: figures inline, no network request), DIR/metrics.json and CSV tables,
+all at once (nothing is written when an input is bad). The claims C1-C5 are decided from the numbers; with a
+single run they are 'not measurable here'.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of dance-analyze."""
+    parser = argparse.ArgumentParser(prog="dance-analyze", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="checkpoint, run folder, model folder, 'minilm', or saved-embeddings folder")
+    parser.add_argument("--collection", default=None,
+                        help="collection: rag24-sample, irds:<id>, a BEIR folder or a YAML manifest "
+                             "(default: the one recorded in the checkpoints)")
+    parser.add_argument("--split", default=None,
+                        help="query split to analyse, or 'all' (default: test when the collection has it, else all)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<name>/)")
+    parser.add_argument("--name", default=None, help="report name (default: the input names joined by -vs-)")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="analyse N queries and a sub-corpus (see below)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every sample and of UMAP (default: 0)")
+    parser.add_argument("--min-relevance", type=int, default=None,
+                        help="grade that counts as relevant (default: the collection's)")
+    parser.add_argument("--umap-points", type=int, default=1000,
+                        help="points per subject in the UMAP picture, half queries, half documents "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+    parser.add_argument("--query-max-length", type=int, default=None, help="override the models' query length")
+    parser.add_argument("--doc-max-length", type=int, default=None, help="override the models' document length")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@user_errors_exit_2
+def main(argv: list[str] | None = None) -> int:
+    """Analyse the PATHs, write the report, print the claims table and the report's path; 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    from ..errors import DanceError
+    from ..report.build import build_report, claims_text
+    from ..report.compute import AnalysisSettings
+
+    for flag, value in (("--sample", args.sample), ("--umap-points", args.umap_points),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise DanceError(f"{flag} must be a positive integer, got {value}")
+    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
+                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    settings = AnalysisSettings(split=args.split, sample=args.sample, seed=args.seed, umap_points=args.umap_points,
+                                batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+                                encoder_overrides=overrides)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    command = ["dance-analyze", *(argv if argv is not None else sys.argv[1:])]
+    result = build_report(args.paths, collection=args.collection, out=args.out, name=args.name,
+                          settings=settings, min_relevance=args.min_relevance, command=command, log=log)
+    results = result.results
+    selection = results["selection"]
+    print(f"{results['collection']['name']} / {selection['split']}: {selection['queries']} queries, "
+          f"{selection['documents']} documents")
+    for run in results["runs"]:
+        for subject in run["subjects"]:
+            if subject["label"] == run["representative"]:
+                q2d, d2q = subject["ranking"]["q2d"], subject["ranking"]["d2q"]
+                print(f"  {run['name']}: q2d MRR@10 {_num(q2d.get('MRR@10'))}, nDCG@10 {_num(q2d.get('nDCG@10'))}, "
+                      f"d2q MRR@10 {_num(d2q.get('MRR@10'))}")
+    print("claims (DANCE vs ANCE):")
+    print(claims_text(results))
+    print(f"report: {result.index}  ({result.seconds:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Helpers shared by the command-line entry points."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from ..errors import DanceError
+
+
+def user_errors_exit_2(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Run ``main``; a :class:`DanceError` prints ``error: <message>`` on stderr and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except DanceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_status
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

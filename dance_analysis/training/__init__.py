@@ -1,0 +1,22 @@
+"""Training of ANCE / DANCE dual encoders with negatives from a refreshed ANN index (``dance-train``).
+
+Modules: ``config`` (typed recipes), ``loop`` (the trainer), ``refresh`` (encode, search, mine, evaluate),
+``async_refresh`` (the separate miner process), ``checkpoint`` (atomic checkpoints, exact resume state),
+``distributed`` (torchrun / DDP).
+
+    from dance_analysis.training import load_recipe, train
+    result = train(load_recipe("train/demo-dance.yaml"), "runs/demo-dance")
+"""
+
+from __future__ import annotations
+
+from .config import Recipe, load_recipe
+
+__all__ = ["Recipe", "load_recipe", "train"]
+
+
+def train(recipe: Recipe, output_dir=None, **kwargs):
+    """Train ``recipe`` into ``output_dir``; see :func:`dance_analysis.training.loop.train`."""
+    from .loop import train as _train
+
+    return _train(recipe, output_dir, **kwargs)

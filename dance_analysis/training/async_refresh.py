@@ -1,0 +1,305 @@
+"""Asynchronous refresh, as in ANCE: a separate miner process that follows the trainer through the filesystem.
+
+The trainer (rank 0) starts the miner (``python -m dance_analysis.training.async_refresh RUN_DIR``), then goes on
+training and writes ``checkpoint-<step>/`` folders. The miner watches the run directory; whenever a complete
+checkpoint newer than the last one it handled appears, it takes the newest (skipping any it fell behind on), loads
+its encoder on its own device (``mining.device``; ``auto`` = the last GPU when there are several, the only GPU when
+there is one, else the CPU), re-encodes the corpus and the queries, searches, mines and evaluates
+(:func:`.refresh.run_refresh`) and then:
+
+1. writes everything into ``RUN_DIR/refresh/.tmp-step-<step>-<pid>/``;
+2. adds ``embeddings/``, ``negatives/`` and ``dev_metrics.json`` to the checkpoint folder, each renamed into place
+   (skipped if the trainer has pruned that checkpoint meanwhile);
+3. renames the temporary folder to ``RUN_DIR/refresh/step-<step>/``: only complete sets ever carry that name.
+
+At a step boundary the trainer adopts the newest ``refresh/step-*`` set; it never sees a half-written one. When
+training ends the trainer writes ``refresh/STOP`` (``{"final_step": ...}``); the miner handles that step if asked
+and exits. It also exits when the trainer process disappears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import DanceError
+from . import checkpoint as ckpt
+
+REFRESH_DIR = "refresh"
+STOP_FILE = "STOP"
+LOG_FILE = "miner.log"
+SET_RE = re.compile(r"^step-(\d+)$")
+
+
+def refresh_root(run_dir: str | os.PathLike) -> Path:
+    """``RUN_DIR/refresh``: where complete negative sets are published."""
+    return Path(run_dir) / REFRESH_DIR
+
+
+def list_sets(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete negative set, ordered by step."""
+    root = refresh_root(run_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for child in root.iterdir():
+        match = SET_RE.match(child.name)
+        if match and child.is_dir():
+            out.append((int(match.group(1)), child))
+    return sorted(out)
+
+
+class MinerHandle:
+    """The trainer's side: start the miner, find / wait for complete negative sets, stop the miner."""
+
+    def __init__(self, run_dir: str | os.PathLike, recipe):
+        self.run_dir = Path(run_dir)
+        self.recipe = recipe
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.run_dir / LOG_FILE
+        self._log_handle = None
+
+    def start(self) -> None:
+        """Start the miner process (its output goes to ``RUN_DIR/miner.log``)."""
+        root = refresh_root(self.run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / STOP_FILE).unlink(missing_ok=True)
+        for child in root.iterdir():
+            if child.name.startswith(".tmp-"):
+                shutil.rmtree(child, ignore_errors=True)
+        env = dict(os.environ)
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+            env.pop(key, None)
+        self._log_handle = open(self.log_path, "a", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dance_analysis.training.async_refresh", str(self.run_dir),
+             "--parent-pid", str(os.getpid())],
+            stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+    def set_dir(self, step: int) -> Path:
+        """The folder of the set mined from checkpoint ``step``."""
+        return refresh_root(self.run_dir) / f"step-{step}"
+
+    def newest(self) -> tuple[int, Path] | None:
+        """The newest complete set, or ``None``."""
+        found = list_sets(self.run_dir)
+        return found[-1] if found else None
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None and self.proc.returncode != 0:
+            raise DanceError(f"the negative miner stopped with exit status {self.proc.returncode}; "
+                             f"see {self.log_path}")
+
+    def wait_for(self, step: int) -> tuple[int, Path]:
+        """Block until a set of at least ``step`` exists; raises :class:`DanceError` if the miner died."""
+        delay = min(0.05, self.recipe.mining.poll_seconds)
+        while True:
+            newest = self.newest()
+            if newest is not None and newest[0] >= step:
+                return newest
+            self._check_alive()
+            if self.proc is not None and self.proc.poll() is not None:
+                raise DanceError(f"the negative miner exited before mining checkpoint {step}; see {self.log_path}")
+            time.sleep(delay)
+            delay = min(delay * 2, self.recipe.mining.poll_seconds)
+
+    def in_use(self, step: int) -> None:
+        """The trainer now trains on set ``step``: delete older sets (their checkpoints keep copies)."""
+        for other, path in list_sets(self.run_dir):
+            if other < step:
+                ckpt.remove_dir(path)
+
+    def checkpoint_written(self, step: int) -> None:
+        """Called after checkpoint ``step`` is committed (the miner finds it by watching the folder)."""
+        self._check_alive()
+
+    def record(self, step: int) -> dict[str, Any] | None:
+        """The ``refresh.json`` record of set ``step``, if it exists."""
+        from .refresh import read_refresh_record
+
+        return read_refresh_record(self.set_dir(step))
+
+    def finish(self, final_step: int | None) -> float:
+        """Ask the miner to stop (after mining ``final_step`` when given) and wait for it; returns seconds waited."""
+        started = time.perf_counter()
+        if self.proc is None:
+            return 0.0
+        ckpt.write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
+        code = self.proc.wait()
+        self.proc = None
+        if code != 0:
+            raise DanceError(f"the negative miner stopped with exit status {code}; see {self.log_path}")
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        """Stop the miner if it still runs (on errors)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+
+# ------------------------------------------------------------------------------------------------ miner side
+
+def miner_device(requested: str):
+    """The miner's torch device: ``auto`` = the last CUDA device when there are several, the GPU when there is
+    one, else the CPU."""
+    import torch
+
+    from ..device import pick_device
+
+    if requested == "auto":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return torch.device("cuda", count - 1) if count else torch.device("cpu")
+    return pick_device(requested)
+
+
+def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
+    """Move the refresh's embeddings and copy its negatives / dev metrics into the checkpoint folder."""
+    from .refresh import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR
+
+    if not ckpt.is_complete(checkpoint_dir):
+        return
+    try:
+        emb = result_dir / EMBEDDINGS_DIR
+        if emb.is_dir() and not (checkpoint_dir / EMBEDDINGS_DIR).exists():
+            os.replace(emb, checkpoint_dir / EMBEDDINGS_DIR)
+        neg = result_dir / NEGATIVES_DIR
+        if neg.is_dir():
+            staging = checkpoint_dir / f".{NEGATIVES_DIR}.tmp-{os.getpid()}"
+            shutil.copytree(neg, staging)
+            if (checkpoint_dir / NEGATIVES_DIR).exists():
+                ckpt.remove_dir(checkpoint_dir / NEGATIVES_DIR)
+            os.replace(staging, checkpoint_dir / NEGATIVES_DIR)
+        metrics = result_dir / DEV_METRICS_FILE
+        if metrics.is_file():
+            ckpt.write_json(checkpoint_dir / DEV_METRICS_FILE, json.loads(metrics.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        pass  # the trainer pruned the checkpoint meanwhile
+
+
+class Miner:
+    """The miner loop (runs in its own process)."""
+
+    def __init__(self, run_dir: str | os.PathLike, parent_pid: int | None = None, device: str | None = None):
+        from .config import load_recipe
+
+        self.run_dir = Path(run_dir)
+        self.recipe = load_recipe(self.run_dir / "config.yaml")
+        self.parent_pid = parent_pid
+        self.device = miner_device(device or self.recipe.mining.device)
+        self.data = None
+        found = list_sets(self.run_dir)
+        self.last_done = found[-1][0] if found else -1
+
+    def _parent_alive(self) -> bool:
+        if self.parent_pid is None:
+            return True
+        if os.getppid() != self.parent_pid:
+            return False
+        return True
+
+    def _stop_request(self) -> dict | None:
+        path = refresh_root(self.run_dir) / STOP_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _say(self, text: str) -> None:
+        print(f"[miner {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def run(self) -> int:
+        """Watch and refresh until asked to stop; returns the exit status."""
+        self._say(f"watching {self.run_dir} on {self.device}")
+        while True:
+            if not self._parent_alive():
+                self._say("the trainer is gone; exiting")
+                return 0
+            stop = self._stop_request()
+            pending = [(s, p) for s, p in ckpt.list_checkpoints(self.run_dir) if s > self.last_done]
+            if stop is not None and stop.get("final_step") is not None:
+                pending = [(s, p) for s, p in pending if s <= int(stop["final_step"])]
+            if pending:
+                step, path = pending[-1]
+                if stop is not None and stop.get("final_step") is None:
+                    return 0
+                self._refresh(step, path)
+                continue
+            if stop is not None:
+                self._say("stop requested; exiting")
+                return 0
+            time.sleep(self.recipe.mining.poll_seconds)
+
+    def _refresh(self, step: int, checkpoint_dir: Path) -> None:
+        from ..model import DualEncoder
+        from .refresh import prepare_data, run_refresh, summary_line
+
+        started = time.perf_counter()
+        try:
+            model = DualEncoder.load(str(checkpoint_dir / "encoder"))
+        except (DanceError, OSError) as exc:
+            if not checkpoint_dir.exists():
+                self._say(f"checkpoint-{step} was pruned before it could be read; skipped")
+                self.last_done = step
+                return
+            raise exc
+        model.to(self.device)
+        if self.data is None:
+            self.data = prepare_data(self.recipe, model.tokenizer, model.config.query_max_length,
+                                     model.config.doc_max_length)
+        root = refresh_root(self.run_dir)
+        tmp = root / f".tmp-step-{step}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        search_device = str(self.device) if self.device.type == "cuda" else "cpu"
+        result = run_refresh(model, self.data, self.recipe, step, out_dir=tmp, device=self.device,
+                             search_device=search_device,
+                             reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings)
+        _attach(tmp, checkpoint_dir)
+        final = root / f"step-{step}"
+        if final.exists():
+            ckpt.remove_dir(final)
+        os.replace(tmp, final)
+        self.last_done = step
+        self._say(summary_line(result.record(), self.recipe.checkpoint.best_metric,
+                               f"| {time.perf_counter() - started:.1f}s in all"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the miner process."""
+    parser = argparse.ArgumentParser(prog="python -m dance_analysis.training.async_refresh",
+                                     description="Mine negatives for a dance-train run in async refresh mode.")
+    parser.add_argument("run_dir", help="the run directory the trainer writes checkpoints into")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    parser.add_argument("--device", default=None, help="override mining.device")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return Miner(args.run_dir, args.parent_pid, args.device).run()
+    except DanceError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Checkpoint folders: atomic writes, listing, pruning (last K + best), and exact-resume state.
+
+Layout (the contract with the analyzer, see DESIGN.md)::
+
+    <run_dir>/checkpoint-<step>/
+        encoder/             DualEncoder.save
+        checkpoint.json      {"step", "objective", "collection", "splits", "seed", "temperature", "complete": true}
+        trainer_state.json   step, data position, loss-scale and bookkeeping (JSON)
+        optimizer.pt         optimizer.state_dict()       (torch.load(weights_only=True))
+        scheduler.pt         scheduler.state_dict()       (torch.load(weights_only=True))
+        rng.pt               torch CPU / CUDA generator states per rank (torch.load(weights_only=True))
+        rng.json             python and numpy global generator states per rank
+        dev_metrics.json     dev metrics of the refresh that mined this checkpoint's negatives
+        embeddings/          corpus.npy, corpus.ids.npy, queries.npy, queries.ids.npy
+        negatives/           see dance_analysis.mining.NegativeSet
+
+A checkpoint is written into ``.tmp-checkpoint-<step>-<pid>/`` and renamed into place when complete, so a folder
+named ``checkpoint-<step>`` is never half-written (a SIGKILL leaves at most a temporary folder, removed on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DanceError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TMP_PREFIX = ".tmp-checkpoint-"
+TRASH_PREFIX = ".trash-"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a malformed one raises :class:`DanceError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DanceError(f"{path}: expected JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file, then rename (the object must be weights_only-loadable)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; never unpickles arbitrary objects."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DanceError(f"{path}: file missing from the checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+        raise DanceError(f"{path}: not a loadable checkpoint file ({type(exc).__name__}: {exc})") from None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder name, or ``None``."""
+    match = CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True when the folder has a ``checkpoint.json`` with ``"complete": true``."""
+    meta = Path(path) / "checkpoint.json"
+    if not meta.is_file():
+        return False
+    try:
+        return bool(json.loads(meta.read_text(encoding="utf-8")).get("complete"))
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def list_checkpoints(run_dir: str | os.PathLike, *, complete_only: bool = True) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint in ``run_dir``, ordered by step (numerically)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    out = []
+    for child in run_dir.iterdir():
+        step = checkpoint_step(child)
+        if step is not None and child.is_dir() and (not complete_only or is_complete(child)):
+            out.append((step, child))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or ``None``."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def read_dev_metrics(path: str | os.PathLike) -> dict[str, float] | None:
+    """The ``dev_metrics.json`` of a checkpoint folder, or ``None`` when it has none."""
+    file = Path(path) / "dev_metrics.json"
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def best_checkpoint(run_dir: str | os.PathLike, metric: str = "MRR@10") -> tuple[int, Path, float] | None:
+    """``(step, path, value)`` of the checkpoint with the highest dev ``metric`` (earliest step on ties)."""
+    best = None
+    for step, path in list_checkpoints(run_dir):
+        metrics = read_dev_metrics(path)
+        if not metrics or metric not in metrics or metrics[metric] is None:
+            continue
+        value = float(metrics[metric])
+        if best is None or value > best[2]:
+            best = (step, path, value)
+    return best
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Make a folder disappear atomically (rename to a hidden trash name), then delete it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary / trash folders left by an interrupted write; returns what was removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    if not run_dir.is_dir():
+        return removed
+    for child in run_dir.iterdir():
+        if child.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            removed.append(child)
+        elif checkpoint_step(child) is not None and child.is_dir() and not is_complete(child):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def begin_checkpoint(run_dir: str | os.PathLike, step: int) -> Path:
+    """Create and return the temporary folder a checkpoint for ``step`` is written into."""
+    tmp = Path(run_dir) / f"{TMP_PREFIX}{step}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_checkpoint(tmp: str | os.PathLike, run_dir: str | os.PathLike, step: int, meta: dict) -> Path:
+    """Write ``checkpoint.json`` (``complete: true``) into ``tmp`` and rename it to ``checkpoint-<step>``."""
+    tmp = Path(tmp)
+    final = Path(run_dir) / f"checkpoint-{step}"
+    write_json(tmp / "checkpoint.json", {**meta, "step": int(step), "complete": True})
+    _fsync_dir(tmp)
+    if final.exists():
+        remove_dir(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int | None, *, keep_best: bool = True,
+                      metric: str = "MRR@10", protect: tuple[int, ...] = ()) -> list[int]:
+    """Delete checkpoints beyond the last ``keep_last`` (``None``: keep all), keeping the best by ``metric``.
+
+    Steps in ``protect`` are never deleted. Returns the deleted steps.
+    """
+    if keep_last is None:
+        return []
+    found = list_checkpoints(run_dir)
+    keep = {step for step, _ in found[-keep_last:]} | set(protect)
+    if keep_best:
+        best = best_checkpoint(run_dir, metric)
+        if best is not None:
+            keep.add(best[0])
+    deleted = []
+    for step, path in found:
+        if step not in keep:
+            remove_dir(path)
+            deleted.append(step)
+    return deleted
+
+
+# ----------------------------------------------------------------------------------------------------- RNG state
+
+def capture_rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The global generator states of this process: ``(tensors for rng.pt, JSON-able for rng.json)``."""
+    tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np.asarray(np_state[1]).tolist(), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+    }
+    return tensors, plain
+
+
+def restore_rng_state(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` returned."""
+    torch.set_rng_state(tensors["torch"].to(torch.uint8).cpu())
+    if "cuda" in tensors and torch.cuda.is_available():
+        states = tensors["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))

@@ -1,0 +1,420 @@
+"""Training recipes: typed dataclasses read from YAML, with ``--set section.key=value`` overrides.
+
+A recipe has seven sections (every key optional, defaults below)::
+
+    name: demo-dance
+    model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
+                 query_max_length, doc_max_length}
+    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir}
+    loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
+    optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
+                 grad_accum, grad_clip, precision, seed, device, deterministic}
+    mining:     {refresh_every, mode, top_k, n, fraction, final_refresh, encode_batch_size, device,
+                 embeddings_dtype, save_embeddings, dev_k, poll_seconds}
+    checkpoint: {keep_last, keep_best, best_metric}
+    log:        {every, tensorboard, progress}
+
+An unknown key or a value of the wrong type stops loading with a :class:`~dance_analysis.errors.DanceError` that
+names the key and lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from ..errors import DanceError
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclass
+class ModelConfig:
+    """The encoder to start from, and overrides of its :class:`~dance_analysis.model.EncoderConfig`.
+
+    ``backbone`` is anything ``DualEncoder.load`` accepts (``minilm``, a model folder, a hub name, a released ANCE
+    checkpoint), a ``checkpoint-<step>`` folder, or a run directory of an earlier training (then ``select`` picks
+    its ``best`` or ``last`` checkpoint). A ``None`` override keeps the backbone's own setting.
+    """
+
+    backbone: str = "minilm"
+    select: str = field(default="best", metadata=_choices("best", "last"))
+    pooling: str | None = field(default=None, metadata=_choices("cls", "mean"))
+    head: str | None = field(default=None, metadata=_choices("none", "linear", "linear+layernorm"))
+    normalize: bool | None = None
+    doc_layernorm: bool | None = None
+    temperature: float | None = None
+    shared: bool | None = None
+    query_max_length: int | None = None
+    doc_max_length: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
+        names = ("pooling", "head", "normalize", "doc_layernorm", "temperature", "shared", "query_max_length",
+                 "doc_max_length")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass
+class DataConfig:
+    """The collection and its query splits.
+
+    ``collection`` is a spec for ``load_collection`` (``rag24-sample``, ``irds:<id>``, a BEIR folder, a YAML
+    manifest path, or the manifest itself as a mapping). ``max_train_queries`` / ``max_dev_queries`` keep a seeded
+    random subset of the split (``None``: all of it).
+    """
+
+    collection: Union[str, dict] = "rag24-sample"
+    min_relevance: int | None = None
+    train_split: str = "train"
+    dev_split: str | None = "dev"
+    max_train_queries: int | None = None
+    max_dev_queries: int | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class LossConfig:
+    """The objective: ``ance`` = w_q2d * L_q2d; ``dance`` = w_q2d * L_q2d + w_d2q * L_d2q (PAPER.md section 2)."""
+
+    objective: str = field(default="ance", metadata=_choices("ance", "dance"))
+    w_q2d: float = 1.0
+    w_d2q: float = 0.1
+    in_batch: bool = False
+    w_align: float = 0.0
+    w_uniform: float = 0.0
+    uniform_t: float = 2.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation: AdamW with linear warm-up then linear decay to 0 at ``max_steps``.
+
+    ``batch_size`` counts training instances (q, d+, d-, q-) per optimizer step over all processes and
+    accumulation steps; each process runs ``batch_size / (world_size * grad_accum)`` per micro-batch.
+    ``precision`` ``auto`` is fp16 autocast on CUDA and fp32 on the CPU. ``grad_clip`` 0 turns clipping off.
+    """
+
+    optimizer: str = field(default="adamw", metadata=_choices("adamw"))
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "fp16", "bf16"))
+    seed: int = 42
+    device: str = "auto"
+    deterministic: bool = True
+
+
+@dataclass
+class MiningConfig:
+    """Negatives from the ANN index, refreshed every ``refresh_every`` optimizer steps (PAPER.md section 3).
+
+    ``mode`` ``sync`` pauses training for the refresh; ``async`` runs it in a separate miner process that watches
+    for new checkpoints (on ``device``; ``auto`` = the last CUDA device when there are several, else the CPU) while
+    training goes on with the previous negatives. ``fraction`` < 1 mines for a rotating share of the training
+    queries per refresh (the reference code's chunk factor). ``final_refresh`` also refreshes at the last step
+    when it is not a multiple of ``refresh_every``, so the final checkpoint carries embeddings and dev metrics.
+    ``max_staleness`` (async only; ``None``: never wait, as ANCE) makes the trainer wait for the miner when the
+    negatives in use were mined that many steps ago or more and a newer checkpoint has been handed to the miner.
+    ``dev_k`` documents are retrieved per dev query for the dev metrics; ``poll_seconds`` is how often the async
+    miner looks for new checkpoints. ``cache_initial_embeddings`` keeps the embeddings of the initial refresh in
+    the cache folder, keyed on the starting weights and token caches, so that runs starting from the same model
+    (e.g. the ANCE and DANCE demos) encode the collection once.
+    """
+
+    refresh_every: int = 1000
+    mode: str = field(default="sync", metadata=_choices("sync", "async"))
+    top_k: int = 200
+    n: int = 20
+    fraction: float = 1.0
+    final_refresh: bool = True
+    encode_batch_size: int = 64
+    device: str = "auto"
+    embeddings_dtype: str = field(default="float32", metadata=_choices("float32", "float16"))
+    save_embeddings: bool = True
+    dev_k: int = 100
+    poll_seconds: float = 1.0
+    max_staleness: int | None = None
+    cache_initial_embeddings: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    """Which checkpoints to keep: the last ``keep_last`` (``None``: all) plus the best by ``best_metric``."""
+
+    keep_last: int | None = None
+    keep_best: bool = True
+    best_metric: str = "MRR@10"
+
+
+@dataclass
+class LogConfig:
+    """Feedback: a JSONL line every ``every`` steps, TensorBoard events, a progress bar (``None``: when a TTY)."""
+
+    every: int = 1
+    tensorboard: bool = True
+    progress: bool | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Recipe":
+        """Check values that the types alone do not (ranges, divisibility); raise :class:`DanceError`."""
+        checks = [
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.max_steps >= 1, "optim.max_steps must be >= 1"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
+            (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+            (self.optim.batch_size % self.optim.grad_accum == 0,
+             f"optim.batch_size ({self.optim.batch_size}) must be a multiple of optim.grad_accum "
+             f"({self.optim.grad_accum})"),
+            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)"),
+            (self.mining.refresh_every >= 1, "mining.refresh_every must be >= 1"),
+            (self.mining.n >= 1, "mining.n must be >= 1"),
+            (self.mining.top_k >= 1, "mining.top_k must be >= 1"),
+            (0.0 < self.mining.fraction <= 1.0, "mining.fraction must be in (0, 1]"),
+            (self.mining.dev_k >= 10, "mining.dev_k must be >= 10"),
+            (self.mining.encode_batch_size >= 1, "mining.encode_batch_size must be >= 1"),
+            (self.mining.max_staleness is None or self.mining.max_staleness >= 1,
+             "mining.max_staleness must be >= 1, or null (never wait for the miner)"),
+            (self.mining.poll_seconds > 0, "mining.poll_seconds must be > 0"),
+            (self.checkpoint.keep_last is None or self.checkpoint.keep_last >= 1,
+             "checkpoint.keep_last must be >= 1, or null to keep every checkpoint"),
+            (self.log.every >= 1, "log.every must be >= 1"),
+            (self.loss.w_q2d >= 0 and self.loss.w_d2q >= 0, "loss weights must be >= 0"),
+            (self.model.temperature is None or self.model.temperature > 0, "model.temperature must be > 0"),
+            (self.data.max_train_queries is None or self.data.max_train_queries >= 1,
+             "data.max_train_queries must be >= 1"),
+            (self.data.max_dev_queries is None or self.data.max_dev_queries >= 1,
+             "data.max_dev_queries must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DanceError(f"recipe: {message}")
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig,
+    "mining": MiningConfig, "checkpoint": CheckpointConfig, "log": LogConfig,
+}
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               dict: "a mapping", type(None): "null"}
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    origin = typing.get_origin(annotation)
+    if origin is Union or (hasattr(__import__("types"), "UnionType")
+                           and isinstance(annotation, __import__("types").UnionType)):
+        out: list[type] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_allowed_types(arg))
+        return tuple(out)
+    if origin is not None:
+        return (origin,)
+    return (annotation,)
+
+
+def _coerce(value: Any, annotation: Any, key: str, meta: dict, where: str) -> Any:
+    allowed = _allowed_types(annotation)
+    expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+    result: Any = dataclasses.MISSING
+    if value is None and type(None) in allowed:
+        result = None
+    elif isinstance(value, bool):
+        if bool in allowed:
+            result = value
+    elif isinstance(value, int):
+        if int in allowed:
+            result = value
+        elif float in allowed:
+            result = float(value)
+    elif isinstance(value, float):
+        if float in allowed:
+            result = value
+        elif int in allowed and value.is_integer():
+            result = int(value)
+    elif isinstance(value, str):
+        if str in allowed:
+            result = value
+        elif float in allowed:  # YAML 1.1 reads "5e-6" as a string
+            try:
+                result = float(value)
+            except ValueError:
+                pass
+        elif int in allowed:
+            try:
+                result = int(value)
+            except ValueError:
+                pass
+    elif isinstance(value, dict):
+        if dict in allowed:
+            result = value
+    if result is dataclasses.MISSING:
+        raise DanceError(f"{where}: '{key}' must be {expected}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and result is not None and result not in choices:
+        raise DanceError(f"{where}: '{key}' must be one of {', '.join(choices)}, got {result!r}")
+    return result
+
+
+def _unknown(key: str, valid: list[str], where: str, scope: str) -> DanceError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return DanceError(f"{where}: unknown key '{key}'{hint}; valid keys in {scope}: {', '.join(valid)}")
+
+
+def _build_section(cls: type, values: Any, section: str, where: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise DanceError(f"{where}: section '{section}' must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown(f"{section}.{key}", list(fields), where, f"'{section}'")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", dict(fields[key].metadata), where)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(raw: Any, where: str = "recipe") -> Recipe:
+    """Build a :class:`Recipe` from a parsed YAML mapping; ``where`` names the source in error messages."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise DanceError(f"{where}: expected a mapping with sections {', '.join(SECTIONS)}, got {raw!r}")
+    valid = ["name", *SECTIONS]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "name":
+            kwargs["name"] = _coerce(value, str, "name", {}, where)
+        elif key in SECTIONS:
+            kwargs[key] = _build_section(SECTIONS[key], value, key, where)
+        else:
+            raise _unknown(str(key), valid, where, "the recipe")
+    return Recipe(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into its key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise DanceError(f"--set expects section.key=value, got {text!r}")
+    key, raw_value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise DanceError(f"--set expects section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a raw recipe mapping (a copy is returned)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            if path[0] != "name":
+                valid = ", ".join(f"{s}.<key>" for s in SECTIONS)
+                raise DanceError(f"--set {text}: expected section.key=value with section one of {valid}, or name=")
+            out["name"] = value
+            continue
+        if len(path) != 2:
+            raise DanceError(f"--set {text}: expected exactly one dot (section.key=value)")
+        section, key = path
+        if section not in SECTIONS:
+            raise _unknown(section, list(SECTIONS), f"--set {text}", "the recipe")
+        valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if key not in valid:
+            raise _unknown(f"{section}.{key}", valid, f"--set {text}", f"'{section}'")
+        current = out.get(section) or {}
+        if not isinstance(current, dict):
+            current = {}
+        current = dict(current)
+        current[key] = value
+        out[section] = current
+    return out
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``--set`` overrides, check it; raise :class:`DanceError` on any problem.
+
+    Relative paths in the recipe (collection manifests, model folders) are taken relative to the working directory.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DanceError(f"{path}: recipe file not found") from None
+    except OSError as exc:
+        raise DanceError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DanceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise DanceError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    raw = apply_overrides(raw or {}, list(overrides or []))
+    recipe = recipe_from_dict(raw, where=str(path))
+    return recipe.validate()
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML text (every field, resolved)."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def recipe_differences(a: Recipe, b: Recipe, ignore: tuple[str, ...] = ("log",)) -> list[str]:
+    """``section.key`` names whose values differ between two recipes (sections in ``ignore`` skipped)."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for section in ["name", *SECTIONS]:
+        if section in ignore:
+            continue
+        va, vb = da.get(section), db.get(section)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            for key in va:
+                if va.get(key) != vb.get(key):
+                    out.append(f"{section}.{key}")
+        elif va != vb:
+            out.append(section)
+    return out

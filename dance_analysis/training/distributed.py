@@ -1,0 +1,155 @@
+"""Data-parallel training over several processes (torchrun / DDP).
+
+``torchrun --nproc_per_node=N -m dance_analysis.cli.train RECIPE`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and ``MASTER_ADDR/PORT``; :func:`init_distributed` reads them and joins the process group with
+``nccl`` when the processes train on CUDA and ``gloo`` on the CPU. Without those variables everything here is a
+single-process no-op, so the trainer has one code path.
+
+Division of work: every rank trains on its share of each global batch (DDP averages the gradients); corpus and
+query encoding is split into contiguous row blocks, one per rank, gathered on rank 0 (:meth:`DistContext.gather_rows`);
+rank 0 searches, mines and writes checkpoints, and the negatives reach every rank through
+:meth:`DistContext.broadcast_object`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..device import pick_device
+from ..errors import DanceError
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job: rank, world size and its torch device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process trains."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that mines, logs and writes checkpoints."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.enabled:
+            dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def all_reduce_sum(self, values: list[float] | np.ndarray) -> np.ndarray:
+        """Element-wise sum of a small float vector over all ranks (float64)."""
+        array = np.asarray(values, dtype=np.float64)
+        if not self.enabled:
+            return array
+        tensor = torch.from_numpy(array.copy()).to(self._comm_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank."""
+        return bool(self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` from rank ``src`` on every rank (peers of the same job only; nothing read from disk)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, device=self._comm_device() if self.backend == "nccl" else None)
+        return box[0]
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """The contiguous block ``[start, end)`` of ``n`` rows this rank handles."""
+        bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
+        return int(bounds[self.rank]), int(bounds[self.rank + 1])
+
+    def gather_rows(self, block: np.ndarray, n: int, out: np.ndarray | None = None,
+                    chunk_rows: int = 65536) -> np.ndarray | None:
+        """Concatenate every rank's :meth:`shard` block of an ``[n, d]`` array on rank 0.
+
+        ``out`` (rank 0 only) receives the rows, e.g. a memmap; other ranks get ``None``. Rows travel in chunks of
+        ``chunk_rows`` so memory stays bounded for large corpora.
+        """
+        if not self.enabled:
+            if out is None:
+                return np.asarray(block)
+            out[:] = block
+            return out
+        bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
+        sizes = np.diff(bounds)
+        width = block.shape[1]
+        if self.is_main and out is None:
+            out = np.empty((n, width), dtype=block.dtype)
+        torch_dtype = torch.from_numpy(np.zeros(1, dtype=block.dtype)).dtype
+        comm = self._comm_device()
+        for offset in range(0, int(sizes.max()), chunk_rows):
+            rows = min(chunk_rows, int(sizes.max()) - offset)
+            local = torch.zeros((rows, width), dtype=torch_dtype)
+            mine = np.asarray(block[offset:offset + rows])
+            if len(mine):
+                local[:len(mine)] = torch.from_numpy(np.ascontiguousarray(mine))
+            parts = [torch.zeros_like(local, device=comm) for _ in range(self.world_size)]
+            dist.all_gather(parts, local.to(comm))
+            if self.is_main:
+                for r, part in enumerate(parts):
+                    take = max(0, min(rows, int(sizes[r]) - offset))
+                    if take:
+                        start = int(bounds[r]) + offset
+                        out[start:start + take] = part[:take].cpu().numpy()
+        return out if self.is_main else None
+
+    def close(self) -> None:
+        """Leave the process group (when this module joined it)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str = "auto", timeout_minutes: float = 60.0) -> DistContext:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1, else return a single-process context.
+
+    Each rank uses ``cuda:LOCAL_RANK`` when CUDA is requested / available, the CPU otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=pick_device(device))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    wanted = pick_device(device)
+    if wanted.type == "cuda":
+        if torch.cuda.device_count() <= local_rank:
+            raise DanceError(f"rank {rank} (local rank {local_rank}) has no CUDA device: "
+                             f"{torch.cuda.device_count()} visible")
+        wanted = torch.device("cuda", local_rank)
+        torch.cuda.set_device(wanted)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=wanted, backend=backend)

@@ -1,0 +1,447 @@
+"""One refresh of the ANCE loop: encode, search, mine, evaluate, write.
+
+With the current weights: encode the corpus and every query of the collection from the token cache (split over
+the ranks of a distributed job and gathered on rank 0), search the training queries' top-K documents, mine
+document negatives (and, for DANCE, query negatives from an index over the training queries), evaluate the dev
+queries, and write embeddings / negatives / dev metrics into a checkpoint folder (PAPER.md section 3).
+
+Search runs on the GPU when there is one (see :func:`dance_analysis.index.search`), on the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DanceError
+from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs, rotation_slice
+from ..mining import summary as negatives_summary
+from .config import Recipe
+from .distributed import DistContext
+
+EMBEDDINGS_DIR = "embeddings"
+NEGATIVES_DIR = "negatives"
+DEV_METRICS_FILE = "dev_metrics.json"
+REFRESH_FILE = "refresh.json"
+
+
+@dataclass
+class TrainingData:
+    """The fixed inputs of a run: collection, query splits, positive pairs and the two token caches.
+
+    ``corpus_ids`` is the collection order, which is also the row order of ``doc_tokens``; ``query_ids`` are all
+    queries of the collection in the row order of ``query_tokens`` (sorted ids).
+    """
+
+    collection: Any
+    corpus_ids: np.ndarray
+    query_ids: np.ndarray
+    train_qids: np.ndarray
+    dev_qids: np.ndarray
+    pairs: np.ndarray
+    train_query_rows: np.ndarray       # row of each training query in query_tokens
+    dev_query_rows: np.ndarray
+    exclude: dict[str, dict[str, int]]  # training qid -> judged docs (never drawn as negatives)
+    exclude_grade: int
+    doc_tokens: Any
+    query_tokens: Any
+
+    @property
+    def num_docs(self) -> int:
+        """Documents in the corpus."""
+        return len(self.corpus_ids)
+
+
+def _subset(qids: list[str], limit: int | None, seed: int, salt: int) -> list[str]:
+    if limit is None or limit >= len(qids):
+        return list(qids)
+    rng = np.random.default_rng([seed, salt])
+    chosen = np.sort(rng.choice(len(qids), size=limit, replace=False))
+    return [qids[i] for i in chosen]
+
+
+def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_length: int,
+                 dist: DistContext | None = None, collection=None) -> TrainingData:
+    """Load the collection, pick the training / dev queries and open (building once) the token caches.
+
+    Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
+    keeps a seeded subset); likewise for the dev split. Rank 0 builds the token caches first, the others wait.
+    """
+    from ..data import load_collection
+    from ..data.tokens import cached_tokens
+
+    dist = dist or DistContext()
+    data_cfg = recipe.data
+    if collection is None:
+        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance)
+    seed = recipe.optim.seed
+    train_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.train_split)),
+                         data_cfg.max_train_queries, seed, 1)
+    if not train_qids:
+        raise DanceError(f"split {data_cfg.train_split!r} of {collection.name} has no query with a relevant "
+                         f"document: nothing to train on")
+    dev_qids: list[str] = []
+    if data_cfg.dev_split:
+        dev_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.dev_split)),
+                           data_cfg.max_dev_queries, seed, 2)
+    overlap = set(train_qids) & set(dev_qids)
+    if overlap:
+        raise DanceError(f"the training split {data_cfg.train_split!r} and the dev split {data_cfg.dev_split!r} "
+                         f"share {len(overlap)} queries, e.g. {sorted(overlap)[0]!r}")
+
+    def build(side: str, length: int):
+        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir)
+
+    if dist.is_main:
+        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
+    dist.barrier()
+    if not dist.is_main:
+        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
+
+    corpus_ids = np.asarray(collection.corpus.ids).astype(str)
+    if len(doc_tokens.ids) != len(corpus_ids) or not np.array_equal(np.asarray(doc_tokens.ids).astype(str),
+                                                                      corpus_ids):
+        raise DanceError("the document token cache does not follow the corpus order; delete the token cache "
+                         "folder and run again")
+    query_ids = np.asarray(query_tokens.ids).astype(str)
+    row_of = {qid: i for i, qid in enumerate(query_ids.tolist())}
+    missing = [q for q in train_qids + dev_qids if q not in row_of]
+    if missing:
+        raise DanceError(f"query {missing[0]!r} is missing from the query token cache")
+    exclude_grade = 1 if collection.min_relevance >= 1 else int(collection.min_relevance)
+    exclude = {q: dict(collection.qrels.get(q, {})) for q in train_qids}
+    relevant = {q: set(collection.relevant(q)) for q in train_qids}
+    pairs = positive_pairs(train_qids, corpus_ids, relevant)
+    return TrainingData(
+        collection=collection, corpus_ids=corpus_ids, query_ids=query_ids,
+        train_qids=np.asarray(train_qids, dtype=str), dev_qids=np.asarray(dev_qids, dtype=str), pairs=pairs,
+        train_query_rows=np.asarray([row_of[q] for q in train_qids], dtype=np.int64),
+        dev_query_rows=np.asarray([row_of[q] for q in dev_qids], dtype=np.int64),
+        exclude=exclude, exclude_grade=exclude_grade, doc_tokens=doc_tokens, query_tokens=query_tokens)
+
+
+@dataclass
+class RefreshResult:
+    """What one refresh produced (negatives on every rank; the rest on rank 0)."""
+
+    step: int
+    negatives: NegativeSet
+    dev_metrics: dict[str, float] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    embeddings_from_cache: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record of this refresh (the ``refresh.json`` file and the metrics.jsonl line)."""
+        record = {"step": self.step, "dev": self.dev_metrics, "negatives": self.stats, "timings": self.timings}
+        if self.embeddings_from_cache:
+            record["embeddings_from_cache"] = True
+        return record
+
+    def line(self, metric: str = "MRR@10") -> str:
+        """The one-line summary printed after each refresh."""
+        return summary_line(self.record(), metric)
+
+
+def summary_line(record: dict[str, Any], metric: str = "MRR@10", extra: str = "") -> str:
+    """``refresh@20: dev MRR@10 0.4123 (R@100 0.81) | 3000 doc negs (812 docs) | encode 12.1s ...``."""
+    parts = [f"refresh@{record['step']}:"]
+    dev = record.get("dev") or {}
+    if dev:
+        shown = [f"dev {metric} {dev[metric]:.4f}"] if metric in dev else []
+        others = [f"{k} {v:.4f}" for k, v in dev.items() if k != metric and k in ("MRR@100", "R@100", "nDCG@10")]
+        parts.append(" ".join(shown) + (f" ({', '.join(others)})" if others else ""))
+    else:
+        parts.append("no dev split")
+    neg = record.get("negatives") or {}
+    text = (f"| {neg.get('doc_negatives_drawn', 0)} doc negatives drawn ({neg.get('distinct_docs', 0)} distinct "
+            f"docs) for {neg.get('mined_queries', 0)}/{neg.get('queries', 0)} queries")
+    if "query_negatives_drawn" in neg:
+        text += f", {neg['query_negatives_drawn']} query negatives ({neg['distinct_queries']} distinct queries)"
+    parts.append(text)
+    t = record.get("timings") or {}
+    cached = " (cached)" if record.get("embeddings_from_cache") else ""
+    parts.append(f"| encode {t.get('encode', 0):.1f}s{cached}, search {t.get('search', 0):.1f}s, "
+                 f"mine {t.get('mine', 0):.1f}s, eval {t.get('eval', 0):.1f}s")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)
+
+
+def _measures_within(k: int) -> list[str] | None:
+    """The default measures whose cut-off does not exceed ``k`` (R@1000 needs 1000 results)."""
+    from .. import metrics
+
+    default = list(getattr(metrics, "DEFAULT_MEASURES", []))
+    if not default:
+        return None
+    keep = []
+    for name in default:
+        name_str = str(name)
+        if "@" in name_str:
+            try:
+                if int(name_str.split("@", 1)[1]) > k:
+                    continue
+            except ValueError:
+                pass
+        keep.append(name)
+    return keep
+
+
+def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, device, out_prefix: Path | None,
+                progress: bool) -> np.ndarray | None:
+    """Encode every row of ``tokens``; the result (on rank 0) is written to ``out_prefix`` when given."""
+    from ..embeddings import Embeddings
+    from ..encode import encode_tokens
+
+    dtype = np.float16 if recipe.mining.embeddings_dtype == "float16" else np.float32
+    n = len(tokens.ids)
+    ids = np.asarray(tokens.ids).astype(str)
+    if not dist.enabled:
+        emb = encode_tokens(model, tokens, side, batch_size=recipe.mining.encode_batch_size, dtype=dtype,
+                            out=str(out_prefix) if out_prefix is not None else None, device=device,
+                            progress=progress)
+        if not np.array_equal(np.asarray(emb.ids).astype(str), ids):
+            raise DanceError(f"encoded {side} rows do not follow the token cache order")
+        return emb.vectors
+    start, end = dist.shard(n)
+    block = encode_tokens(model, tokens, side, batch_size=recipe.mining.encode_batch_size, dtype=dtype,
+                          device=device, progress=progress and dist.is_main,
+                          indices=np.arange(start, end, dtype=np.int64)).vectors
+    width = dist.broadcast_object(int(block.shape[1]) if dist.is_main else None)
+    if block.shape[0] == 0:
+        block = np.zeros((0, width), dtype=dtype)
+    out = None
+    if dist.is_main:
+        out = np.empty((n, width), dtype=dtype)
+    gathered = dist.gather_rows(np.asarray(block, dtype=dtype), n, out=out)
+    if dist.is_main and out_prefix is not None:
+        Embeddings(ids=ids, vectors=gathered).save(str(out_prefix))
+    return gathered
+
+
+def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") -> str:
+    """A content key of what a refresh encodes: the encoder's weights and options, both token caches, the dtype
+    and ``setting`` (device type and batch size: they change the last bits of the vectors)."""
+    import torch as _torch
+
+    digest = hashlib.sha256(setting.encode())
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(_torch.uint8).numpy().tobytes())
+    for tokens in (data.doc_tokens, data.query_tokens):
+        digest.update(Path(getattr(tokens, "path", "")).name.encode())
+        digest.update(np.asarray(tokens.ids).astype(str).tobytes())
+    digest.update(np.dtype(dtype).str.encode())
+    return digest.hexdigest()[:32]
+
+
+def _cache_folder(key: str) -> Path:
+    from ..data.cache import cache_root
+
+    return cache_root() / "embeddings" / key
+
+
+def _load_cached(key: str, data: TrainingData) -> tuple[np.ndarray, np.ndarray] | None:
+    from ..embeddings import Embeddings
+
+    folder = _cache_folder(key)
+    if not (folder / "corpus.npy").is_file() or not (folder / "queries.npy").is_file():
+        return None
+    try:
+        corpus = Embeddings.load(folder / "corpus", mmap=False)
+        queries = Embeddings.load(folder / "queries", mmap=False)
+    except DanceError:
+        return None
+    if not (np.array_equal(corpus.ids, data.corpus_ids) and np.array_equal(queries.ids, data.query_ids)):
+        return None
+    return corpus.vectors, queries.vectors
+
+
+def _store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.ndarray) -> None:
+    from ..embeddings import Embeddings
+
+    final = _cache_folder(key)
+    if final.exists():
+        return
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        Embeddings(ids=data.corpus_ids, vectors=np.asarray(corpus)).save(tmp / "corpus")
+        Embeddings(ids=data.query_ids, vectors=np.asarray(queries)).save(tmp / "queries")
+        os.replace(tmp, final)
+    except OSError:
+        pass  # another process stored it first, or the cache is read-only: the cache is an optimisation only
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
+                dist: DistContext | None = None, device=None, progress: bool = False,
+                search_device: str | None = None, reuse_cache: bool = False) -> RefreshResult:
+    """Refresh at optimizer step ``step`` with ``model``'s current weights; every rank must call it.
+
+    Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
+    ``refresh.json``. Returns the :class:`RefreshResult` with the negatives on every rank. Mining draws from
+    ``numpy.random.default_rng([seed, step])``, so a refresh is reproducible from its checkpoint.
+    ``search_device`` defaults to every GPU (faiss, sharded) when ``device`` is CUDA, else the CPU.
+    ``reuse_cache`` (single process only): take the embeddings from ``<cache>/embeddings/<key>`` when an earlier
+    refresh stored them for the same weights, options and token caches (:func:`embeddings_cache_key`), and store
+    them there otherwise; used for the initial refresh, which runs start from the same model share.
+    """
+    from ..index import search
+
+    dist = dist or DistContext()
+    mining = recipe.mining
+    was_training = model.training
+    model.eval()
+    timings: dict[str, float] = {}
+    emb_dir = None
+    if out_dir is not None and dist.is_main and mining.save_embeddings:
+        emb_dir = Path(out_dir) / EMBEDDINGS_DIR
+        emb_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dtype = np.float16 if mining.embeddings_dtype == "float16" else np.float32
+    key = None
+    if reuse_cache and not dist.enabled:
+        setting = f"{torch.device(device or 'cpu').type}/{mining.encode_batch_size}"
+        key = embeddings_cache_key(model, data, dtype, setting)
+    cached = _load_cached(key, data) if key else None
+    if cached is not None:
+        from ..embeddings import Embeddings
+
+        corpus, queries = cached
+        if emb_dir is not None:
+            Embeddings(ids=data.corpus_ids, vectors=corpus).save(emb_dir / "corpus")
+            Embeddings(ids=data.query_ids, vectors=queries).save(emb_dir / "queries")
+    else:
+        with torch.no_grad():
+            corpus = _encode_all(model, data.doc_tokens, "doc", recipe, dist, device,
+                                 emb_dir / "corpus" if emb_dir else None, progress)
+            queries = _encode_all(model, data.query_tokens, "query", recipe, dist, device,
+                                  emb_dir / "queries" if emb_dir else None, progress)
+        if key:
+            _store_cached(key, data, corpus, queries)
+    timings["encode"] = time.perf_counter() - started
+    if was_training:
+        model.train()
+
+    result = None
+    if dist.is_main:
+        result = _mine_and_evaluate(np.asarray(corpus, dtype=np.float32), np.asarray(queries, dtype=np.float32),
+                                    data, recipe, step, timings, search,
+                                    search_device or _search_device(device))
+        result.embeddings_from_cache = cached is not None
+        if out_dir is not None:
+            write_refresh(result, Path(out_dir))
+    negatives = dist.broadcast_object(result.negatives if result is not None else None)
+    if result is None:
+        result = RefreshResult(step=step, negatives=negatives)
+    return result
+
+
+def _search_device(device) -> str:
+    if device is None:
+        return "auto"
+    return "auto" if torch.device(device).type == "cuda" else "cpu"
+
+
+def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
+                       timings: dict[str, float], search, search_device: str) -> RefreshResult:
+    mining = recipe.mining
+    objective = recipe.loss.objective
+    seed = recipe.optim.seed
+    nq, ndocs, n = len(data.train_qids), data.num_docs, mining.n
+    refresh_index = step // mining.refresh_every
+    mined_rows = rotation_slice(nq, mining.fraction, refresh_index, seed)
+    train_vectors = queries[data.train_query_rows]
+    rng = np.random.default_rng([seed, step])
+
+    t0 = time.perf_counter()
+    k_docs = min(mining.top_k, ndocs)
+    doc_rankings = search(train_vectors[mined_rows], corpus, k_docs, query_ids=data.train_qids[mined_rows],
+                          doc_ids=data.corpus_ids, device=search_device)
+    timings["search"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mined_negatives, doc_counts = mine_document_negatives(doc_rankings, data.exclude, n, rng, mining.top_k,
+                                                          min_grade=data.exclude_grade)
+    doc_negatives = np.full((nq, n), -1, dtype=np.int64)
+    doc_negatives[mined_rows] = mined_negatives
+    timings["mine"] = time.perf_counter() - t0
+
+    query_negatives = None
+    query_counts = np.zeros(nq, dtype=np.int64)
+    if objective == "dance":
+        query_negatives = np.full((len(data.pairs), n), -1, dtype=np.int64)
+        in_slice = np.isin(data.pairs[:, 0], mined_rows)
+        slice_pairs = data.pairs[in_slice]
+        if len(slice_pairs):
+            t0 = time.perf_counter()
+            anchors = np.unique(slice_pairs[:, 1])
+            query_rankings = search(corpus[anchors], train_vectors, min(mining.top_k, nq),
+                                    query_ids=data.corpus_ids[anchors], doc_ids=data.train_qids,
+                                    device=search_device)
+            timings["search"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            mined_q, query_counts = mine_query_negatives(query_rankings, slice_pairs, data.exclude, n, rng,
+                                                         mining.top_k, corpus_ids=data.corpus_ids,
+                                                         min_grade=data.exclude_grade)
+            query_negatives[in_slice] = mined_q
+            timings["mine"] += time.perf_counter() - t0
+
+    negatives = NegativeSet(
+        meta={"step": int(step), "top_k": int(mining.top_k), "n": int(n), "seed": int(seed),
+              "objective": objective, "refresh_index": int(refresh_index), "fraction": float(mining.fraction)},
+        corpus_ids=data.corpus_ids, train_query_ids=data.train_qids, doc_negatives=doc_negatives,
+        pairs=data.pairs, query_negatives=query_negatives, doc_counts=doc_counts, query_counts=query_counts)
+
+    dev_metrics = None
+    t0 = time.perf_counter()
+    if len(data.dev_qids):
+        from ..metrics import evaluate
+
+        k_dev = min(mining.dev_k, ndocs)
+        dev_rankings = search(queries[data.dev_query_rows], corpus, k_dev, query_ids=data.dev_qids,
+                              doc_ids=data.corpus_ids, device=search_device)
+        measures = _measures_within(mining.dev_k)
+        kwargs = {"measures": measures} if measures is not None else {}
+        dev_metrics = {k: float(v) for k, v in evaluate(dev_rankings, data.collection.qrels,
+                                                        min_relevance=data.collection.min_relevance,
+                                                        query_ids=list(data.dev_qids), **kwargs).items()}
+    timings["eval"] = time.perf_counter() - t0
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    return RefreshResult(step=step, negatives=negatives, dev_metrics=dev_metrics, timings=timings,
+                         stats=negatives_summary(negatives))
+
+
+def write_refresh(result: RefreshResult, out_dir: Path) -> None:
+    """Write the negatives, dev metrics and the refresh record into ``out_dir`` (embeddings are already there)."""
+    from .checkpoint import write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.negatives.save(out_dir / NEGATIVES_DIR)
+    if result.dev_metrics is not None:
+        write_json(out_dir / DEV_METRICS_FILE, result.dev_metrics)
+    write_json(out_dir / REFRESH_FILE, result.record())
+
+
+def read_refresh_record(folder: Path) -> dict[str, Any] | None:
+    """The ``refresh.json`` record of a folder, or ``None``."""
+    path = Path(folder) / REFRESH_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

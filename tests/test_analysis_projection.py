@@ -1,0 +1,57 @@
+"""UMAP projection: shapes, shared axes and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dance_analysis.analysis import projection as P
+
+
+@pytest.fixture(scope="module")
+def runs():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16)) * 4
+    a = np.vstack([c + rng.normal(size=(40, 16)) for c in centers])
+    b = a + 0.05 * rng.normal(size=a.shape)
+    return a, b
+
+
+def test_stacked_shares_one_fit_and_is_deterministic(runs):
+    a, b = runs
+    out = P.umap_project([a, b], seed=1)
+    assert [o.shape for o in out] == [(120, 2), (120, 2)] and all(np.isfinite(o).all() for o in out)
+    again = P.umap_project([a, b], seed=1)
+    np.testing.assert_array_equal(out[0], again[0])
+    np.testing.assert_array_equal(out[1], again[1])
+    # nearly identical runs share axes: each point lands near its counterpart
+    spread = np.ptp(np.vstack(out), axis=0).max()
+    assert np.median(np.linalg.norm(out[0] - out[1], axis=1)) < 0.1 * spread
+    # the three clusters stay separated
+    labels = np.repeat(np.arange(3), 40)
+    cent = np.stack([out[0][labels == k].mean(0) for k in range(3)])
+    within = max(np.linalg.norm(out[0][labels == k] - cent[k], axis=1).mean() for k in range(3))
+    between = min(np.linalg.norm(cent[i] - cent[j]) for i in range(3) for j in range(i + 1, 3))
+    assert between > 2 * within
+
+
+def test_each_mode_and_errors(runs):
+    a, b = runs
+    each = P.umap_project([a, b[:, :8]], fit="each", seed=0)
+    assert each[0].shape == (120, 2) and each[1].shape == (120, 2)
+    with pytest.raises(ValueError, match="dimension"):
+        P.umap_project([a, b[:, :8]])
+    with pytest.raises(ValueError, match="fit"):
+        P.umap_project([a], fit="first")
+
+
+def test_exact_knn_matches_brute_force():
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=(300, 5)).astype(np.float32)
+    idx, dist = P.exact_knn(u, 6, block=64)
+    full = np.linalg.norm(u[:, None, :].astype(np.float64) - u[None, :, :], axis=2)
+    for i in range(len(u)):
+        order = np.argsort(full[i], kind="stable")[:6]
+        assert idx[i, 0] == i
+        np.testing.assert_array_equal(idx[i], order)
+        np.testing.assert_allclose(dist[i], full[i, order], atol=1e-3)
