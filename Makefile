@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes reports/demo/index.html
 	$(BIN)/python -m dance_analysis.demo
 
 test: $(STAMP)

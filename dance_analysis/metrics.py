@@ -313,7 +313,8 @@ def _hash_strings(strings: np.ndarray, rows: np.ndarray | None = None, chunk: in
         stop = min(start + chunk, count)
         part = strings[start:stop] if rows is None else strings[rows[start:stop]]
         codes = np.ascontiguousarray(part).view(np.uint32).reshape(stop - start, width).astype(np.uint64)
-        hashed[start:stop] = codes @ powers
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+            hashed[start:stop] = codes @ powers
     return hashed
 
 

@@ -1,0 +1,33 @@
+"""`make demo`: train ANCE and DANCE on the built-in sample from the same MiniLM start, then compare them.
+
+Runs `dance-train train/demo-ance.yaml`, `dance-train train/demo-dance.yaml` (each resumed when already
+started, so an interrupted demo continues and a finished one is not repeated) and
+`dance-analyze runs/demo-ance runs/demo-dance --out reports/demo`, and prints the report's path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .cli import analyze, train
+
+RUNS = (("train/demo-ance.yaml", "runs/demo-ance"), ("train/demo-dance.yaml", "runs/demo-dance"))
+REPORT = "reports/demo"
+
+
+def main() -> int:
+    for recipe, out in RUNS:
+        args = [recipe, "--output-dir", out]
+        if Path(out).exists():
+            args.append("--resume")
+        print(f"== dance-train {' '.join(args)}", flush=True)
+        status = train.main(args)
+        if status:
+            return status
+    print(f"== dance-analyze {' '.join(out for _, out in RUNS)} --out {REPORT}", flush=True)
+    return analyze.main([out for _, out in RUNS] + ["--out", REPORT])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
