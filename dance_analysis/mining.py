@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from dance_analysis.errors import DanceError, InputError
+from .atomic import replace_dir
+from .errors import DanceError, InputError
 
 __all__ = [
     "mine_document_negatives",
@@ -399,13 +400,7 @@ class NegativeSet:
             for name, array in arrays.items():
                 np.save(tmp / _FILES[name], array, allow_pickle=False)
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-            old = None
-            if directory.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-                os.replace(directory, old / "negatives")
-            os.replace(tmp, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

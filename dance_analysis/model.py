@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import replace_dir
 from .errors import DanceError, InputError
 
 logger = logging.getLogger(__name__)
@@ -423,13 +424,7 @@ class DualEncoder(nn.Module):
             self.tokenizer.save_pretrained(str(tmp))
             record = {"format_version": FORMAT_VERSION, **self.config.to_dict()}
             (tmp / ENCODER_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

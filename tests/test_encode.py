@@ -70,16 +70,7 @@ class StandInCache:
         return torch.tensor(ids), torch.tensor(mask)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny models: one thread (thread hand-offs cost more than they save on matrices this small)."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

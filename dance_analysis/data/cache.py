@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..atomic import replace_dir
+
 CACHE_ENV = "DANCE_CACHE"
 
 
@@ -49,9 +51,4 @@ def publish_dir(tmp: Path, final: Path, *, replace: bool) -> Path:
     if not replace:
         shutil.rmtree(tmp, ignore_errors=True)
         return final
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    os.rmdir(old)
-    os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return replace_dir(tmp, final)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import replace_dir
 from ..errors import DanceError
 
 TEMPLATE = "report.html"
@@ -224,13 +225,7 @@ def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[
         for table in tables.values():
             (tmp / f"{table.name}.csv").write_text(table.to_csv(), encoding="utf-8")
         os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "report")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
