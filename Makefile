@@ -7,7 +7,7 @@ EXTRAS ?= dev,notebooks
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench reproduce clean-venv
+.PHONY: install demo test bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
