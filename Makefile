@@ -7,7 +7,7 @@ EXTRAS ?= dev,notebooks
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test bench reproduce clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes reports/demo/ind
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The rag24 experiment: 3 seeds x ANCE/DANCE, report in reports/rag24/ (about an hour on 2 cores; rerun to resume).
+reproduce: $(STAMP)
+	$(BIN)/python -m dance_analysis.reproduce
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
