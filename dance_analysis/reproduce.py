@@ -6,12 +6,13 @@ Steps (each skipped or resumed when an earlier, interrupted invocation already d
    into ``runs/rag24/<method>-seed<seed>`` (``--resume`` when the folder exists: a finished run is not repeated);
 2. the zero-shot start: the step-0 embeddings of the first run (the backbone before any update, encoded with the
    recipes' lengths) copied into ``runs/rag24/zero-shot``;
-3. ``dance-analyze`` on the zero-shot start and every run, test split, into ``reports/rag24`` (each run is
-   represented by its checkpoint with the best dev MRR@10; the seeds of a side are pooled);
-4. the test-split TREC runs (top 100) of the zero-shot start and of every selected checkpoint, gzip, into
-   ``reports/rag24/runs/``;
-5. ``reports/rag24/README.md`` (command, seeds, machine, wall time, results table, claims) and the results table
-   in the project README between the ``rag24-results`` markers.
+3. ``dance-analyze`` on the zero-shot start and every run, test split (each run is represented by its checkpoint
+   with the best dev MRR@10; the seeds of a side are pooled);
+4. the test-split TREC runs (top 100) of the zero-shot start and of every selected checkpoint, gzip, in ``runs/``;
+5. ``README.md`` (command, seeds, machine, wall time, results table, claims).
+
+Steps 3-5 build a folder beside ``reports/rag24``, which replaces it once complete; then the results table goes into
+the project README between the ``rag24-results`` markers.
 
 Wall time is summed over invocations in ``runs/rag24/reproduce-timings.json``.
 """
@@ -90,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     zero_shot = runs_dir / ZERO_SHOT
     _copy_zero_shot(first / "checkpoint-0", zero_shot)
     lengths = json.loads((first / "checkpoint-0" / "encoder" / "encoder.json").read_text(encoding="utf-8"))
+    # Built beside the final folder, which is replaced only when everything is written.
+    build = out.with_name(f".{out.name}.build")
+    shutil.rmtree(build, ignore_errors=True)
     analyze_args = [str(zero_shot)] + [str(d) for d in run_dirs] + [
-        "--out", str(out), "--name", "rag24", "--split", "test",
+        "--out", str(build), "--name", out.name, "--split", "test",
         "--query-max-length", str(lengths["query_max_length"]), "--doc-max-length", str(lengths["doc_max_length"])]
     print(f"== dance-analyze {' '.join(analyze_args)}", flush=True)
     with clock.stage("analysis"):
@@ -100,12 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
     with clock.stage("test runs and README"):
-        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        written = write_test_runs(metrics, out / "runs")
+        metrics = json.loads((build / "metrics.json").read_text(encoding="utf-8"))
+        written = write_test_runs(metrics, build / "runs")
         table = results_table(metrics)
         clock.finish()
-        (out / "README.md").write_text(report_readme(metrics, table, args, clock.total(), written),
-                                       encoding="utf-8")
+        (build / "README.md").write_text(report_readme(metrics, table, args, clock.total(), written),
+                                         encoding="utf-8")
+        replace_dir(build, out)
         readme = Path(args.readme)
         if readme.exists():
             replace_section(readme, project_section(metrics, table, out, clock.total(), args.seeds))
@@ -146,9 +151,7 @@ def write_test_runs(metrics: dict, folder: Path) -> list[Path]:
     collection = load_collection(metrics["collection"]["source"])
     split = metrics["selection"]["split"]
     query_ids = collection.split_queries(split)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.mkdir(parents=True)
     written = []
     for run in metrics["runs"]:
         subject = _representative(run)
@@ -156,9 +159,8 @@ def write_test_runs(metrics: dict, folder: Path) -> list[Path]:
         queries = Embeddings.load(emb_dir / "queries").subset(query_ids)
         corpus = Embeddings.load(emb_dir / "corpus")
         name = f"{run['name']}.{split}.trec.gz"
-        write_trec_run(tmp / name, rank(queries, corpus, RUN_DEPTH, device="cpu"), tag=run["name"])
+        write_trec_run(folder / name, rank(queries, corpus, RUN_DEPTH, device="cpu"), tag=run["name"])
         written.append(folder / name)
-    replace_dir(tmp, folder)
     return written
 
 
