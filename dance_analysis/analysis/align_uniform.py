@@ -2,7 +2,9 @@
 
 Wang, T. and Isola, P. (2020), "Understanding Contrastive Representation Learning through Alignment and
 Uniformity on the Hypersphere", ICML 2020. Vectors are L2-normalised first; rows with zero norm have no point
-on the sphere and are left out (pairs that involve one are dropped).
+on the sphere and are left out (pairs that involve one are dropped), never taken as a point at distance 0 or 1:
+:func:`alignment` can return how many pairs it dropped, :func:`uniformity` reports ``excluded_zero``. A value
+with nothing left to average is NaN with a :class:`RuntimeWarning`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ._common import check_matrix, check_pairs, rng_from, row_blocks, unit_block, work_dtype
+from .geometry import undefined
 
 __all__ = ["l2_normalize", "alignment", "uniformity", "uniformity_sides"]
 
@@ -34,14 +37,20 @@ def l2_normalize(x, *, dtype=np.float32, name: str = "embeddings") -> np.ndarray
     return out
 
 
-def alignment(q, d, pairs, *, alpha: float = 2.0, names: tuple[str, str] = ("queries", "documents")) -> float:
+def alignment(q, d, pairs, *, alpha: float = 2.0, names: tuple[str, str] = ("queries", "documents"),
+              return_excluded: bool = False) -> float | tuple[float, int]:
     """Alignment of positive pairs (Wang & Isola 2020), lower is better aligned.
 
     .. math:: \\mathcal L_{align} = \\frac{1}{|P|} \\sum_{(i,j) \\in P} \\lVert f(q_i) - f(d_j) \\rVert_2^{\\alpha}
 
     with f the L2 normalisation and P the positive (query row, document row) ``pairs`` (int ``[m, 2]``);
     :math:`\\lVert u - v \\rVert^2 = 2 - 2 u \\cdot v` on the sphere. ``alpha`` defaults to 2 as in the
-    paper. In [0, 2^alpha]; NaN when no pair is usable (pairs with a zero-norm row are left out).
+    paper. In [0, 2^alpha].
+
+    Zero vectors: a pair whose query or document row has zero norm is left out (not taken as distance 0 or
+    :math:`\\sqrt 2`); with ``return_excluded=True`` the result is ``(value, number of pairs left out)``. NaN
+    when no pair is given (no warning: nothing to measure), and NaN with a :class:`RuntimeWarning` when every
+    given pair was left out.
     """
     q = check_matrix(q, names[0])
     d = check_matrix(d, names[1], dim=q.shape[1])
@@ -57,7 +66,13 @@ def alignment(q, d, pairs, *, alpha: float = 2.0, names: tuple[str, str] = ("que
         sq = np.clip(2.0 - 2.0 * np.einsum("ij,ij->i", a[ok], b[ok]), 0.0, None)
         total += float((sq ** (alpha / 2.0)).sum())
         count += int(ok.sum())
-    return total / count if count else float("nan")
+    if count:
+        value = total / count
+    elif len(p):
+        value = undefined(f"{names[0]}/{names[1]}: alignment of {len(p)} pair(s), each with a zero-norm row")
+    else:
+        value = float("nan")
+    return (value, len(p) - count) if return_excluded else value
 
 
 class _Rows:
@@ -112,7 +127,8 @@ def uniformity(x, *, t: float = 2.0, max_exact: int = MAX_EXACT, n_pairs: int = 
     streamed log-sum-exp, so no overflow for any t). Beyond it, ``n_pairs`` pairs (i, j), i != j, are drawn
     uniformly with replacement with ``numpy.random.default_rng(seed)``; an unbiased estimate of the mean inside
     the log. Returns ``{"value", "method": "exact" | "sampled", "pairs", "t", "n", "excluded_zero"}``
-    (``value`` NaN when M < 2).
+    (``value`` NaN, with a :class:`RuntimeWarning`, when M < 2). Zero vectors are left out, not placed on the
+    sphere: M counts the other rows and ``excluded_zero`` the rows left out.
     """
     parts = list(x) if isinstance(x, (list, tuple)) else [x]
     if not parts:
@@ -131,7 +147,8 @@ def uniformity(x, *, t: float = 2.0, max_exact: int = MAX_EXACT, n_pairs: int = 
     m = int(nonzero.sum())
     out = {"t": float(t), "n": m, "excluded_zero": int(rows.n - m)}
     if m < 2:
-        return {"value": float("nan"), "method": "exact", "pairs": 0, **out}
+        return {"value": undefined(f"{name}: uniformity of {m} row(s) with non-zero norm (needs 2)"),
+                "method": "exact", "pairs": 0, **out}
     if m <= max_exact:
         u = np.empty((m, dim), dtype=np.float32)
         pos = 0

@@ -2,7 +2,9 @@
 
 All functions take ``[N, d]`` arrays (any float dtype, memmaps welcome), work in row blocks with float64
 accumulators and return floats or small dicts. Rows with zero norm have no direction: they are left out of the
-cosine statistics (documented per function). NaN / infinite values raise :class:`ValueError` naming the rows.
+cosine statistics, never counted as cosine 0 (documented per function); :func:`zero_norm_rows` counts them. A
+statistic left without any row to average returns NaN with a :class:`RuntimeWarning`, never silently.
+NaN / infinite values raise :class:`ValueError` naming the rows.
 
 References: Ethayarajh 2019, "How Contextual are Contextualized Word Representations?" (mean pairwise cosine as
 anisotropy); Gao et al. 2019, "Representation Degeneration Problem in Training Natural Language Generation
@@ -11,6 +13,7 @@ Models"; Mu & Viswanath 2018, "All-but-the-Top" (mean vector and dominating prin
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +21,7 @@ import numpy as np
 from ._common import check_matrix, check_pairs, rng_from, row_blocks, unit_block, work_dtype
 
 __all__ = [
-    "check_finite", "mean_pairwise_cosine", "cross_mean_cosine", "covariance", "pca_spectrum",
+    "check_finite", "zero_norm_rows", "mean_pairwise_cosine", "cross_mean_cosine", "covariance", "pca_spectrum",
     "variance_explained", "norm_stats", "mean_vector_norm_ratio", "centroid_distance",
     "negatives_to_pairs", "query_document_geometry",
 ]
@@ -31,6 +34,22 @@ def check_finite(x, name: str = "embeddings") -> np.ndarray:
     ``"queries: NaN or infinite values in row(s) 3, 17"``.
     """
     return check_matrix(x, name)
+
+
+def undefined(what: str) -> float:
+    """NaN with a :class:`RuntimeWarning` saying why (a statistic with nothing left to average)."""
+    warnings.warn(f"{what}; the result is NaN", RuntimeWarning, stacklevel=3)
+    return float("nan")
+
+
+def zero_norm_rows(x, *, name: str = "embeddings") -> int:
+    """How many rows of ``x`` have zero L2 norm: the rows that the cosine-based statistics leave out.
+
+    A row counts as zero when its squared norm is 0 in the working precision (float32 for float16 / float32
+    input, float64 otherwise; e.g. a float32 row whose entries are all below ~1e-23 in magnitude).
+    """
+    x = check_matrix(x, name)
+    return x.shape[0] - _unit_sum(x)[1]
 
 
 def _unit_sum(x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -55,13 +74,16 @@ def mean_pairwise_cosine(x, *, name: str = "embeddings") -> float:
 
     since :math:`\\lVert \\sum_i u_i \\rVert^2 = \\sum_{i,j} u_i \\cdot u_j` and :math:`u_i \\cdot u_i = 1`.
     Near 0 for an isotropic distribution, 1 when all rows point the same way; large values signal the
-    anisotropy of Ethayarajh (2019). Rows with zero norm (no direction) are left out; with fewer than two
-    non-zero rows the result is NaN.
+    anisotropy of Ethayarajh (2019).
+
+    Zero vectors: rows with zero norm (no direction) are left out, not taken as cosine 0: M counts only the
+    other rows (:func:`zero_norm_rows` gives how many were left out). With M < 2 the mean is undefined: NaN,
+    with a :class:`RuntimeWarning`.
     """
     x = check_matrix(x, name)
     total, m = _unit_sum(x)
     if m < 2:
-        return float("nan")
+        return undefined(f"{name}: mean pairwise cosine of {m} row(s) with non-zero norm (needs 2)")
     return float((total @ total - m) / (m * (m - 1)))
 
 
@@ -70,15 +92,16 @@ def cross_mean_cosine(q, d, *, names: tuple[str, str] = ("queries", "documents")
 
     .. math:: \\frac{1}{N_q N_d} \\sum_{i, j} u^q_i \\cdot u^d_j = \\bar u^q \\cdot \\bar u^d
 
-    with :math:`\\bar u` the mean of the L2-normalised non-zero rows of each side (zero rows are left out).
-    NaN when a side has no non-zero row.
+    with :math:`\\bar u` the mean of the L2-normalised non-zero rows of each side: zero vectors are left out
+    (not taken as cosine 0), :math:`N_q, N_d` count the other rows (:func:`zero_norm_rows` gives how many were
+    left out). NaN, with a :class:`RuntimeWarning`, when a side has no non-zero row.
     """
     q = check_matrix(q, names[0])
     d = check_matrix(d, names[1], dim=q.shape[1])
     sq, mq = _unit_sum(q)
     sd, md = _unit_sum(d)
     if mq == 0 or md == 0:
-        return float("nan")
+        return undefined(f"{names[0] if mq == 0 else names[1]}: cross mean cosine without a row of non-zero norm")
     return float((sq / mq) @ (sd / md))
 
 
@@ -208,9 +231,10 @@ def centroid_distance(q, d, *, normalize: bool = True, names: tuple[str, str] = 
 
     .. math:: \\lVert \\bar q - \\bar d \\rVert_2, \\quad \\bar q = \\frac{1}{N_q} \\sum_i q_i
 
-    With ``normalize=True`` (default) the rows are L2-normalised first (zero rows left out), so the value is
-    in [0, 2] and comparable across models with different norm scales; with ``normalize=False`` the raw
-    vectors are averaged.
+    With ``normalize=True`` (default) the rows are L2-normalised first, so the value is in [0, 2] and
+    comparable across models with different norm scales; zero vectors have no unit vector and are left out of
+    the centroids (:func:`zero_norm_rows` counts them); NaN, with a :class:`RuntimeWarning`, when a side has no
+    non-zero row. With ``normalize=False`` the raw vectors are averaged (zero rows included).
     """
     q = check_matrix(q, names[0])
     d = check_matrix(d, names[1], dim=q.shape[1])
@@ -218,7 +242,8 @@ def centroid_distance(q, d, *, normalize: bool = True, names: tuple[str, str] = 
         sq, mq = _unit_sum(q)
         sd, md = _unit_sum(d)
         if mq == 0 or md == 0:
-            return float("nan")
+            return undefined(f"{names[0] if mq == 0 else names[1]}: normalised centroid without a row of "
+                             f"non-zero norm")
         return float(np.linalg.norm(sq / mq - sd / md))
     cq = np.zeros(q.shape[1]); cd = np.zeros(q.shape[1])
     for start, stop in row_blocks(q.shape[0]):

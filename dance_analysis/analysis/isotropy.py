@@ -2,6 +2,9 @@
 
 All three use one blocked pass for the d x d covariance (or second-moment) matrix and its eigendecomposition,
 so they scale to 1,000,000 x 384 rows; :func:`isotropy_stats` computes them together from one covariance.
+
+Zero vectors: IsoScore, effective rank and I(W) on raw vectors measure the spread of the points, so a zero row is
+a point at the origin like any other; I(W) with ``normalize=True`` works on directions and leaves zero rows out.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import check_matrix, row_blocks, unit_block, work_dtype
-from .geometry import covariance
+from .geometry import covariance, undefined
 
 __all__ = ["isoscore", "effective_rank", "partition_ratio", "isotropy_stats",
            "isoscore_from_variances", "effective_rank_from_eigenvalues"]
@@ -97,7 +100,10 @@ def _log_partition(x: np.ndarray, directions: np.ndarray, normalize: bool) -> np
     dirs = directions.astype(dt)
     for start, stop in row_blocks(x.shape[0]):
         if normalize:
-            b, _ = unit_block(x[start:stop], dt)
+            b, nonzero = unit_block(x[start:stop], dt)
+            b = b[nonzero]
+            if not len(b):
+                continue
         else:
             b = np.asarray(x[start:stop], dtype=dt)
         s = b @ dirs  # [B, k] in the input precision
@@ -119,7 +125,10 @@ def partition_ratio(x, *, normalize: bool = False, name: str = "embeddings",
     of :math:`W^\\top W` (uncentred second moment), each taken with both signs (2d directions). Computed with
     a streamed log-sum-exp, so large norms do not overflow. In (0, 1]: close to 1 when the space is isotropic
     (e.g. a large isotropic Gaussian sample), close to 0 with a dominant common direction. ``normalize=True``
-    L2-normalises the rows first (zero rows stay zero), which makes the value independent of the norm scale.
+    L2-normalises the rows first, which makes the value independent of the norm scale; zero vectors have no
+    direction and are left out of the second moment and of every Z(c) (they would add exp(0) = 1 to each and
+    pull the ratio towards 1; :func:`~dance_analysis.analysis.geometry.zero_norm_rows` counts them), and with no
+    non-zero row the result is NaN with a :class:`RuntimeWarning`.
     The products :math:`c^\\top w_i` run in the input precision (float32 input: relative error ~1e-7 of
     :math:`\\lVert w_i \\rVert` in the exponent).
     """
@@ -128,10 +137,14 @@ def partition_ratio(x, *, normalize: bool = False, name: str = "embeddings",
         if normalize:
             dim = x.shape[1]
             m = np.zeros((dim, dim))
+            count = 0
             for start, stop in row_blocks(x.shape[0]):
-                b, _ = unit_block(x[start:stop], work_dtype(x))
+                b, nonzero = unit_block(x[start:stop], work_dtype(x))
                 m += b.T @ b
-            m /= x.shape[0]
+                count += int(nonzero.sum())
+            if count == 0:
+                return undefined(f"{name}: partition ratio of normalised rows without a row of non-zero norm")
+            m /= count
         else:
             _, m = covariance(x, center=False, name=name)
     else:

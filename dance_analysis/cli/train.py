@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from ..errors import DanceError
 from .common import user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -29,8 +30,9 @@ the same) or --overwrite (delete it first) is given.
 
 The environment variable OMP_WAIT_POLICY defaults to PASSIVE (idle CPU threads sleep rather than spin).
 
-Exit status: 0 done, 2 a problem with the recipe, the data or the paths, 3 the loss became NaN or infinite
-(the last good checkpoint is kept).
+Exit status: 0 done, 2 a problem with the recipe, the data or the paths, including an output that cannot be
+written (disk full, file size limit, a parent that is a file; the last complete checkpoint is kept and named),
+3 the loss became NaN or infinite (the last good checkpoint is kept).
 """
 
 
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ..training.loop import train
 
-    result = train(recipe, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(recipe, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    except OSError as exc:  # a file problem the trainer did not name more precisely: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise DanceError(f"{where}{exc.strerror or exc}") from None
     if result.final_checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"final checkpoint: {result.final_checkpoint}")
         if result.best:

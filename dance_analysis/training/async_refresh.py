@@ -15,6 +15,10 @@ there is one, else the CPU), re-encodes the corpus and the queries, searches, mi
 At a step boundary the trainer adopts the newest ``refresh/step-*`` set; it never sees a half-written one. When
 training ends the trainer writes ``refresh/STOP`` (``{"final_step": ...}``); the miner handles that step if asked
 and exits. It also exits when the trainer process disappears.
+
+When the miner dies (killed, out of memory, a crash), the trainer notices at its next step, prints one warning,
+goes on training with the newest complete negative set and restarts the miner, which mines the newest checkpoint;
+after :data:`MAX_RESTARTS` restarts a further death stops training with an error.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from typing import Any
 
 from ..errors import DanceError
 from . import checkpoint as ckpt
+from .faults import fault_point
 
 REFRESH_DIR = "refresh"
 STOP_FILE = "STOP"
 LOG_FILE = "miner.log"
 SET_RE = re.compile(r"^step-(\d+)$")
+MAX_RESTARTS = 3
 
 
 def refresh_root(run_dir: str | os.PathLike) -> Path:
@@ -66,6 +72,8 @@ class MinerHandle:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.run_dir / LOG_FILE
         self._log_handle = None
+        self.restarts = 0
+        self.using: int | None = None
 
     def start(self) -> None:
         """Start the miner process (its output goes to ``RUN_DIR/miner.log``)."""
@@ -75,6 +83,8 @@ class MinerHandle:
         for child in root.iterdir():
             if child.name.startswith(".tmp-"):
                 shutil.rmtree(child, ignore_errors=True)
+        if self._log_handle is not None:
+            self._log_handle.close()
         env = dict(os.environ)
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
@@ -94,33 +104,46 @@ class MinerHandle:
         found = list_sets(self.run_dir)
         return found[-1] if found else None
 
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None and self.proc.returncode != 0:
-            raise DanceError(f"the negative miner stopped with exit status {self.proc.returncode}; "
-                             f"see {self.log_path}")
+    def revive(self) -> bool:
+        """Restart the miner if it has died; returns whether it did.
+
+        Prints one warning per death on stderr (training goes on with the set in use meanwhile); raises
+        :class:`DanceError` when the miner dies again after :data:`MAX_RESTARTS` restarts.
+        """
+        if self.proc is None or self.proc.poll() is None:
+            return False
+        code = self.proc.returncode
+        if self.restarts >= MAX_RESTARTS:
+            raise DanceError(f"the negative miner stopped with exit status {code} after {self.restarts} "
+                             f"restart(s); see {self.log_path}")
+        self.restarts += 1
+        using = f"the negatives of step {self.using}" if self.using is not None else "no negatives yet"
+        print(f"warning: the negative miner stopped (exit status {code}, see {self.log_path}); training goes on "
+              f"with {using} and the miner is restarted", file=sys.stderr, flush=True)
+        self.start()
+        return True
 
     def wait_for(self, step: int) -> tuple[int, Path]:
-        """Block until a set of at least ``step`` exists; raises :class:`DanceError` if the miner died."""
+        """Block until a set of at least ``step`` exists (restarting a dead miner, see :meth:`revive`)."""
         delay = min(0.05, self.recipe.mining.poll_seconds)
         while True:
             newest = self.newest()
             if newest is not None and newest[0] >= step:
                 return newest
-            self._check_alive()
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DanceError(f"the negative miner exited before mining checkpoint {step}; see {self.log_path}")
+            self.revive()
             time.sleep(delay)
             delay = min(delay * 2, self.recipe.mining.poll_seconds)
 
     def in_use(self, step: int) -> None:
         """The trainer now trains on set ``step``: delete older sets (their checkpoints keep copies)."""
+        self.using = step
         for other, path in list_sets(self.run_dir):
             if other < step:
                 ckpt.remove_dir(path)
 
     def checkpoint_written(self, step: int) -> None:
         """Called after checkpoint ``step`` is committed (the miner finds it by watching the folder)."""
-        self._check_alive()
+        self.revive()
 
     def record(self, step: int) -> dict[str, Any] | None:
         """The ``refresh.json`` record of set ``step``, if it exists."""
@@ -133,11 +156,13 @@ class MinerHandle:
         started = time.perf_counter()
         if self.proc is None:
             return 0.0
-        ckpt.write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
-        code = self.proc.wait()
+        self.revive()
+        while True:
+            ckpt.write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
+            if self.proc.wait() == 0:
+                break
+            self.revive()  # died before handling the final step: once more (or an error after MAX_RESTARTS)
         self.proc = None
-        if code != 0:
-            raise DanceError(f"the negative miner stopped with exit status {code}; see {self.log_path}")
         return time.perf_counter() - started
 
     def close(self) -> None:
@@ -254,6 +279,7 @@ class Miner:
         from .refresh import prepare_data, run_refresh, summary_line
 
         started = time.perf_counter()
+        fault_point("miner-refresh", step)
         try:
             model = DualEncoder.load(str(checkpoint_dir / "encoder"))
         except (DanceError, OSError) as exc:

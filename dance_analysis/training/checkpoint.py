@@ -20,6 +20,7 @@ named ``checkpoint-<step>`` is never half-written (a SIGKILL leaves at most a te
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -60,12 +61,70 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DanceError(f"{path}: expected JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+class _RecordingWriter:
+    """A binary file whose ``write`` remembers the ``OSError`` it raised (torch.save turns it into an opaque
+    ``RuntimeError``)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file, then rename (the object must be weights_only-loadable)."""
+    """``torch.save`` to a temp file, then rename (the object must be weights_only-loadable).
+
+    A failed write (disk full, file size limit) raises the ``OSError`` of the write, not torch's ``RuntimeError``.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as fh:
+        writer = _RecordingWriter(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
     os.replace(tmp, path)
+
+
+# errno values that mean "this output cannot be written" (as opposed to a missing input)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EIO, errno.EISDIR}
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """The cause of a failed write as text (``"File too large"``), or ``None`` when ``exc`` is no such failure.
+
+    Recognises an ``OSError`` with one of :data:`WRITE_ERRNOS` (or none: numpy's short writes) and the errors of
+    the safetensors writer (``"... I/O error: ... (os error 27)"``).
+    """
+    if isinstance(exc, OSError):
+        if exc.errno is None:
+            return str(exc) or type(exc).__name__
+        return (exc.strerror or str(exc)) if exc.errno in WRITE_ERRNOS else None
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    if match and int(match.group(1)) in WRITE_ERRNOS:
+        return os.strerror(int(match.group(1)))
+    return None
+
+
+def write_error_message(target: str | os.PathLike, cause: str, run_dir: str | os.PathLike) -> str:
+    """The one-line message of a failed write of ``target``, naming the last complete checkpoint to resume from."""
+    latest = latest_checkpoint(run_dir)
+    where = (f"the last complete checkpoint {latest} is intact: continue from it with --resume once the output "
+             f"can be written" if latest else "no checkpoint was written yet")
+    return f"cannot write {target}: {cause} (is the disk full or the folder not writable?); {where}"
 
 
 def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

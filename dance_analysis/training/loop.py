@@ -40,6 +40,7 @@ from ..mining import NegativeSet
 from . import checkpoint as ckpt
 from .config import Recipe, dump_recipe, recipe_differences, recipe_from_dict
 from .distributed import DistContext, init_distributed
+from .faults import fault_point
 from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, read_refresh_record, run_refresh, summary_line
 
 CONFIG_FILE = "config.yaml"
@@ -251,6 +252,11 @@ class Trainer:
         run_dir = self.run_dir
         if run_dir.exists() and not run_dir.is_dir():
             raise DanceError(f"{run_dir}: the output directory is a file")
+        ancestor = run_dir.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not run_dir.exists() and not ancestor.is_dir():
+            raise DanceError(f"cannot create the output directory {run_dir}: {ancestor} is a file, not a folder")
         non_empty = run_dir.is_dir() and any(run_dir.iterdir())
         if not non_empty:
             return None
@@ -342,6 +348,25 @@ class Trainer:
         else:
             print(text, file=sys.stderr, flush=True)
 
+    @contextlib.contextmanager
+    def _writing(self, target: Path, tmp: Path | None = None):
+        """Turn a failed write of ``target`` (disk full, file size limit, unwritable folder) into a one-line
+        :class:`DanceError` naming it, the cause and the last complete checkpoint; removes ``tmp`` (a temporary
+        checkpoint folder) first. Other errors pass unchanged."""
+        try:
+            yield
+        except DanceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - only write failures are translated, the rest is re-raised
+            cause = ckpt.write_failure(exc)
+            if cause is None:
+                raise
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    ckpt.remove_dir(tmp)
+            named = target if tmp is not None else (getattr(exc, "filename", None) or target)
+            raise DanceError(ckpt.write_error_message(named, cause, self.run_dir)) from None
+
     # ------------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
         from ..model import DualEncoder
@@ -382,7 +407,8 @@ class Trainer:
         self.data: TrainingData = prepare_data(recipe, model.tokenizer, model.config.query_max_length,
                                                model.config.doc_max_length, dist)
         if dist.is_main:
-            self._init_run_dir()
+            with self._writing(self.run_dir):
+                self._init_run_dir()
         dist.barrier()
         self.objective = losses_module.DanceObjective.for_objective(
             recipe.loss.objective, w_q2d=recipe.loss.w_q2d, w_d2q=recipe.loss.w_d2q,
@@ -444,6 +470,7 @@ class Trainer:
         }
         ckpt.write_json(folder / "trainer_state.json", state)
         ckpt.torch_save_atomic(self.optimizer.state_dict(), folder / "optimizer.pt")
+        fault_point("checkpoint-write", self.step)
         ckpt.torch_save_atomic(self.scheduler.state_dict(), folder / "scheduler.pt")
         ckpt.torch_save_atomic({"ranks": rng_tensors}, folder / "rng.pt")
         ckpt.write_json(folder / "rng.json", {"ranks": rng_plain})
@@ -512,16 +539,19 @@ class Trainer:
     def _sync_refresh(self) -> Path | None:
         """Refresh with the current weights and write checkpoint-<step> with everything (sync mode)."""
         started = time.perf_counter()
-        tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
-        result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
-                             device=self.device, progress=self._progress_enabled(),
-                             reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings)
-        self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
-        rng_tensors, rng_plain = self._gather_rng()
-        self.refresh_seconds += time.perf_counter() - started
-        if self.dist.is_main:
-            self._write_state(tmp, rng_tensors, rng_plain)
-        final = self._commit(tmp, self.step)
+        target = self.run_dir / f"checkpoint-{self.step}"
+        with self._writing(target):
+            tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
+        with self._writing(target, tmp):
+            result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
+                                 device=self.device, progress=self._progress_enabled(),
+                                 reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings)
+            self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
+            rng_tensors, rng_plain = self._gather_rng()
+            self.refresh_seconds += time.perf_counter() - started
+            if self.dist.is_main:
+                self._write_state(tmp, rng_tensors, rng_plain)
+            final = self._commit(tmp, self.step)
         self.dist.barrier()
         if self.dist.is_main:
             self.last_dev = result.dev_metrics
@@ -534,13 +564,16 @@ class Trainer:
     def _plain_checkpoint(self, with_negatives: bool) -> Path | None:
         """A checkpoint without a refresh: weights and state (async mode, or a final step without refresh)."""
         started = time.perf_counter()
-        tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
-        rng_tensors, rng_plain = self._gather_rng()
-        if self.dist.is_main:
-            self._write_state(tmp, rng_tensors, rng_plain)
-            if with_negatives and self.stream is not None:
-                self.stream.negatives.save(tmp / NEGATIVES_DIR)
-        final = self._commit(tmp, self.step)
+        target = self.run_dir / f"checkpoint-{self.step}"
+        with self._writing(target):
+            tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
+        with self._writing(target, tmp):
+            rng_tensors, rng_plain = self._gather_rng()
+            if self.dist.is_main:
+                self._write_state(tmp, rng_tensors, rng_plain)
+                if with_negatives and self.stream is not None:
+                    self.stream.negatives.save(tmp / NEGATIVES_DIR)
+            final = self._commit(tmp, self.step)
         self.dist.barrier()
         self.refresh_seconds += time.perf_counter() - started
         return final
@@ -571,6 +604,7 @@ class Trainer:
         if self.dist.is_main:
             started = time.perf_counter()
             current = self.stream.step if self.stream is not None else -1
+            self.miner.revive()
             if wait_for is not None:
                 decision = self.miner.wait_for(wait_for)
             else:
@@ -684,7 +718,8 @@ class Trainer:
         wall_start = time.perf_counter()
         try:
             self._setup()
-            return self._run(wall_start)
+            with self._writing(self.run_dir):
+                return self._run(wall_start)
         finally:
             if self.bar is not None:
                 self.bar.close()

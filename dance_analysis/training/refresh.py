@@ -28,6 +28,7 @@ from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives,
 from ..mining import summary as negatives_summary
 from .config import Recipe
 from .distributed import DistContext
+from .faults import fault_point
 
 EMBEDDINGS_DIR = "embeddings"
 NEGATIVES_DIR = "negatives"
@@ -336,6 +337,8 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     timings["encode"] = time.perf_counter() - started
     if was_training:
         model.train()
+    if dist.is_main:
+        fault_point("refresh", step)
 
     result = None
     if dist.is_main:
