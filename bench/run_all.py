@@ -1,6 +1,6 @@
 """Run every benchmark of bench/ in turn with its default settings; each prints its own figures.
 
-    python bench/run_all.py            # all of them (about an hour on a 2-core machine)
+    python bench/run_all.py            # all of them (about 1.5 hours on a 2-core machine; scale alone ~25 min)
     python bench/run_all.py search     # only the ones whose file name contains "search"
 """
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["encode", "search", "metrics", "train_step", "analysis", "report", "token_cache_memory"]
+ORDER = ["encode", "search", "metrics", "train_step", "analysis", "report", "token_cache_memory", "scale"]
 
 
 def main(argv: list[str]) -> int:
