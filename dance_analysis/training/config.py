@@ -10,7 +10,7 @@ A recipe has seven sections (every key optional, defaults below)::
     optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
     mining:     {refresh_every, mode, top_k, n, fraction, final_refresh, encode_batch_size, device,
-                 embeddings_dtype, save_embeddings, dev_k, poll_seconds}
+                 embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
 
@@ -136,6 +136,13 @@ class MiningConfig:
     miner looks for new checkpoints. ``cache_initial_embeddings`` keeps the embeddings of the initial refresh in
     the cache folder, keyed on the starting weights and token caches, so that runs starting from the same model
     (e.g. the ANCE and DANCE demos) encode the collection once.
+    ``index`` is the search that mines the document negatives: ``Flat`` (the default, what the paper uses) is
+    exact inner-product search; any other faiss ``index_factory`` description (``IVF1024,Flat``, ``HNSW32``,
+    ``IVF1024,PQ48``, ...) mines from an approximate index built at every refresh, faster on large corpora at
+    some loss of recall (see :mod:`dance_analysis.ann`). ``index_params`` are its search-time parameters
+    (``nprobe=32``, ``efSearch=128``; empty keeps faiss' defaults, nprobe=1 / efSearch=16, which give low recall).
+    Only the document-side mining search uses it: the DANCE query-side search over the training queries and the
+    dev evaluation stay exact.
     """
 
     refresh_every: int = 1000
@@ -152,6 +159,8 @@ class MiningConfig:
     poll_seconds: float = 1.0
     max_staleness: int | None = None
     cache_initial_embeddings: bool = False
+    index: str = "Flat"
+    index_params: str = ""
 
 
 @dataclass
@@ -223,6 +232,12 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise DanceError(f"recipe: {message}")
+        from ..ann import check_index_spec
+
+        try:  # the embedding dimension is not known yet: the description must build for a common one
+            check_index_spec(self.mining.index, self.mining.index_params)
+        except DanceError as exc:
+            raise DanceError(f"recipe: mining.index / mining.index_params: {exc}") from None
         return self
 
 
