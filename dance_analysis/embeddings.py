@@ -7,11 +7,12 @@ larger than memory can be searched or analysed in slices.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -61,6 +62,27 @@ def write_npy_atomic(path: str | os.PathLike, array: np.ndarray, chunk_rows: int
         else:
             with open(tmp, "wb") as handle:
                 np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def new_npy_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterator[np.memmap]:
+    """A writable memory map of a new npy file ``path`` of ``shape`` and ``dtype``, to fill row by row.
+
+    The file is written at a temporary path beside ``path`` and renamed to ``path`` when the ``with`` block ends
+    without an error (and removed when it raises), so ``path`` never holds a half-written array.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _temp_beside(path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        yield out
+        out.flush()
+        del out
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -20,7 +20,6 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .device import autocast, pick_device
-from .embeddings import Embeddings, as_id_array, ids_path, vectors_path, write_npy_atomic
+from .embeddings import Embeddings, as_id_array, ids_path, new_npy_memmap, vectors_path, write_npy_atomic
 from .errors import DanceError
 from .model import DualEncoder, _check_side
 
@@ -230,15 +229,9 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
 
     n = len(rows)
     order = np.argsort(-lengths, kind="stable")
-    tmp_vec = None
-    if out is not None:
-        vec_file, id_file = vectors_path(out), ids_path(out)
-        os.makedirs(os.path.dirname(os.path.abspath(vec_file)), exist_ok=True)
-        tmp_vec = os.path.join(os.path.dirname(os.path.abspath(vec_file)),
-                               f".{os.path.basename(vec_file)}.tmp-{uuid.uuid4().hex[:8]}")
-        result = np.lib.format.open_memmap(tmp_vec, mode="w+", dtype=dtype, shape=(n, model.dim))
-    else:
-        result = np.empty((n, model.dim), dtype=dtype)
+    # The vectors go into a memmap of out.npy (renamed into place once complete, after the ids) or into memory.
+    target_array = (new_npy_memmap(vectors_path(out), (n, model.dim), dtype) if out is not None
+                    else contextlib.nullcontext(np.empty((n, model.dim), dtype=dtype)))
 
     was_training = model.training
     model.eval()
@@ -246,7 +239,7 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
     torch_dtype = torch.float16 if dtype == np.float16 else torch.float32
     bar = tqdm(total=n, desc=f"encode {side}", unit=side, disable=None if progress else True)
     try:
-        with torch.inference_mode(), autocast(target), fast_cpu_kernels(target):
+        with target_array as result, torch.inference_mode(), autocast(target), fast_cpu_kernels(target):
             for start in range(0, n, batch_size):
                 positions = order[start:start + batch_size]
                 input_ids, attention_mask = cache.batch(rows[positions])
@@ -256,19 +249,12 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
                 vectors = model.encode(input_ids, attention_mask, side)
                 result[positions] = vectors.to(dtype=torch_dtype).cpu().numpy()
                 bar.update(len(positions))
-        if out is None:
-            return Embeddings(ids, result)
-        result.flush()
-        del result
-        write_npy_atomic(id_file, ids)
-        os.replace(tmp_vec, vec_file)
-        tmp_vec = None
-        return Embeddings.load(out, mmap=True)
+            if out is not None:
+                write_npy_atomic(ids_path(out), ids)
     finally:
         bar.close()
         model.train(was_training)
-        if tmp_vec is not None and os.path.exists(tmp_vec):
-            os.remove(tmp_vec)
+    return Embeddings(ids, result) if out is None else Embeddings.load(out, mmap=True)
 
 
 def encode_texts(model: DualEncoder, ids: Sequence[str], texts: Sequence[str], side: str, *,
