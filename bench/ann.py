@@ -36,43 +36,12 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from peak_memory import PeakMemory
+
 import numpy as np
-
-
-def rss_anon_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-class PeakMemory:
-    """Largest RssAnon above the starting value, sampled in a background thread."""
-
-    def __enter__(self):
-        self.start = rss_anon_mb()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_anon_mb())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_anon_mb())
-        self.delta = self.peak - self.start
-        return False
 
 
 def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float) -> np.ndarray:
