@@ -210,19 +210,23 @@ def _summary_rows(table: dict) -> list[str]:
 
 
 def _claim_rows(metrics: dict) -> list[str]:
+    """The claims table: per metric the zero-shot start's value (when there is one), ANCE and DANCE as mean ± std
+    over the seeds, and the verdicts."""
     claims = metrics["claims"]
     verdict_of = {v["claim"]: v["verdict"] for v in claims["verdicts"]}
-    lines = ["| claim | metric | predicted | ANCE | DANCE | metric verdict | claim verdict |",
-             "|---|---|---|---|---|---|---|"]
+    start = [_representative(r).get("claim_metrics") or {} for r in metrics["runs"] if _side(r) == "zero-shot"]
+    lines = ["| claim | metric | predicted | zero-shot (start) | ANCE | DANCE | metric verdict | claim verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in claims["rows"]:
-        cells = []
+        value = start[0].get(row["metric"]) if start else None
+        cells = [f"{value:.4f}" if value is not None and np.isfinite(value) else "n/a"]
         for side in ("ance", "dance"):
             vals = np.array([v for v in row.get(side) or [] if v is not None], dtype=float)
             vals = vals[np.isfinite(vals)]
             cells.append(_pm(float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0, vals.size)
                          if vals.size else "n/a")
         role = "" if row.get("primary") else " (supporting)"
-        lines.append(f"| {row['claim']} | {row['label']}{role} | {row['predicted']} | {cells[0]} | {cells[1]} | "
+        lines.append(f"| {row['claim']} | {row['label']}{role} | {row['predicted']} | {' | '.join(cells)} | "
                      f"{row['verdict']} | {verdict_of.get(row['claim'], '')} |")
     return lines
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 import pytest
 
+import reproduce_support as rs
 import train_support as ts
 from dance_analysis import reproduce
 
@@ -47,28 +47,6 @@ def _args(tmp_path, manifest, encoder, seeds):
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
     return args
-
-
-def _table(text: str, first_header: str) -> dict[str, list[str]]:
-    """Rows of the markdown table whose header starts with ``| first_header |``: first cell -> other cells."""
-    rows, inside = {}, False
-    for line in text.splitlines():
-        if line.startswith(f"| {first_header} |"):
-            inside = True
-            continue
-        if inside:
-            if not line.startswith("|"):
-                break
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set(cells[0]) != {"-"}:
-                rows[cells[0]] = cells[1:]
-    return rows
-
-
-def _mean_std(cell: str) -> tuple[float, float]:
-    match = re.fullmatch(r"(-?[\d.]+)(?: ± ([\d.]+))?", cell)
-    assert match, cell
-    return float(match.group(1)), float(match.group(2) or 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -121,64 +99,22 @@ def test_zero_shot_is_the_untrained_start_of_every_run(experiment):
 
 
 def test_run_files_score_like_the_report_with_ir_measures(experiment):
-    import ir_measures
-    from ir_measures import R, RR, nDCG
-
     root = experiment["root"]
-    metrics = json.loads((root / "report" / "metrics.json").read_text())
-    min_rel = metrics["collection"]["min_relevance"]
-    qrels = [ir_measures.Qrel(qid, doc, int(grade)) for qid, _, doc, grade in
-             (line.split() for line in (root / "collection" / "test-qrels.tsv").read_text().splitlines())]
-    evaluable = {q.query_id for q in qrels if q.relevance >= min_rel}
-    qrels = [q for q in qrels if q.query_id in evaluable]
-    for run in metrics["runs"]:
-        subject = next(s for s in run["subjects"] if s["label"] == run["representative"])
-        path = root / "report" / "runs" / f"{run['name']}.test.trec.gz"
-        run_lines = list(ir_measures.read_trec_run(str(path)))
-        scored = ir_measures.calc_aggregate([nDCG @ 10, R(rel=min_rel) @ 100], qrels, run_lines)
-        # MRR@10 as trec_eval's recip_rank cut at rank 10 (ir-measures' own RR@k breaks score ties another way).
-        rr = {m.query_id: m.value for m in ir_measures.pytrec_eval.iter_calc([RR(rel=min_rel)], qrels, run_lines)}
-        mrr10 = np.mean([v if v > 0 and round(1 / v) <= 10 else 0.0 for v in (rr.get(q, 0.0) for q in evaluable)])
-        q2d = subject["ranking"]["q2d"]
-        assert len(evaluable) == q2d["queries"]
-        assert scored[nDCG @ 10] == pytest.approx(q2d["nDCG@10"], abs=1e-9)
-        assert scored[R(rel=min_rel) @ 100] == pytest.approx(q2d["R@100"], abs=1e-9)
-        assert mrr10 == pytest.approx(q2d["MRR@10"], abs=1e-9)
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, _, doc, grade in (line.split() for line in (root / "collection" / "test-qrels.tsv").read_text().splitlines()):
+        qrels.setdefault(qid, {})[doc] = int(grade)
+    assert rs.check_run_files(root / "report", qrels) == 5
 
 
 def test_readme_tables_are_the_means_and_spreads_of_metrics_json(experiment):
     root = experiment["root"]
-    metrics = json.loads((root / "report" / "metrics.json").read_text())
-    columns = [("q2d", "MRR@10"), ("q2d", "nDCG@10"), ("q2d", "R@100"), ("d2q", "MRR@10")]
-    values: dict[str, list[list[float]]] = {}
-    for run in metrics["runs"]:
-        side = {"ance": "ANCE", "dance": "DANCE"}.get(run.get("objective") or "", "MiniLM zero-shot (start)")
-        ranking = next(s for s in run["subjects"] if s["label"] == run["representative"])["ranking"]
-        values.setdefault(side, []).append([ranking[t][k] for t, k in columns])
-    for text in ((root / "report" / "README.md").read_text(), (root / "README.md").read_text()):
-        table = _table(text, "model")
-        assert set(table) == set(values)
-        for side, rows in values.items():
-            rows = np.array(rows)
-            assert int(table[side][0]) == len(rows)
-            for j, cell in enumerate(table[side][1:]):
-                mean, std = _mean_std(cell)
-                assert mean == pytest.approx(rows[:, j].mean(), abs=5e-5)
-                assert std == pytest.approx(rows[:, j].std(ddof=1) if len(rows) > 1 else 0.0, abs=5e-5)
+    rs.check_readme_tables(root / "report", [root / "report" / "README.md", root / "README.md"])
     readme = (root / "README.md").read_text()
     assert "stale" not in readme and readme.startswith("# project") and readme.rstrip().endswith("more text")
 
 
 def test_readme_claims_table_has_every_claim_and_its_computed_verdict(experiment):
-    root = experiment["root"]
-    metrics = json.loads((root / "report" / "metrics.json").read_text())
-    text = (root / "report" / "README.md").read_text()
-    lines = [line for line in text.splitlines() if re.match(r"\| C\d \|", line)]
-    assert len(lines) == len(metrics["claims"]["rows"])
-    verdicts = {v["claim"]: v["verdict"] for v in metrics["claims"]["verdicts"]}
-    for line, row in zip(lines, metrics["claims"]["rows"]):
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == row["claim"] and cells[5] == row["verdict"] and cells[6] == verdicts[row["claim"]]
+    rs.check_claims_table(experiment["root"] / "report")
 
 
 def test_missing_readme_markers_is_a_clear_error(tmp_path):
