@@ -355,3 +355,15 @@ def test_eval_with_an_exhaustive_ivf_index_equals_exact(tiny_model_dir, tmp_path
         np.testing.assert_allclose(ivf_run[qid], values, rtol=1e-5, atol=1e-6)
     for name, value in exact["metrics"].items():
         assert ivf["metrics"][name] == pytest.approx(value, abs=0.01), name
+
+
+def test_trainer_checks_the_index_against_the_model_dimension_before_encoding(train_env, tmp_path):
+    """"IVF4,PQ48" passes the recipe check (48 divides 384) but not the tiny model's 32-d vectors: the trainer
+    stops at setup, before the first refresh encodes anything or a checkpoint is written."""
+    from dance_analysis.training.loop import train
+
+    recipe = _recipe(train_env, index="IVF4,PQ48", index_params="nprobe=4")
+    run_dir = tmp_path / "run"
+    with pytest.raises(DanceError, match="cannot be built for dimension 32"):
+        train(recipe, run_dir)
+    assert not run_dir.exists() or not list(run_dir.glob("checkpoint-*"))

@@ -400,6 +400,10 @@ class Trainer:
             model = DualEncoder.load(resolve_backbone(recipe.model.backbone, recipe.model.select,
                                                       recipe.checkpoint.best_metric),
                                      **recipe.model.overrides())
+        from ..ann import check_index_spec
+
+        # Now that the embedding size is known, before the first refresh encodes the whole corpus.
+        check_index_spec(recipe.mining.index, recipe.mining.index_params, dim=model.dim)
         self.model = model.to(self.device)
         self.model.train()
         torch.manual_seed(opt.seed + dist.rank)  # dropout differs between ranks
