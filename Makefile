@@ -27,7 +27,7 @@ demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes reports/demo/ind
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The rag24 experiment: 3 seeds x ANCE/DANCE, report in reports/rag24/ (about an hour on 2 cores; rerun to resume).
+# The rag24 experiment: 5 folds x (ANCE, DANCE stage 1, DANCE), report in reports/rag24/ (rerun to resume).
 reproduce: $(STAMP)
 	$(BIN)/python -m dance_analysis.reproduce
 

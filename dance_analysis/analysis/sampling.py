@@ -5,6 +5,10 @@
 (b) :func:`count_distribution_stats`, :func:`gini`, :func:`lorenz_curve`: how evenly the negatives drawn at a
     refresh are spread over the documents (q2d side) or the queries (d2q side), from the trainer's counts.
 
+(c) :func:`negative_sampling_marginals`, :func:`sampling_uniformity`: the exact expected number of times each
+    query is drawn as a negative by the uniform top-K sampler of the dual task (no Monte Carlo, no trainer run
+    needed), and how evenly it is spread.
+
 DANCE claims (its C4) that the query side receives more uniform sampling probabilities, so more queries are
 optimised: higher normalised entropy, lower Gini coefficient, smaller share never drawn.
 """
@@ -13,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_vector, row_blocks
+from ._common import _row_list, check_vector, row_blocks
 
-__all__ = ["softmax_stats", "count_distribution_stats", "gini", "lorenz_curve"]
+__all__ = ["softmax_stats", "count_distribution_stats", "gini", "lorenz_curve", "negative_sampling_marginals",
+           "sampling_uniformity"]
 
 
 def _nan_stat(fn, a: np.ndarray) -> float:
@@ -23,7 +28,7 @@ def _nan_stat(fn, a: np.ndarray) -> float:
     return float(fn(a)) if a.size else float("nan")
 
 
-def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0) -> dict:
+def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0, drop_positives: bool = False) -> dict:
     """Entropy, largest probability and positive mass of the per-row softmax over top-K scores.
 
     ``scores`` is float ``[n, K]`` (row = one query's top-K document scores, or one document's top-K query
@@ -34,6 +39,13 @@ def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0) -> di
       (1 = uniform over the row's K finite candidates; NaN when K_row < 2);
     - largest probability :math:`\\max_k p_k`;
     - positive mass :math:`\\sum_{k \\in pos} p_k` when ``positive_mask`` (bool ``[n, K]``) is given.
+
+    ``drop_positives=True`` (needs ``positive_mask``) removes the positives before the softmax: their scores
+    are set to ``-inf`` (like padding), so p, K, the entropy and the largest probability are those of the
+    distribution over the row's negative candidates only, and ``positive_mass`` is 0. Use it for the d2q
+    negative-sampling distribution (row = one positive document's top-K query scores, mask = its positive
+    queries): with the positives kept in, the own query usually holds most of the mass and the entropy mostly
+    measures the model's confidence on it, not how evenly the query negatives would be drawn.
 
     Rows without any finite score get NaN everywhere and are left out of the summaries. Returns per-row arrays
     ``"entropy"``, ``"entropy_norm"``, ``"max_prob"``, ``"k"`` (and ``"positive_mass"``) plus the summaries
@@ -51,6 +63,8 @@ def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0) -> di
         mask = np.asarray(positive_mask, dtype=bool)
         if mask.shape != s.shape:
             raise ValueError(f"positive_mask: expected shape {s.shape}, got {mask.shape}")
+    elif drop_positives:
+        raise ValueError("drop_positives=True needs positive_mask (which entries are positives)")
     n = s.shape[0]
     entropy = np.empty(n); max_prob = np.empty(n); k = np.empty(n, dtype=np.int64)
     pos = np.empty(n) if mask is not None else None
@@ -62,6 +76,8 @@ def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0) -> di
             bad.append(np.flatnonzero(wrong) + start)
             continue
         finite = np.isfinite(b)
+        if drop_positives:
+            finite &= ~mask[start:stop]
         kb = finite.sum(axis=1)
         has = kb > 0
         z = np.where(finite, b / temperature, -np.inf)
@@ -163,3 +179,80 @@ def count_distribution_stats(counts) -> dict[str, float]:
     out["gini"] = gini(c)
     out["max_share"] = float(p.max())
     return out
+
+
+def _first_valid(ids: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Mask of the entries that are candidates: not -1 padding, the first occurrence of their value in the row,
+    and not ``excluded`` (a later repeat of a value never counts, whatever its own mask says)."""
+    order = np.argsort(ids, axis=1, kind="stable")          # equal values keep their column order
+    srt = np.take_along_axis(ids, order, axis=1)
+    first_sorted = np.ones(ids.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    return first & (ids >= 0) & ~excluded
+
+
+def negative_sampling_marginals(topk_ids, positive_mask, *, n_queries: int, n: int = 20) -> np.ndarray:
+    """Expected number of times each query of the pool is drawn as a negative: the exact marginals of the
+    uniform top-K sampler of the dual task (DANCE's query negatives, Li et al., ICTIR 2021; the document-side
+    analogue is ANCE's, Xiong et al., ICLR 2021).
+
+    ``topk_ids`` is int ``[R, K]``: row r = one anchor (a positive document), entries = rows of the query pool
+    (``0 <= id < n_queries``) retrieved for it, -1 = padding; ``positive_mask`` is bool ``[R, K]``, True where
+    the entry is a positive query of the anchor. The anchor's candidates cand(r) are its retrieved queries minus
+    padding, minus its positives, minus repeats (a query is a candidate when its FIRST occurrence in the row is
+    unmasked), and the sampler draws min(n, |cand(r)|) of them uniformly without replacement, so each candidate
+    is drawn with probability min(n, |cand(r)|) / |cand(r)|:
+
+    .. math:: \\pi(q) = \\sum_r \\mathbf 1[q \\in \\mathrm{cand}(r)] \\,
+              \\frac{\\min(n, |\\mathrm{cand}(r)|)}{|\\mathrm{cand}(r)|}
+
+    (a sum of per-anchor inclusion probabilities, each <= 1; anchors with no candidate add nothing). This is the
+    rule of the project's trainer, which draws once per positive pair (q, d+) from d+'s top-K minus every query
+    labelled positive for d+: pass one row per positive pair (repeat a document's row for each of its positive
+    pairs) and :math:`\\pi` is the expected value of that refresh's per-query draw counts. Returns float64
+    ``[n_queries]``; queries that are nobody's candidate get exactly 0.
+    """
+    ids = np.asarray(topk_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"topk_ids: expected a 2-D array [anchors, K], got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"topk_ids: expected integer query rows, got dtype {ids.dtype}")
+    mask = np.asarray(positive_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"positive_mask: expected shape {ids.shape}, got {mask.shape}")
+    if mask.dtype != bool:
+        raise ValueError(f"positive_mask: expected a bool array, got dtype {mask.dtype}")
+    if int(n_queries) != n_queries or n_queries < 1:
+        raise ValueError(f"n_queries: expected a positive integer, got {n_queries}")
+    if int(n) != n or n < 0:
+        raise ValueError(f"n: expected a non-negative integer, got {n}")
+    bad = np.flatnonzero(((ids < -1) | (ids >= n_queries)).any(axis=1))
+    if bad.size:
+        raise ValueError(f"topk_ids: query row out of range [-1, {n_queries}) in row(s) "
+                         f"{_row_list(bad, bad.size)}")
+    pi = np.zeros(int(n_queries), dtype=np.float64)
+    for start, stop in row_blocks(ids.shape[0], 65536):
+        block = ids[start:stop].astype(np.int64)
+        cand = _first_valid(block, mask[start:stop])
+        size = cand.sum(axis=1)
+        prob = np.minimum(n, size) / np.maximum(size, 1)     # inclusion probability of each candidate of the row
+        pi += np.bincount(block[cand], weights=np.broadcast_to(prob[:, None], cand.shape)[cand],
+                          minlength=pi.size)
+    return pi
+
+
+def sampling_uniformity(pi) -> dict[str, float]:
+    """How evenly negative-sampling marginals (e.g. of :func:`negative_sampling_marginals`) spread over the pool.
+
+    The statistics of :func:`count_distribution_stats` on :math:`\\pi` (expected draw counts instead of realised
+    ones): Gini coefficient (:func:`gini`), share of the pool with :math:`\\pi(q) = 0` (never a candidate),
+    normalised entropy :math:`-\\sum_q p_q \\log p_q / \\log n` of :math:`p = \\pi / \\sum \\pi`, and the largest
+    share. Returns ``{"gini", "zero_share", "entropy_norm", "entropy", "max_share", "n", "total"}``; DANCE's C4
+    predicts a lower Gini, a smaller zero share and a higher normalised entropy. With :math:`\\sum \\pi = 0`
+    all but ``zero_share`` (1) and ``n`` are NaN or 0 as in :func:`count_distribution_stats`.
+    """
+    stats = count_distribution_stats(pi)
+    return {"gini": stats["gini"], "zero_share": stats["never_share"], "entropy_norm": stats["entropy_norm"],
+            "entropy": stats["entropy"], "max_share": stats["max_share"], "n": stats["n"], "total": stats["total"]}

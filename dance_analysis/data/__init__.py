@@ -21,7 +21,7 @@ from typing import Mapping
 from ..errors import DanceError
 from .cache import cache_root
 from .collection import Collection, Corpus, FileCorpus, InMemoryCorpus
-from .splits import seeded_splits
+from .splits import cross_validation_splits, seeded_splits
 from .tokens import TokenCache, build_token_cache, cached_tokens
 
 __all__ = [

@@ -9,6 +9,8 @@ millions of documents never has all its texts in memory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -352,6 +354,10 @@ class Collection:
             valid = ", ".join([*self.splits, "all"])
             raise DanceError(f"unknown split {split!r} of collection {self.name}; expected one of: {valid}")
         return list(self.splits[split])
+
+    def with_splits(self, splits: dict[str, list[str]]) -> "Collection":
+        """The same collection with other named query splits (e.g. a cross-validation fold's)."""
+        return dataclasses.replace(self, splits={name: list(qids) for name, qids in splits.items()})
 
     def relevant(self, qid: str) -> dict[str, int]:
         """``{docid: grade}`` of the documents with grade >= ``min_relevance`` for ``qid``."""

@@ -39,3 +39,26 @@ def seeded_splits(qids: Iterable[str], *, seed: int = DEFAULT_SEED,
         splits[name] = [str(q) for q in ordered[start:end]]
         start = end
     return splits
+
+
+def cross_validation_splits(qids: Iterable[str], folds: int, fold: int, *, seed: int = DEFAULT_SEED
+                            ) -> dict[str, list[str]]:
+    """Fold ``fold`` of ``folds``-fold cross-validation over the query ids: ``test``, ``dev`` and ``train``.
+
+    The sorted ids are shuffled with ``numpy.random.default_rng(seed).permutation`` and cut into ``folds``
+    nearly equal consecutive parts (``numpy.array_split``). Fold ``fold`` is the test part, fold
+    ``(fold + 1) % folds`` the dev part (checkpoint selection), the rest the training part. Over
+    ``fold = 0 .. folds - 1`` every query is tested exactly once, by a model that neither trained nor selected on
+    it. Each part keeps the shuffled order.
+    """
+    if not (isinstance(folds, int) and folds >= 3):
+        raise DanceError(f"folds must be an integer >= 3 (train, dev and test parts), got {folds!r}")
+    if not (isinstance(fold, int) and 0 <= fold < folds):
+        raise DanceError(f"fold must be in 0 .. {folds - 1}, got {fold!r}")
+    ordered = np.asarray(sorted(set(qids)), dtype=object)
+    if len(ordered) < folds:
+        raise DanceError(f"{folds}-fold cross-validation needs at least {folds} queries, got {len(ordered)}")
+    parts = np.array_split(ordered[np.random.default_rng(seed).permutation(len(ordered))], folds)
+    dev = (fold + 1) % folds
+    return {"train": [str(q) for i, part in enumerate(parts) if i not in (fold, dev) for q in part],
+            "dev": [str(q) for q in parts[dev]], "test": [str(q) for q in parts[fold]]}

@@ -30,7 +30,7 @@ class Figure:
     height: int
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -39,8 +39,9 @@ def _pyplot():
     return plt
 
 
-def _encode(fig, fig_id: str, title: str, caption: str) -> Figure:
-    plt = _pyplot()
+def encode_figure(fig, fig_id: str, title: str, caption: str) -> Figure:
+    """Close ``fig`` and return it as an embedded PNG :class:`Figure`."""
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
@@ -58,7 +59,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def _colors(n: int) -> list:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
@@ -88,7 +89,7 @@ def _short(text: str, limit: int = 40) -> str:
 # ----------------------------------------------------------------------------------------------- figures
 def alignment_uniformity_plane(results: dict) -> Figure | None:
     """Alignment (x) vs uniformity of queries and documents together (y), one point per checkpoint and run."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = results["runs"]
     colors = _colors(len(runs))
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -118,7 +119,7 @@ def alignment_uniformity_plane(results: dict) -> Figure | None:
     ax.set_ylabel(f"uniformity  (log E exp(-{t:g}||u-v||²), lower = more uniform)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _encode(fig, "fig-au-plane", "Alignment-uniformity plane",
+    return encode_figure(fig, "fig-au-plane", "Alignment-uniformity plane",
                    "One point per checkpoint (numbers: steps) and run; a star marks the checkpoint that stands "
                    "for a run. Lower-left is better on both axes (Wang & Isola 2020). Uniformity over queries "
                    "and documents together.")
@@ -126,7 +127,7 @@ def alignment_uniformity_plane(results: dict) -> Figure | None:
 
 def pca_spectra(results: dict) -> Figure | None:
     """Explained-variance ratio of the first principal components, queries and documents, per run."""
-    plt = _pyplot()
+    plt = pyplot()
     reps = _representatives(results)
     if not reps:
         return None
@@ -143,14 +144,14 @@ def pca_spectra(results: dict) -> Figure | None:
     ax.set_ylabel("share of variance")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _encode(fig, "fig-spectrum", "PCA spectra",
+    return encode_figure(fig, "fig-spectrum", "PCA spectra",
                    "Share of the variance on each of the first principal components (solid: queries, dashed: "
                    "documents). A steep drop means a few dominant directions (anisotropy).")
 
 
 def cosine_histograms(results: dict) -> Figure | None:
     """Cosine of each query to its positives, to mined negatives and to random documents."""
-    plt = _pyplot()
+    plt = pyplot()
     reps = _representatives(results)
     if not reps:
         return None
@@ -168,14 +169,14 @@ def cosine_histograms(results: dict) -> Figure | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of pairs")
     axes[0][0].legend(fontsize=8)
-    return _encode(fig, "fig-cosines", "Query-document cosines",
+    return encode_figure(fig, "fig-cosines", "Query-document cosines",
                    "Cosine between each query and its relevant documents (positive), the documents the ANCE "
                    "sampler draws from its top-K (negative) and random documents.")
 
 
 def sampling_entropy(results: dict) -> Figure | None:
     """Histograms of the normalised entropy of the per-row sampling softmax, q2d and d2q."""
-    plt = _pyplot()
+    plt = pyplot()
     reps = _representatives(results)
     if not reps:
         return None
@@ -204,14 +205,14 @@ def sampling_entropy(results: dict) -> Figure | None:
         if any_drawn:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel("share of rows")
-    return _encode(fig, "fig-softmax", "Negative-sampling softmax",
+    return encode_figure(fig, "fig-softmax", "Negative-sampling softmax",
                    "Per row, the softmax over its top-K retrieval scores at the training temperature: a "
                    "normalised entropy near 1 spreads the sampling probability evenly over the candidates.")
 
 
 def lorenz_curves(results: dict) -> Figure | None:
     """Lorenz curves of how often each document / query is drawn as a negative."""
-    plt = _pyplot()
+    plt = pyplot()
     reps = _representatives(results)
     if not reps:
         return None
@@ -237,7 +238,7 @@ def lorenz_curves(results: dict) -> Figure | None:
         ax.set_ylabel("share of draws")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _encode(fig, "fig-lorenz", "Lorenz curves of negative draws",
+    return encode_figure(fig, "fig-lorenz", "Lorenz curves of negative draws",
                    "Solid: the samplers applied to the analysed split; dashed: the trainer's counts at the "
                    "checkpoint's refresh (negatives/). The closer to the diagonal, the more evenly negatives are "
                    "spread.")
@@ -246,7 +247,7 @@ def lorenz_curves(results: dict) -> Figure | None:
 def umap_figure(results: dict, coords: dict[str, np.ndarray], n_queries: int,
                 links: Sequence[tuple[int, int]]) -> Figure | None:
     """One panel per subject, shared axes: queries vs documents, positive pairs linked for a few queries."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = [label for label in results["umap"].get("subjects", []) if label in coords]
     if not labels:
         return None
@@ -277,7 +278,7 @@ def umap_figure(results: dict, coords: dict[str, np.ndarray], n_queries: int,
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     info = results["umap"]
-    return _encode(fig, "fig-umap", "UMAP of queries and documents",
+    return encode_figure(fig, "fig-umap", "UMAP of queries and documents",
                    f"{info['queries']} queries and {info['documents']} documents per panel; one UMAP fitted on all "
                    f"panels together (shared axes; n_neighbors={info['n_neighbors']}, seed {info['seed']}); lines "
                    f"join a few queries to their relevant documents.")
@@ -297,7 +298,7 @@ TRAJECTORY_PANELS = (
 
 def trajectories(results: dict) -> Figure | None:
     """Metrics over the checkpoints of each run (runs with at least two checkpoints)."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = [(i, run) for i, run in enumerate(results["runs"])
             if len(run["subjects"]) > 1 and all(s["step"] is not None for s in run["subjects"])]
     if not runs:
@@ -323,14 +324,14 @@ def trajectories(results: dict) -> Figure | None:
     for k in range(len(panels), rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
-    return _encode(fig, "fig-trajectory", "Trajectories over checkpoints",
+    return encode_figure(fig, "fig-trajectory", "Trajectories over checkpoints",
                    "Each point is one checkpoint of a run, in step order; all numbers are computed on the "
                    "analysed split, except the trainer's dev metric.")
 
 
 def training_loss(results: dict) -> Figure | None:
     """The training loss of each run (its metrics.jsonl), with the checkpoints marked."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = [(i, run) for i, run in enumerate(results["runs"]) if len(run.get("training_log") or []) > 1]
     if not runs:
         return None
@@ -348,7 +349,7 @@ def training_loss(results: dict) -> Figure | None:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _encode(fig, "fig-training-loss", "Training loss",
+    return encode_figure(fig, "fig-training-loss", "Training loss",
                    "The loss logged by the trainer (metrics.jsonl); dotted lines mark the analysed checkpoints.")
 
 

@@ -4,12 +4,13 @@ A recipe has seven sections (every key optional, defaults below)::
 
     name: demo-dance
     model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
-                 query_max_length, doc_max_length}
-    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir}
+                 query_max_length, doc_max_length, head_init}
+    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir,
+                 folds, fold, fold_seed}
     loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
     optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
-    mining:     {refresh_every, mode, top_k, n, fraction, final_refresh, encode_batch_size, device,
+    mining:     {refresh_every, mode, top_k, query_top_k, n, fraction, final_refresh, encode_batch_size, device,
                  embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
@@ -43,7 +44,9 @@ class ModelConfig:
 
     ``backbone`` is anything ``DualEncoder.load`` accepts (``minilm``, a model folder, a hub name, a released ANCE
     checkpoint), a ``checkpoint-<step>`` folder, or a run directory of an earlier training (then ``select`` picks
-    its ``best`` or ``last`` checkpoint). A ``None`` override keeps the backbone's own setting.
+    its ``best`` or ``last`` checkpoint). A ``None`` override keeps the backbone's own setting. ``head_init``
+    initialises a head that the backbone does not have yet: ``normal`` (ANCE/BERT's N(0, 0.02^2)) or ``identity``
+    (the Linear starts as the identity, so training starts at the backbone's own vectors).
     """
 
     backbone: str = "minilm"
@@ -56,6 +59,7 @@ class ModelConfig:
     shared: bool | None = None
     query_max_length: int | None = None
     doc_max_length: int | None = None
+    head_init: str = field(default="normal", metadata=_choices("normal", "identity"))
 
     def overrides(self) -> dict[str, Any]:
         """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
@@ -71,6 +75,11 @@ class DataConfig:
     ``collection`` is a spec for ``load_collection`` (``rag24-sample``, ``irds:<id>``, a BEIR folder, a YAML
     manifest path, or the manifest itself as a mapping). ``max_train_queries`` / ``max_dev_queries`` keep a seeded
     random subset of the split (``None``: all of it).
+
+    ``folds`` (``None``: off) replaces the collection's splits by ``folds``-fold cross-validation over all of its
+    queries (:func:`~dance_analysis.data.splits.cross_validation_splits`, shuffled with ``fold_seed``): fold
+    ``fold`` is ``test``, the next one ``dev``, the others ``train``; ``train_split`` / ``dev_split`` then name
+    those parts.
     """
 
     collection: Union[str, dict] = "rag24-sample"
@@ -80,6 +89,9 @@ class DataConfig:
     max_train_queries: int | None = None
     max_dev_queries: int | None = None
     cache_dir: str | None = None
+    folds: int | None = None
+    fold: int = 0
+    fold_seed: int = 13
 
 
 @dataclass
@@ -142,12 +154,15 @@ class MiningConfig:
     some loss of recall (see :mod:`dance_analysis.ann`). ``index_params`` are its search-time parameters
     (``nprobe=32``, ``efSearch=128``; empty keeps faiss' defaults, nprobe=1 / efSearch=16, which give low recall).
     Only the document-side mining search uses it: the DANCE query-side search over the training queries and the
-    dev evaluation stay exact.
+    dev evaluation stay exact. ``query_top_k`` (``None``: ``top_k``) is the number of candidate queries each
+    positive document retrieves for the DANCE query negatives; keep it well below the number of training queries,
+    or every query is a candidate of every document (the paper: 200 of about 367,000).
     """
 
     refresh_every: int = 1000
     mode: str = field(default="sync", metadata=_choices("sync", "async"))
     top_k: int = 200
+    query_top_k: int | None = None
     n: int = 20
     fraction: float = 1.0
     final_refresh: bool = True
@@ -213,6 +228,12 @@ class Recipe:
             (self.mining.refresh_every >= 1, "mining.refresh_every must be >= 1"),
             (self.mining.n >= 1, "mining.n must be >= 1"),
             (self.mining.top_k >= 1, "mining.top_k must be >= 1"),
+            (self.mining.query_top_k is None or self.mining.query_top_k >= 1,
+             "mining.query_top_k must be >= 1, or null (= mining.top_k)"),
+            (self.data.folds is None or self.data.folds >= 3,
+             "data.folds must be >= 3 (train, dev and test folds), or null (the collection's own splits)"),
+            (self.data.folds is None or 0 <= self.data.fold < self.data.folds,
+             f"data.fold must be in 0 .. data.folds - 1, got {self.data.fold}"),
             (0.0 < self.mining.fraction <= 1.0, "mining.fraction must be in (0, 1]"),
             (self.mining.dev_k >= 10, "mining.dev_k must be >= 10"),
             (self.mining.encode_batch_size >= 1, "mining.encode_batch_size must be >= 1"),

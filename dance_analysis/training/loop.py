@@ -336,9 +336,10 @@ class Trainer:
                 self.writer.add_scalar(f"train/{key}", value, step)
             for key, value in (record.get("dev") or {}).items():
                 self.writer.add_scalar(f"dev/{key}", value, step)
-            for key, value in (record.get("negatives") or {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"negatives/{key}", value, step)
+            for section in ("negatives", "geometry"):
+                for key, value in (record.get(section) or {}).items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.writer.add_scalar(f"{section}/{key}", value, step)
 
     def _say(self, text: str) -> None:
         if not self.dist.is_main:
@@ -394,12 +395,14 @@ class Trainer:
         torch.manual_seed(opt.seed)
         np.random.seed(opt.seed % (2 ** 32))
         random.seed(opt.seed)
+        self.start = None  # the checkpoint's encoder/ folder the weights come from, when they do
         if self.resume_from is not None:
             model = DualEncoder.load(str(self.resume_from / "encoder"))
         else:
-            model = DualEncoder.load(resolve_backbone(recipe.model.backbone, recipe.model.select,
-                                                      recipe.checkpoint.best_metric),
-                                     **recipe.model.overrides())
+            source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
+            if (Path(source).parent / "checkpoint.json").is_file():
+                self.start = Path(source)
+            model = DualEncoder.load(source, head_init=recipe.model.head_init, **recipe.model.overrides())
         from ..ann import check_index_spec
 
         # Now that the embedding size is known, before the first refresh encodes the whole corpus.
@@ -549,7 +552,8 @@ class Trainer:
         with self._writing(target, tmp):
             result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
                                  device=self.device, progress=self._progress_enabled(),
-                                 reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings)
+                                 reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
+                                 start=self.start)
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
             rng_tensors, rng_plain = self._gather_rng()
             self.refresh_seconds += time.perf_counter() - started

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DanceError
+from ..analysis.snapshot import refresh_geometry
 from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs, rotation_slice
 from ..mining import summary as negatives_summary
 from .config import Recipe
@@ -76,15 +77,19 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     """Load the collection, pick the training / dev queries and open (building once) the token caches.
 
     Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
-    keeps a seeded subset); likewise for the dev split. Rank 0 builds the token caches first, the others wait.
+    keeps a seeded subset); likewise for the dev split; with ``data.folds`` set, the splits are those of the
+    cross-validation fold ``data.fold``. Rank 0 builds the token caches first, the others wait.
     """
-    from ..data import load_collection
+    from ..data import cross_validation_splits, load_collection
     from ..data.tokens import cached_tokens
 
     dist = dist or DistContext()
     data_cfg = recipe.data
     if collection is None:
         collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance)
+    if data_cfg.folds is not None:
+        collection = collection.with_splits(cross_validation_splits(collection.queries, data_cfg.folds,
+                                                                    data_cfg.fold, seed=data_cfg.fold_seed))
     seed = recipe.optim.seed
     train_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.train_split)),
                          data_cfg.max_train_queries, seed, 1)
@@ -141,10 +146,13 @@ class RefreshResult:
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     embeddings_from_cache: bool = False
+    geometry: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The JSON-able record of this refresh (the ``refresh.json`` file and the metrics.jsonl line)."""
         record = {"step": self.step, "dev": self.dev_metrics, "negatives": self.stats, "timings": self.timings}
+        if self.geometry:
+            record["geometry"] = self.geometry
         if self.embeddings_from_cache:
             record["embeddings_from_cache"] = True
         return record
@@ -173,7 +181,10 @@ def summary_line(record: dict[str, Any], metric: str = "MRR@10", extra: str = ""
     t = record.get("timings") or {}
     cached = " (cached)" if record.get("embeddings_from_cache") else ""
     parts.append(f"| encode {t.get('encode', 0):.1f}s{cached}, search {t.get('search', 0):.1f}s, "
-                 f"mine {t.get('mine', 0):.1f}s, eval {t.get('eval', 0):.1f}s")
+                 f"mine {t.get('mine', 0):.1f}s, eval {t.get('eval', 0):.1f}s, geometry {t.get('geometry', 0):.1f}s")
+    geometry = record.get("geometry") or {}
+    if "negatives.above_positive" in geometry:
+        parts.append(f"| {geometry['negatives.above_positive']:.1%} of negatives score >= their positive")
     if extra:
         parts.append(extra)
     return " ".join(parts)
@@ -290,9 +301,47 @@ def _store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """The vectors ``model`` would encode, taken from the checkpoint it was loaded from, when that is exact.
+
+    ``start`` is the ``encoder/`` folder the weights came from. Its checkpoint's ``embeddings/`` hold the vectors of
+    those very weights when the checkpoint's encoder options equal the model's but for ``temperature`` (scores
+    only) and ``normalize`` (false there, true here: the rows are L2-normalised, as the model does), and the ids
+    and dtype match. Otherwise ``None`` (the refresh encodes). Vectors encoded with another batch size may differ
+    in the last bits from a fresh encoding; the DANCE stages of the reproduction start this way.
+    """
+    from ..embeddings import Embeddings
+
+    if start is None or not (start.parent / EMBEDDINGS_DIR / "corpus.npy").is_file():
+        return None
+    try:
+        saved = json.loads((start / "encoder.json").read_text(encoding="utf-8"))
+        corpus = Embeddings.load(start.parent / EMBEDDINGS_DIR / "corpus", mmap=False)
+        queries = Embeddings.load(start.parent / EMBEDDINGS_DIR / "queries", mmap=False)
+    except (OSError, ValueError, DanceError):
+        return None
+    now = model.config.to_dict()
+    differs = {k for k in set(now) | set(saved) if k != "format_version" and now.get(k) != saved.get(k)}
+    if not differs <= {"temperature", "normalize"} or (saved.get("normalize") and not now["normalize"]):
+        return None
+    if not (np.array_equal(corpus.ids, data.corpus_ids) and np.array_equal(queries.ids, data.query_ids)):
+        return None
+    if corpus.vectors.dtype != np.dtype(dtype) or queries.vectors.dtype != np.dtype(dtype):
+        return None
+    out = []
+    for vectors in (corpus.vectors, queries.vectors):
+        if now["normalize"] and not saved.get("normalize"):
+            v = vectors.astype(np.float32)
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            vectors = v.astype(dtype)
+        out.append(vectors)
+    return out[0], out[1]
+
+
 def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
                 dist: DistContext | None = None, device=None, progress: bool = False,
-                search_device: str | None = None, reuse_cache: bool = False) -> RefreshResult:
+                search_device: str | None = None, reuse_cache: bool = False,
+                start: Path | None = None) -> RefreshResult:
     """Refresh at optimizer step ``step`` with ``model``'s current weights; every rank must call it.
 
     Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
@@ -301,7 +350,9 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     ``search_device`` defaults to every GPU (faiss, sharded) when ``device`` is CUDA, else the CPU.
     ``reuse_cache`` (single process only): take the embeddings from ``<cache>/embeddings/<key>`` when an earlier
     refresh stored them for the same weights, options and token caches (:func:`embeddings_cache_key`), and store
-    them there otherwise; used for the initial refresh, which runs start from the same model share.
+    them there otherwise; used for the initial refresh, which runs start from the same model share. With
+    ``reuse_cache``, ``start`` (the ``encoder/`` folder of the checkpoint the model was loaded from) supplies the
+    vectors when :func:`vectors_of_start` finds them exact.
     """
     from ..index import search
 
@@ -321,6 +372,8 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
         setting = f"{torch.device(device or 'cpu').type}/{mining.encode_batch_size}"
         key = embeddings_cache_key(model, data, dtype, setting)
     cached = _load_cached(key, data) if key else None
+    if cached is None and key:
+        cached = vectors_of_start(model, data, start, dtype)
     if cached is not None:
         from ..embeddings import Embeddings
 
@@ -404,6 +457,7 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
 
     query_negatives = None
     query_counts = np.zeros(nq, dtype=np.int64)
+    query_top_k = mining.top_k if mining.query_top_k is None else mining.query_top_k
     if objective == "dance":
         query_negatives = np.full((len(data.pairs), n), -1, dtype=np.int64)
         in_slice = np.isin(data.pairs[:, 0], mined_rows)
@@ -411,19 +465,20 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
         if len(slice_pairs):
             t0 = time.perf_counter()
             anchors = np.unique(slice_pairs[:, 1])
-            query_rankings = search(corpus[anchors], train_vectors, min(mining.top_k, nq),
+            query_rankings = search(corpus[anchors], train_vectors, min(query_top_k, nq),
                                     query_ids=data.corpus_ids[anchors], doc_ids=data.train_qids,
                                     device=search_device)
             timings["search"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             mined_q, query_counts = mine_query_negatives(query_rankings, slice_pairs, data.exclude, n, rng,
-                                                         mining.top_k, corpus_ids=data.corpus_ids,
+                                                         query_top_k, corpus_ids=data.corpus_ids,
                                                          min_grade=data.exclude_grade)
             query_negatives[in_slice] = mined_q
             timings["mine"] += time.perf_counter() - t0
 
     negatives = NegativeSet(
-        meta={"step": int(step), "top_k": int(mining.top_k), "n": int(n), "seed": int(seed),
+        meta={"step": int(step), "top_k": int(mining.top_k), "query_top_k": int(query_top_k), "n": int(n),
+              "seed": int(seed),
               "objective": objective, "refresh_index": int(refresh_index), "fraction": float(mining.fraction)},
         corpus_ids=data.corpus_ids, train_query_ids=data.train_qids, doc_negatives=doc_negatives,
         pairs=data.pairs, query_negatives=query_negatives, doc_counts=doc_counts, query_counts=query_counts)
@@ -442,9 +497,15 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
                                                         min_relevance=data.collection.min_relevance,
                                                         query_ids=list(data.dev_qids), **kwargs).items()}
     timings["eval"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # The space as it moves (training and dev queries only: the test queries of a split never inform training).
+    seen = np.concatenate([data.train_query_rows, data.dev_query_rows])
+    geometry = refresh_geometry(queries[seen], corpus, train_rows=np.arange(len(data.train_query_rows)),
+                                pairs=data.pairs, doc_negatives=doc_negatives, seed=seed)
+    timings["geometry"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
     return RefreshResult(step=step, negatives=negatives, dev_metrics=dev_metrics, timings=timings,
-                         stats=negatives_summary(negatives))
+                         stats=negatives_summary(negatives), geometry=geometry)
 
 
 def write_refresh(result: RefreshResult, out_dir: Path) -> None:

@@ -1,0 +1,295 @@
+"""The experiment's metrics, one registry: what each measures, which claim it tests, how it is computed.
+
+Two kinds:
+
+- ``unit`` metrics give one value per unit (a test query, or a passage relevant to a test query); the units of all
+  folds are pooled, and two arms are compared by a paired randomisation test and a paired bootstrap CI over the
+  pooled units (:func:`dance_analysis.analysis.stats.paired_randomization_test`, ``paired_bootstrap_ci``).
+- ``set`` metrics are statistics of a whole set of vectors (e.g. the mean pairwise cosine of a fold's test
+  queries); each fold gives one paired difference, the effect is their mean over folds, and the CI and p-value
+  come from a bootstrap over the units inside each fold
+  (:func:`dance_analysis.analysis.stats.fold_bootstrap`). ``compute(space, idx)`` evaluates the statistic on
+  the units ``idx`` (with repetition) of the fold; ``units(space)`` says how many there are.
+
+The claims are those of Li et al. (DANCE, ICTIR 2021, abstract and section 5), for DANCE relative to ANCE:
+C1 ANCE's query space is anisotropic (DANCE's less so); C2 DANCE concentrates queries closer to the documents;
+C3 DANCE's documents are more discriminative; C4 DANCE's queries receive more uniform negative-sampling
+probabilities in query retrieval; C5 a smoother, more uniform space and better ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..analysis import claim_metrics as cm
+from ..analysis.geometry import mean_pairwise_cosine
+from ..analysis.sampling import negative_sampling_marginals, sampling_uniformity, softmax_stats
+from .spaces import SAMPLING_N, Space
+
+#: Passages sampled per fold for the document-set statistics (exact pairwise over this many, same rows for
+#: every arm of the fold; the bootstrap resamples among them).
+DOC_SAMPLE = 500
+UNIFORMITY_T = 2.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the experiment.
+
+    key: name in metrics.json; label: what a reader sees; claim: the claim it tests (None: ranking only);
+    direction: the value the paper predicts for DANCE relative to ANCE (``higher`` / ``lower``); primary: decides
+    the claim's verdict (else supporting evidence); kind: ``unit`` or ``set``; unit: what is resampled;
+    values(space) -> per-unit array (unit kind); units(space) -> count and compute(space, idx) -> float (set kind);
+    reference: what an isotropic Gaussian sample of the same size scores, when that is the natural baseline.
+    """
+
+    key: str
+    label: str
+    claim: str | None
+    direction: str
+    primary: bool
+    kind: str
+    unit: str
+    values: Callable[[Space], np.ndarray] | None = None
+    units: Callable[[Space], int] | None = None
+    compute: Callable[[Space, np.ndarray], float] | None = None
+    reference: Callable[[int, int], float] | None = None
+    note: str = ""
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def doc_sample(space: Space) -> np.ndarray:
+    n = len(space.corpus)
+    rng = np.random.default_rng([space.units.fold, 7])
+    return np.sort(rng.choice(n, size=min(DOC_SAMPLE, n), replace=False))
+
+
+# ------------------------------------------------------------------------------------------ set statistics
+# Pairwise statistics are U-statistics (means over pairs of distinct points). On a bootstrap resample, a unit drawn
+# twice would pair with its own copy (cosine 1, distance 0) and bias every replicate; those pairs are left out, as
+# in the bootstrap of U-statistics (Arcones & Giné, Annals of Statistics 1992). The statistics are therefore
+# computed from kernel matrices over the fold's units, cached per space; at the full sample (every unit once) each
+# equals its reference function in dance_analysis.analysis (tests/test_reproduce_measures.py).
+def _pair_mean(kernel: np.ndarray, idx: np.ndarray) -> float:
+    """Mean of ``kernel[i, j]`` over the pairs of positions of ``idx`` holding different units."""
+    k = kernel[np.ix_(idx, idx)]
+    distinct = idx[:, None] != idx[None, :]
+    return float(k[distinct].mean())
+
+
+def _kernels(space: Space) -> dict:
+    """Cosine and Gaussian kernels among the test queries, against the passage sample, and the constants of the
+    passage side (computed once per space)."""
+    cached = getattr(space, "_kernels", None)
+    if cached is None:
+        q = _unit(space.test_queries.astype(np.float64))
+        d = _unit(space.corpus[doc_sample(space)].astype(np.float64))
+        qq, qd, dd = q @ q.T, q @ d.T, d @ d.T
+        dist = {name: np.sqrt(np.maximum(2.0 - 2.0 * g, 0.0)) for name, g in (("qq", qq), ("qd", qd), ("dd", dd))}
+        off = ~np.eye(len(d), dtype=bool)
+        all_d = _unit(space.corpus.astype(np.float64))
+        centre = all_d.mean(axis=0)
+        m = len(all_d)
+        dd_all = (m * m * float(centre @ centre) - float((all_d * all_d).sum())) / (m * (m - 1))
+        cached = {"qq_cos": qq, "qq_gauss": np.exp(-UNIFORMITY_T * dist["qq"] ** 2), "qq_dist": dist["qq"],
+                  "qd_dist": dist["qd"], "qd_gauss": np.exp(-UNIFORMITY_T * dist["qd"] ** 2),
+                  "dd_dist_mean": float(dist["dd"][off].mean()),
+                  "dd_gauss_mean": float(np.exp(-UNIFORMITY_T * dist["dd"][off] ** 2).mean()),
+                  "q_dot_centre": q @ centre, "dd_all_mean": dd_all}
+        space._kernels = cached
+    return cached
+
+
+def _mmd2(space: Space, idx: np.ndarray) -> float:
+    """Linear-kernel MMD² U-statistic of the test queries ``idx`` against the whole corpus (normalised vectors)."""
+    k = _kernels(space)
+    return _pair_mean(k["qq_cos"], idx) + k["dd_all_mean"] - 2.0 * float(k["q_dot_centre"][idx].mean())
+
+
+def _energy(space: Space, idx: np.ndarray) -> float:
+    """Energy distance of the test queries ``idx`` against the fold's passage sample (normalised vectors)."""
+    k = _kernels(space)
+    return 2.0 * float(k["qd_dist"][idx].mean()) - _pair_mean(k["qq_dist"], idx) - k["dd_dist_mean"]
+
+
+def _joint_uniformity(space: Space, idx: np.ndarray) -> float:
+    """log(E_QQ / 4 + E_DD / 4 + E_QD / 2) of the Gaussian kernel (t = 2): queries and passages weighted equally."""
+    k = _kernels(space)
+    return float(np.log(0.25 * _pair_mean(k["qq_gauss"], idx) + 0.25 * k["dd_gauss_mean"]
+                        + 0.5 * float(k["qd_gauss"][idx].mean())))
+
+
+def _test_queries(space: Space, idx: np.ndarray) -> np.ndarray:
+    """The test queries ``idx`` in coordinates of their own row space (N x r, r = rank <= N).
+
+    The rows span at most N dimensions, and an orthonormal basis of that span is an isometry on it, so every
+    covariance statistic (eigenvalues, PCA shares, IsoScore and effective rank in a top-k subspace with k < N) is
+    the same in these coordinates as in the d-dimensional space, at the cost of an N x N eigenproblem instead of
+    a d x d one (what makes a thousand bootstrap resamples cheap)."""
+    cached = getattr(space, "_query_coords", None)
+    if cached is None:
+        q = space.test_queries.astype(np.float64)
+        _, _, vt = np.linalg.svd(q, full_matrices=False)
+        cached = q @ vt.T
+        space._query_coords = cached
+    return cached[idx]
+
+
+def _pc1(x: np.ndarray) -> float:
+    return float(cm.first_component_share(x))
+
+
+def _isoscore_sub(x: np.ndarray) -> float:
+    return float(cm.subspace_isotropy(x)["isoscore"])
+
+
+def _erank_sub(x: np.ndarray) -> float:
+    return float(cm.subspace_isotropy(x)["effective_rank"])
+
+
+def sampling_probabilities(space: Space, k: int, idx: np.ndarray | None = None) -> np.ndarray:
+    """Each pool query's expected draws as a negative when the pool pairs ``idx`` (default: all) mine from their
+    passage's top ``k`` pool queries (:func:`~dance_analysis.analysis.sampling.negative_sampling_marginals`)."""
+    idx = np.arange(len(space.units.pool_anchors)) if idx is None else idx
+    topk = space.pool_topk[idx, :k]
+    excluded = np.take_along_axis(space.units.pool_excluded[idx], np.maximum(topk, 0), axis=1) & (topk >= 0)
+    return negative_sampling_marginals(topk, excluded, n_queries=len(space.units.pool_rows), n=SAMPLING_N)
+
+
+def _sampling(space: Space, idx: np.ndarray, k: int, what: str) -> float:
+    return float(sampling_uniformity(sampling_probabilities(space, k, idx))[what])
+
+
+def _d2q_softmax_entropy(space: Space) -> np.ndarray:
+    """Per pool pair: normalised entropy of the softmax over its top-K candidate queries at the arm's
+    temperature, the passage's own (judged) queries removed."""
+    topk, scores = space.pool_topk, space.pool_topk_scores.astype(np.float64)
+    excluded = np.take_along_axis(space.units.pool_excluded, np.maximum(topk, 0), axis=1) | (topk < 0)
+    s = np.where(excluded, -np.inf, scores)
+    return np.asarray(softmax_stats(s, temperature=space.temperature)["entropy_norm"], dtype=np.float64)
+
+
+def _isotropic(stat: Callable[[np.ndarray], float]) -> Callable[[int, int], float]:
+    def reference(n: int, dim: int) -> float:
+        return float(cm.isotropic_reference(stat, n, dim, reps=20, seed=0)["mean"])
+    return reference
+
+
+def _sampling_metric(k: int, what: str, direction: str, primary: bool, label: str) -> Metric:
+    return Metric(f"sampling.pi_{what}@{k}", label.format(k=k), "C4", direction, primary, "set", "pool pair",
+                  units=lambda s: len(s.units.pool_anchors),
+                  compute=lambda s, idx: _sampling(s, idx, k, what),
+                  note="pi(q) = sum over the pool's passages d of 1[q in top-K(d) minus d's judged queries] x "
+                       "min(n, |cand(d)|) / |cand(d)|, n = 20; pool = the fold's training queries")
+
+
+METRICS: tuple[Metric, ...] = (
+    # C1: anisotropy of the query space (test queries of the fold).
+    Metric("queries.mean_cosine", "query mean pairwise cosine", "C1", "lower", True, "set", "test query",
+           units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _pair_mean(_kernels(s)["qq_cos"], idx),
+           reference=_isotropic(mean_pairwise_cosine)),
+    Metric("queries.pc1_share", "query variance share of the first principal component", "C1", "lower", True,
+           "set", "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _pc1(_test_queries(s, idx)), reference=_isotropic(_pc1)),
+    Metric("queries.isoscore_sub", "query IsoScore in the top-k PCA subspace (k = N/4)", "C1", "higher", False,
+           "set", "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _isoscore_sub(_test_queries(s, idx)), reference=_isotropic(_isoscore_sub)),
+    Metric("queries.erank_sub", "query effective rank in the top-k PCA subspace (k = N/4)", "C1", "higher",
+           False, "set", "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _erank_sub(_test_queries(s, idx)), reference=_isotropic(_erank_sub)),
+    # C2: queries closer to the documents.
+    Metric("qd.mmd2", "query-document MMD² (linear kernel, unbiased, normalised vectors)", "C2", "lower", True,
+           "set", "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _mmd2(s, idx)),
+    Metric("qd.nearest_ratio", "query-to-nearest-documents cosine / documents' own nearest-neighbour cosine",
+           "C2", "higher", True, "unit", "test query",
+           values=lambda s: _nearest_ratio(s)),
+    Metric("qd.energy", "query-document energy distance (normalised vectors)", "C2", "lower", False, "set",
+           "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _energy(s, idx)),
+    # C3: discriminative documents.
+    Metric("qd.judged_margin", "per-query cosine margin: judged relevant minus judged non-relevant passages", "C3",
+           "higher", True, "unit", "test query with both", values=lambda s: _judged(s, "margin")),
+    Metric("d2q.RR@10", "d2q RR@10: a relevant passage ranks ALL queries", "C3", "higher", True, "unit",
+           "relevant passage", values=lambda s: s.d2q_rr10),
+    Metric("qd.judged_auc", "per-query AUC of judged relevant over judged non-relevant passages", "C3", "higher",
+           False, "unit", "test query with both", values=lambda s: _judged(s, "auc")),
+    Metric("documents.uniformity", "document uniformity (t = 2)", "C3", "lower", False, "set", "passage",
+           units=lambda s: len(doc_sample(s)), compute=lambda s, idx: _doc_uniformity(s, idx)),
+    # C4: uniform negative-sampling probabilities of the queries (d2q side).
+    _sampling_metric(10, "gini", "lower", True, "Gini of the queries' probability of being drawn (K = {k})"),
+    _sampling_metric(10, "zero_share", "lower", True, "share of queries never drawn (K = {k})"),
+    _sampling_metric(5, "gini", "lower", False, "Gini of the queries' probability of being drawn (K = {k})"),
+    _sampling_metric(20, "gini", "lower", False, "Gini of the queries' probability of being drawn (K = {k})"),
+    Metric("sampling.d2q_softmax_entropy", "normalised entropy of the d2q softmax over candidates (own queries "
+           "removed, K = 20)", "C4", "higher", False, "unit", "pool pair", values=_d2q_softmax_entropy),
+    # C5: smoother space and better ranking.
+    Metric("q2d.MRR@100", "q2d MRR@100", "C5", "higher", True, "unit", "test query",
+           values=lambda s: s.per_query["MRR@100"]),
+    Metric("queries.uniformity", "query uniformity (t = 2)", "C5", "lower", True, "set", "test query",
+           units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: float(np.log(_pair_mean(_kernels(s)["qq_gauss"], idx)))),
+    Metric("joint.uniformity", "uniformity of queries and documents weighted equally (t = 2)", "C5", "lower",
+           False, "set", "test query", units=lambda s: len(s.units.test_rows),
+           compute=lambda s, idx: _joint_uniformity(s, idx)),
+    Metric("q2d.nDCG@10", "q2d nDCG@10", "C5", "higher", False, "unit", "test query",
+           values=lambda s: s.per_query["nDCG@10"]),
+    # Ranking only.
+    Metric("q2d.MRR@10", "q2d MRR@10", None, "higher", False, "unit", "test query",
+           values=lambda s: s.per_query["MRR@10"]),
+    Metric("q2d.R@100", "q2d Recall@100", None, "higher", False, "unit", "test query",
+           values=lambda s: s.per_query["R@100"]),
+)
+METRIC_BY_KEY = {m.key: m for m in METRICS}
+#: The ranking table's rows (per-query measures), in order.
+RANKING_KEYS = ("q2d.MRR@10", "q2d.MRR@100", "q2d.nDCG@10", "q2d.R@100", "d2q.RR@10")
+
+
+def nearest_levels(space: Space) -> dict:
+    """:func:`~dance_analysis.analysis.claim_metrics.nearest_document_ratio` of the fold's test queries against
+    the whole corpus, computed once per space."""
+    cached = getattr(space, "_nearest", None)
+    if cached is None:
+        cached = cm.nearest_document_ratio(space.test_queries, space.corpus, k=10)
+        space._nearest = cached
+    return cached
+
+
+def _nearest_ratio(space: Space) -> np.ndarray:
+    r = nearest_levels(space)
+    return np.asarray(r["per_query"], dtype=np.float64) / r["document_level"]
+
+
+def _doc_kernel(space: Space) -> np.ndarray:
+    cached = getattr(space, "_doc_kernel", None)
+    if cached is None:
+        u = _unit(space.corpus[doc_sample(space)].astype(np.float64))
+        sq = np.maximum(2.0 - 2.0 * (u @ u.T), 0.0)
+        cached = np.exp(-UNIFORMITY_T * sq)
+        space._doc_kernel = cached
+    return cached
+
+
+def _doc_uniformity(space: Space, idx: np.ndarray) -> float:
+    """log of the mean Gaussian kernel over pairs of distinct sampled passages (Wang & Isola, ICML 2020), on the
+    rows ``idx`` of the fold's passage sample; pairs of a row with itself (bootstrap repeats) are left out."""
+    k = _doc_kernel(space)[np.ix_(idx, idx)]
+    distinct = idx[:, None] != idx[None, :]
+    return float(np.log(k[distinct].mean()))
+
+
+def _judged(space: Space, what: str) -> np.ndarray:
+    j = space.units.judged
+    positive, negative = j[j[:, 2] >= space.units.min_relevance][:, :2], j[j[:, 2] == 0][:, :2]
+    out = cm.judged_margin(space.test_queries, space.corpus, positive, negative)
+    values = np.full(len(space.units.test_rows), np.nan)
+    values[np.asarray(out["queries"], dtype=np.int64)] = np.asarray(out[what], dtype=np.float64)
+    return values

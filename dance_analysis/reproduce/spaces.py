@@ -1,0 +1,170 @@
+"""What one arm's selected model gives on one fold: its vectors and the per-query / per-passage values.
+
+Everything the statistics need is read from the arm's selected checkpoint (``embeddings/`` written at the refresh
+that evaluated it on the dev fold, so nothing is encoded again) or, for the zero-shot arm, from the embeddings
+folder encoded once. A :class:`FoldUnits` holds what the arms of a fold share (which queries are tested, which
+passages anchor the query-retrieval task, which queries form the sampler's pool), so that every arm's values come
+in the same order and differences are paired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.ranking import d2q_ranks
+from ..embeddings import Embeddings
+from ..errors import DanceError
+from ..index import Rankings, search
+from ..metrics import evaluate_per_query
+
+#: Ranking measures computed per test query (ids as :mod:`dance_analysis.metrics` names them).
+RANKING_MEASURES = ("MRR@10", "MRR@100", "nDCG@10", "R@100")
+RUN_DEPTH = 100
+#: How many nearest candidates define each passage's query candidates in the C4 statistics (the paper: 200 of
+#: about 367,000 training queries; here well below the fold's pool of about 170).
+SAMPLING_KS = (5, 10, 20)
+#: Queries drawn per passage by the sampler (the recipes' mining.n).
+SAMPLING_N = 20
+
+
+@dataclass
+class FoldUnits:
+    """The units of one fold, shared by its arms.
+
+    test_qids: the fold's test queries with a relevant passage (the ranking and query-side units).
+    anchors: row (in the corpus) of each passage relevant to a test query (the d2q units), with
+        ``anchor_positive`` [n_anchors, n_all_queries] bool: which of all queries it is relevant to.
+    pool_qids: the fold's training queries with a relevant passage (the d2q sampler's query pool), with
+        ``pool_anchors`` the corpus row of the passage of each of their positive pairs (the trainer draws query
+        negatives once per pair) and ``pool_excluded`` [n_pool_pairs, n_pool] bool: pool queries the sampler never
+        draws for that passage (judged grade >= the exclusion grade, 1 as in the trainer).
+    judged: (test query row, corpus row, grade) of every judgment of a test query.
+    """
+
+    fold: int
+    test_qids: list[str]
+    query_ids: np.ndarray
+    test_rows: np.ndarray
+    anchors: np.ndarray
+    anchor_positive: np.ndarray
+    pool_qids: list[str]
+    pool_rows: np.ndarray
+    pool_anchors: np.ndarray
+    pool_excluded: np.ndarray
+    judged: np.ndarray
+    min_relevance: int
+    corpus_ids: np.ndarray = field(repr=False, default=None)
+
+
+def fold_units(collection, fold: int, splits: dict[str, list[str]], corpus_ids: np.ndarray,
+               query_ids: np.ndarray, exclude_grade: int = 1) -> FoldUnits:
+    """The units of ``fold`` given its ``splits`` (``train`` / ``dev`` / ``test``) and the id order of the vectors."""
+    doc_row = {d: i for i, d in enumerate(corpus_ids.tolist())}
+    query_row = {q: i for i, q in enumerate(query_ids.tolist())}
+    test_qids = collection.evaluable(splits["test"])
+    pool_qids = collection.evaluable(splits["train"])
+    if not test_qids:
+        raise DanceError(f"fold {fold}: no test query has a relevant passage")
+    relevant_of = {q: collection.relevant(q) for q in collection.queries}
+    anchors = sorted({doc_row[d] for q in test_qids for d in relevant_of[q]})
+    positive = np.zeros((len(anchors), len(query_ids)), dtype=bool)
+    anchor_index = {a: i for i, a in enumerate(anchors)}
+    for q, rel in relevant_of.items():
+        for d in rel:
+            i = anchor_index.get(doc_row[d])
+            if i is not None:
+                positive[i, query_row[q]] = True
+    # One row per positive pair of the pool, as the trainer draws once per pair (q, d+).
+    pool_anchors = [doc_row[d] for q in pool_qids for d in sorted(relevant_of[q])]
+    pool_index = {q: i for i, q in enumerate(pool_qids)}
+    judged_by: dict[int, list[int]] = {}
+    for q in pool_qids:
+        for d, grade in collection.qrels.get(q, {}).items():
+            if grade >= exclude_grade:
+                judged_by.setdefault(doc_row[d], []).append(pool_index[q])
+    excluded = np.zeros((len(pool_anchors), len(pool_qids)), dtype=bool)
+    for i, a in enumerate(pool_anchors):
+        excluded[i, judged_by.get(a, [])] = True
+    judged = np.array([(j, doc_row[d], g) for j, q in enumerate(test_qids)
+                       for d, g in collection.qrels.get(q, {}).items()], dtype=np.int64).reshape(-1, 3)
+    return FoldUnits(fold=fold, test_qids=test_qids, query_ids=query_ids,
+                     test_rows=np.array([query_row[q] for q in test_qids], dtype=np.int64),
+                     anchors=np.array(anchors, dtype=np.int64), anchor_positive=positive, pool_qids=pool_qids,
+                     pool_rows=np.array([query_row[q] for q in pool_qids], dtype=np.int64),
+                     pool_anchors=np.array(pool_anchors, dtype=np.int64), pool_excluded=excluded, judged=judged,
+                     min_relevance=collection.min_relevance,
+                     corpus_ids=corpus_ids)
+
+
+@dataclass
+class Space:
+    """One arm's vectors on one fold and what is computed from them once (rankings, per-unit ranking values).
+
+    ``queries`` holds all queries of the collection (rows in ``units.query_ids`` order), ``corpus`` all passages;
+    ``temperature`` is the arm's training temperature (its scores are inner products / temperature).
+    """
+
+    arm: str
+    units: FoldUnits
+    queries: np.ndarray
+    corpus: np.ndarray
+    temperature: float
+    rankings: Rankings
+    per_query: dict[str, np.ndarray]
+    d2q_rr10: np.ndarray
+    pool_topk: np.ndarray
+    pool_topk_scores: np.ndarray
+
+    @property
+    def test_queries(self) -> np.ndarray:
+        return self.queries[self.units.test_rows]
+
+    @property
+    def pool_queries(self) -> np.ndarray:
+        return self.queries[self.units.pool_rows]
+
+
+def load_vectors(folder: Path, corpus_ids: np.ndarray | None = None,
+                 query_ids: np.ndarray | None = None) -> tuple[Embeddings, Embeddings]:
+    """``corpus`` and ``queries`` embeddings of a checkpoint's or a saved ``embeddings/`` folder (float32, in
+    memory), checked against the expected id orders when given."""
+    corpus = Embeddings.load(folder / "corpus", mmap=False)
+    queries = Embeddings.load(folder / "queries", mmap=False)
+    for what, emb, ids in (("corpus", corpus, corpus_ids), ("queries", queries, query_ids)):
+        if ids is not None and not np.array_equal(emb.ids, ids):
+            raise DanceError(f"{folder / what}: expected the same {len(ids)} ids in the same order as the other "
+                             f"arms, got {len(emb.ids)} ids in another order")
+    return corpus, queries
+
+
+def d2q_reciprocal_ranks(queries: np.ndarray, corpus: np.ndarray, anchors: np.ndarray, positive: np.ndarray,
+                         cutoff: int = 10) -> np.ndarray:
+    """Per anchor passage: 1 / rank of its best-ranked relevant query among ALL queries (0 beyond ``cutoff``)."""
+    rows, cols = np.nonzero(positive)
+    ranks = d2q_ranks(queries, corpus[anchors], np.stack([cols, rows], axis=1))
+    best = np.full(len(anchors), np.iinfo(np.int64).max)
+    np.minimum.at(best, rows, ranks)
+    return np.where(best <= cutoff, 1.0 / best, 0.0)
+
+
+def build_space(arm: str, units: FoldUnits, corpus: Embeddings, queries: Embeddings, temperature: float,
+                collection) -> Space:
+    """Rankings of the test queries (top ``RUN_DEPTH``), their per-query measures, the d2q reciprocal ranks of the
+    anchors among all queries, and each pool passage's top ``max(SAMPLING_KS)`` pool queries."""
+    q = np.asarray(queries.vectors, dtype=np.float32)
+    d = np.asarray(corpus.vectors, dtype=np.float32)
+    rankings = search(q[units.test_rows], d, RUN_DEPTH, query_ids=units.test_qids, doc_ids=corpus.ids,
+                      device="cpu")
+    values = evaluate_per_query(rankings, collection.qrels, min_relevance=collection.min_relevance,
+                                measures=RANKING_MEASURES, query_ids=units.test_qids)
+    if list(values["query_ids"]) != list(units.test_qids):
+        raise DanceError(f"fold {units.fold}, arm {arm}: per-query values came back for other queries")
+    per_query = {m: np.asarray(values[m], dtype=np.float64) for m in RANKING_MEASURES}
+    d2q = d2q_reciprocal_ranks(q, d, units.anchors, units.anchor_positive)
+    k = min(max(SAMPLING_KS), len(units.pool_rows))
+    pool = search(d[units.pool_anchors], q[units.pool_rows], k, device="cpu")
+    return Space(arm=arm, units=units, queries=q, corpus=d, temperature=float(temperature), rankings=rankings,
+                 per_query=per_query, d2q_rr10=d2q, pool_topk=pool.indices, pool_topk_scores=pool.scores)
