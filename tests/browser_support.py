@@ -33,6 +33,21 @@ JSON.stringify(Array.from(document.querySelectorAll('img, svg, canvas')).map(fun
 """
 
 
+LAYOUT_JS = """
+JSON.stringify({
+  scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+  innerHeight: window.innerHeight, scrollHeight: document.documentElement.scrollHeight,
+  claims: Array.from(document.querySelectorAll('.claim')).map(function (el) {
+    var box = el.getBoundingClientRect(); return {id: el.id, top: box.top, bottom: box.bottom}; }),
+  panels: Array.from(document.querySelectorAll('#fig-pca img')).map(function (el) { return el.src.length + ':' +
+    el.src.slice(-64); }),
+  wide: Array.from(document.querySelectorAll('table')).filter(function (el) {
+    var box = el.getBoundingClientRect(); var scroller = el.closest('.scroll');
+    return !scroller && box.right > window.innerWidth; }).length
+})
+"""
+
+
 def find_chromium() -> str | None:
     """Path of Debian's chromium (or another Chromium / Chrome binary on PATH)."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -53,6 +68,7 @@ class PageReport:
     failed: list[dict] = field(default_factory=list)        # Network.loadingFailed
     dialogs: list[dict] = field(default_factory=list)       # Page.javascriptDialogOpening (alert, confirm, ...)
     figures: list[dict] = field(default_factory=list)
+    layout: dict = field(default_factory=dict)
     title: str = ""
     screenshot: bytes = b""
 
@@ -158,6 +174,9 @@ def inspect_page(html_path: Path, *, binary: str, timeout: float = 60.0) -> Page
             result = pipe.call("Runtime.evaluate", {"expression": FIGURE_SIZES_JS, "returnByValue": True},
                                session=session, timeout=timeout)
             report.figures = json.loads(result["result"]["value"])
+            layout = pipe.call("Runtime.evaluate", {"expression": LAYOUT_JS, "returnByValue": True},
+                               session=session, timeout=timeout)
+            report.layout = json.loads(layout["result"]["value"])
             title = pipe.call("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
                               session=session, timeout=timeout)
             report.title = title["result"].get("value", "")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 ARMS = ("zero-shot", "ance", "dance-stage1", "dance")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 NUMBER = r"(-?[\d.]+|n/a)"
 
 

@@ -166,3 +166,28 @@ def test_missing_readme_markers_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="rag24-results"):
         write.replace_section(path, "x")
     assert path.read_text() == "# no markers\n"
+
+
+@pytest.mark.browser
+def test_report_first_screen_in_headless_chromium(experiment):
+    """As a reader sees it at 1280 x 900: the five claim panels start on the first screen, nothing scrolls
+    sideways, every figure is drawn, the arms' projection panels differ, no request leaves the file."""
+    from browser_support import find_chromium, inspect_page
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    index = experiment["root"] / "report" / "index.html"
+    page = inspect_page(index, binary=chromium)
+    artifacts = rs.ARTIFACTS
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "experiment-screenshot.png").write_bytes(page.screenshot)
+    layout = page.layout
+    assert [c["id"] for c in layout["claims"]] == [f"claim-C{i}" for i in range(1, 6)]
+    assert all(c["top"] < layout["innerHeight"] for c in layout["claims"]), layout["claims"]
+    assert layout["scrollWidth"] <= layout["innerWidth"], layout
+    assert layout["wide"] == 0
+    assert len(layout["panels"]) == len(rs.ARMS) and len(set(layout["panels"])) == len(rs.ARMS)
+    assert page.figures and all(f["complete"] and f["natural"][0] > 0 and f["box"][0] > 0 for f in page.figures)
+    assert [u for u in page.requests if not u.startswith(("file://", "data:"))] == []
+    assert page.console == [] and page.exceptions == []

@@ -109,3 +109,15 @@ def test_covariance_statistics_in_row_space_coordinates_equal_the_full_space(spa
     full = cm.subspace_isotropy(x)
     assert by_key["queries.isoscore_sub"].compute(s, idx) == pytest.approx(full["isoscore"], abs=1e-10)
     assert by_key["queries.erank_sub"].compute(s, idx) == pytest.approx(full["effective_rank"], abs=1e-10)
+
+
+def test_sampling_probabilities_of_a_resample_are_the_marginals_of_its_pairs(space):
+    from dance_analysis.analysis.sampling import negative_sampling_marginals
+
+    s, _ = space
+    idx = np.array([0, 0, 2, 3, 3, 3, len(s.units.pool_anchors) - 1])
+    for k in (5, 10):
+        topk = s.pool_topk[idx, :k]
+        excluded = np.take_along_axis(s.units.pool_excluded[idx], np.maximum(topk, 0), axis=1) & (topk >= 0)
+        expected = negative_sampling_marginals(topk, excluded, n_queries=len(s.units.pool_rows), n=M.SAMPLING_N)
+        np.testing.assert_allclose(M.sampling_probabilities(s, k, idx), expected, atol=1e-12)

@@ -126,26 +126,31 @@ def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) ->
                          "histogram; right: Lorenz curve (the diagonal = every query drawn equally often).")
 
 
-def _projection_figure(projections: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
-                       fold: int) -> Figure | None:
+def projection_panels(projections: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
+                      fold: int) -> list[Figure]:
+    """One panel per arm, all with the same axes limits (the coordinates are already aligned across arms)."""
     if not projections:
-        return None
+        return []
     plt = pyplot()
-    n = len(projections)
-    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 2.9), squeeze=False, sharex=True, sharey=True)
-    for ax, (arm, (q, d)) in zip(axes[0], projections.items()):
+    points = np.concatenate([np.concatenate([q, d]) for q, d in projections.values()])
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = 0.05 * (hi - lo + 1e-9)
+    panels = []
+    for arm, (q, d) in projections.items():
+        fig, ax = plt.subplots(figsize=(3.1, 3.0))
         ax.scatter(d[:, 0], d[:, 1], s=3, c=DOC_COLOR, alpha=0.35, lw=0, label="passages")
-        ax.scatter(q[:, 0], q[:, 1], s=9, c=QUERY_COLOR, alpha=0.9, lw=0, label="test queries")
+        ax.scatter(q[:, 0], q[:, 1], s=10, c=QUERY_COLOR, alpha=0.9, lw=0, label="test queries")
         _contours(ax, d, DOC_COLOR)
         _contours(ax, q, QUERY_COLOR)
-        ax.set_title(labels[arm], fontsize=8)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(labels[arm], fontsize=9)
         ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=7, loc="lower left", frameon=False, markerscale=2)
-    fig.tight_layout()
-    return encode_figure(fig, "fig-pca", f"Queries against passages, PCA (fold {fold})",
-                         "Each panel: the arm's own two principal components of its L2-normalised vectors (passage "
-                         "sample and test queries), rotated onto the zero-shot panel by orthogonal Procrustes on the "
-                         "shared passages, so that the panels share axes; lines: density contours.")
+        ax.legend(fontsize=6, loc="lower left", frameon=False, markerscale=2)
+        fig.tight_layout()
+        panels.append(encode_figure(fig, f"fig-pca-{arm}", labels[arm],
+                                    f"PCA of fold {fold}, axes shared with the other panels"))
+    return panels
 
 
 def _contours(ax, points: np.ndarray, color: str) -> None:
@@ -204,7 +209,6 @@ def make_experiment_figures(results: dict, arrays: ExperimentArrays) -> dict[str
         figures[claim["claim"]] = _levels_figure(results, claim, labels)
     for key, fig in (("differences", _differences_figure(arrays.rr_differences)),
                      ("sampling", _sampling_figure(arrays.sampling, labels)),
-                     ("pca", _projection_figure(arrays.projections, labels, arrays.projection_fold)),
                      ("distributions", _distribution_figure(arrays.nearest, arrays.norms, labels))):
         if fig is not None:
             figures[key] = fig
@@ -217,7 +221,9 @@ def render_experiment(results: dict, arrays: ExperimentArrays) -> str:
 
     figures = make_experiment_figures(results, arrays)
     labels = {a["name"]: a["label"] for a in results["experiment"]["arms"]}
+    panels = projection_panels(arrays.projections, labels, arrays.projection_fold)
     info = results["metric_info"]
     return _environment().get_template(TEMPLATE).render(
-        r=results, figures=figures, labels=labels, ranking_keys=results["ranking_keys"],
+        r=results, figures=figures, labels=labels, ranking_keys=results["ranking_keys"], panels=panels,
+        projection_fold=arrays.projection_fold,
         metric_labels={k: v["label"] for k, v in info.items()}, metric_claims={k: v["claim"] for k, v in info.items()})

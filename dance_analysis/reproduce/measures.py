@@ -19,6 +19,7 @@ probabilities in query retrieval; C5 a smoother, more uniform space and better r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,10 +79,13 @@ def doc_sample(space: Space) -> np.ndarray:
 # computed from kernel matrices over the fold's units, cached per space; at the full sample (every unit once) each
 # equals its reference function in dance_analysis.analysis (tests/test_reproduce_measures.py).
 def _pair_mean(kernel: np.ndarray, idx: np.ndarray) -> float:
-    """Mean of ``kernel[i, j]`` over the pairs of positions of ``idx`` holding different units."""
-    k = kernel[np.ix_(idx, idx)]
-    distinct = idx[:, None] != idx[None, :]
-    return float(k[distinct].mean())
+    """Mean of ``kernel[i, j]`` over the pairs of positions of ``idx`` holding different units.
+
+    With c the multiplicity of each unit in ``idx``: sum over such pairs = c'Kc - sum_i c_i^2 K_ii, and their
+    number (sum c)^2 - sum c_i^2 (one matrix-vector product instead of gathering a resampled matrix)."""
+    c = np.bincount(idx, minlength=kernel.shape[0]).astype(np.float64)
+    pairs = c.sum() ** 2 - float(c @ c)
+    return float((c @ kernel @ c - float((c * c) @ np.diag(kernel))) / pairs)
 
 
 def _kernels(space: Space) -> dict:
@@ -154,13 +158,26 @@ def _erank_sub(x: np.ndarray) -> float:
     return float(cm.subspace_isotropy(x)["effective_rank"])
 
 
+def _pair_contributions(space: Space, k: int) -> np.ndarray:
+    """[pool pairs, pool queries]: what each pair's draw adds to each query's probability (its row of pi)."""
+    cache = space.__dict__.setdefault("_pair_contributions", {})
+    if k not in cache:
+        topk = space.pool_topk[:, :k]
+        excluded = np.take_along_axis(space.units.pool_excluded, np.maximum(topk, 0), axis=1) & (topk >= 0)
+        n_pool = len(space.units.pool_rows)
+        cache[k] = np.stack([negative_sampling_marginals(topk[r:r + 1], excluded[r:r + 1], n_queries=n_pool,
+                                                         n=SAMPLING_N) for r in range(len(topk))])
+    return cache[k]
+
+
 def sampling_probabilities(space: Space, k: int, idx: np.ndarray | None = None) -> np.ndarray:
-    """Each pool query's expected draws as a negative when the pool pairs ``idx`` (default: all) mine from their
-    passage's top ``k`` pool queries (:func:`~dance_analysis.analysis.sampling.negative_sampling_marginals`)."""
-    idx = np.arange(len(space.units.pool_anchors)) if idx is None else idx
-    topk = space.pool_topk[idx, :k]
-    excluded = np.take_along_axis(space.units.pool_excluded[idx], np.maximum(topk, 0), axis=1) & (topk >= 0)
-    return negative_sampling_marginals(topk, excluded, n_queries=len(space.units.pool_rows), n=SAMPLING_N)
+    """Each pool query's expected draws as a negative when the pool pairs ``idx`` (default: all, with repetition
+    counted) mine from their passage's top ``k`` pool queries: the sum of the pairs' rows of
+    :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals` (pi is a sum over pairs)."""
+    rows = _pair_contributions(space, k)
+    if idx is None:
+        return rows.sum(axis=0)
+    return np.bincount(idx, minlength=rows.shape[0]).astype(np.float64) @ rows
 
 
 def _sampling(space: Space, idx: np.ndarray, k: int, what: str) -> float:
@@ -177,6 +194,7 @@ def _d2q_softmax_entropy(space: Space) -> np.ndarray:
 
 
 def _isotropic(stat: Callable[[np.ndarray], float]) -> Callable[[int, int], float]:
+    @functools.lru_cache(maxsize=None)
     def reference(n: int, dim: int) -> float:
         return float(cm.isotropic_reference(stat, n, dim, reps=20, seed=0)["mean"])
     return reference
@@ -281,9 +299,7 @@ def _doc_kernel(space: Space) -> np.ndarray:
 def _doc_uniformity(space: Space, idx: np.ndarray) -> float:
     """log of the mean Gaussian kernel over pairs of distinct sampled passages (Wang & Isola, ICML 2020), on the
     rows ``idx`` of the fold's passage sample; pairs of a row with itself (bootstrap repeats) are left out."""
-    k = _doc_kernel(space)[np.ix_(idx, idx)]
-    distinct = idx[:, None] != idx[None, :]
-    return float(np.log(k[distinct].mean()))
+    return float(np.log(_pair_mean(_doc_kernel(space), idx)))
 
 
 def _judged(space: Space, what: str) -> np.ndarray:
