@@ -9,7 +9,7 @@ Design (Li et al., DANCE, ICTIR 2021, section 3; the arms in :mod:`dance_analysi
 2. 5-fold cross-validation over all 301 queries (``data.folds``): in fold f the model trains on three folds,
    selects its checkpoint on the next one (dev MRR@10 at every refresh) and is tested on fold f, so every query
    with a relevant passage is tested once by a model that neither trained nor selected on it.
-3. Statistics (:mod:`dance_analysis.reproduce.compare`): per-query values pooled over folds, paired randomisation
+3. Statistics (:mod:`dance_analysis.comparison`): per-query values pooled over folds, paired randomisation
    tests and bootstrap CIs; set statistics per fold with a bootstrap inside the folds; three-way verdicts.
 4. Outputs in ``reports/rag24/`` (:mod:`dance_analysis.reproduce.write`): ``index.html``, ``metrics.json``, one
    TREC run per arm (``runs/<arm>.trec.gz``, every tested query once), ``per_unit.csv`` and ``README.md``; the

@@ -13,9 +13,8 @@ from ..atomic import replace_dir
 from ..errors import DanceError
 from ..training import checkpoint as ckpt
 from ..training.config import load_recipe
-from .arms import ARMS, TRAINED, ZERO_SHOT, run_dir
-from .compare import compare
-from .spaces import FoldUnits, Space, build_space, fold_units, load_vectors
+from .arms import ARMS, CONTRASTS, TRAINED, ZERO_SHOT, run_dir
+from ..comparison import FoldUnits, Space, build_space, compare, fold_units, load_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def selected_checkpoint(folder: Path) -> tuple[int, Path, float]:
 
 
 def evaluate_all(runs_dir: Path, folds: int, zero_shot: Path, *, log: Callable[[str], None] = logger.info) -> dict:
-    """Spaces of every arm on every fold, then :func:`~dance_analysis.reproduce.compare.compare`."""
+    """Spaces of every arm on every fold, then :func:`~dance_analysis.comparison.compare`."""
     from ..data import cross_validation_splits, load_collection
 
     reference = run_dir(runs_dir, 0, TRAINED[0].name)
@@ -106,7 +105,7 @@ def evaluate_all(runs_dir: Path, folds: int, zero_shot: Path, *, log: Callable[[
             f"query pool {len(units.pool_qids)}; selected " +
             ", ".join(f"{s['arm']} step {s['step']}" for s in selections if s["fold"] == fold))
         spaces.append(per_arm)
-    results = compare(spaces, [arm.name for arm in ARMS], log=log)
+    results = compare(spaces, [arm.name for arm in ARMS], CONTRASTS, log=log)
     results["selections"] = selections
     results["folds"] = [{"fold": s[ZERO_SHOT.name].units.fold, "test_queries": len(s[ZERO_SHOT.name].units.test_qids),
                          "relevant_passages": len(s[ZERO_SHOT.name].units.anchors),

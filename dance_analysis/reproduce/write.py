@@ -22,7 +22,7 @@ from ..errors import DanceError
 from ..index import Rankings
 from ..runs import write_trec_run
 from .arms import ARM_BY_NAME, ARMS
-from .measures import METRIC_BY_KEY, METRICS, RANKING_KEYS
+from ..comparison import METRIC_BY_KEY, METRICS, RANKING_KEYS
 from .timing import Clock, duration
 
 README_START = "<!-- rag24-results:start -->"
@@ -175,7 +175,7 @@ def figure_arrays(spaces: list[dict], projection_fold: int = 0):
     """The plain arrays behind the report's figures (see :class:`~dance_analysis.report.experiment.ExperimentArrays`)."""
     from ..analysis.projection import aligned_pca
     from ..report.experiment import ExperimentArrays
-    from .measures import doc_sample, nearest_levels, sampling_probabilities
+    from ..comparison.measures import doc_sample, nearest_levels, sampling_probabilities
 
     rr = METRIC_BY_KEY["q2d.MRR@10"]
     diffs = np.concatenate([rr.values(f["dance"]) - rr.values(f["ance"]) for f in spaces]) \

@@ -1,4 +1,4 @@
-"""From the arms' spaces to levels, paired contrasts and the claims' verdicts (the experiment's statistics).
+"""From the arms' spaces to levels, paired contrasts and the claims' verdicts.
 
 - Level of an arm on a metric: ``unit`` metrics, the mean over the pooled units with a bootstrap 95 % CI;
   ``set`` metrics, the mean over folds of the per-fold value, CI from the bootstrap inside each fold.
@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..analysis import stats
-from .arms import CONTRASTS
 from .measures import METRICS, RANKING_KEYS, Metric
 from .spaces import SAMPLING_KS, Space
 
@@ -133,18 +132,19 @@ def contrast(metric: Metric, folds: Sequence[dict[str, Space]], treatment: str, 
             "test": "per-fold paired differences, bootstrap over units inside each fold"}
 
 
-def compare(folds: Sequence[dict[str, Space]], arms: Sequence[str], *, seed: int = 0,
+def compare(folds: Sequence[dict[str, Space]], arms: Sequence[str], contrasts: Sequence[tuple[str, str, str]], *,
+            claims_from: tuple[str, str] = ("dance", "ance"), seed: int = 0,
             log: Callable[[str], None] = logger.info) -> dict:
-    """Levels of every arm, every contrast of :data:`~dance_analysis.reproduce.arms.CONTRASTS` among ``arms``, and
-    the claims' verdicts from the DANCE - ANCE contrast. JSON-able."""
+    """Levels of every arm, every contrast ``(treatment, control, description)`` whose arms are present, and the
+    claims' verdicts from the contrast ``claims_from`` (treatment, control: DANCE - ANCE). JSON-able."""
     memo = _Memo()
     present = set(arms)
     levels = {}
     for metric in METRICS:
         log(f"levels: {metric.key}")
         levels[metric.key] = {arm: level(metric, folds, arm, memo, seed) for arm in arms}
-    contrasts = []
-    for treatment, control, what in CONTRASTS:
+    done = []
+    for treatment, control, what in contrasts:
         if treatment not in present or control not in present:
             continue
         rows = {}
@@ -157,12 +157,12 @@ def compare(folds: Sequence[dict[str, Space]], arms: Sequence[str], *, seed: int
             reason = not_measurable(metric, folds)
             rows[metric.key] = {"not_measurable": reason} if reason else contrast(metric, folds, treatment, control,
                                                                                   memo, seed)
-        contrasts.append({"treatment": treatment, "control": control, "what": what, "metrics": rows})
-    claims = decide_claims(contrasts[0]["metrics"]) if contrasts and contrasts[0]["treatment"] == "dance" \
-        and contrasts[0]["control"] == "ance" else []
+        done.append({"treatment": treatment, "control": control, "what": what, "metrics": rows})
+    main = [c for c in done if (c["treatment"], c["control"]) == tuple(claims_from)]
+    claims = decide_claims(main[0]["metrics"]) if main else []
     info = {m.key: {"label": m.label, "claim": m.claim, "direction": m.direction, "primary": m.primary,
                     "kind": m.kind, "unit": m.unit, "note": m.note} for m in METRICS}
-    return {"levels": levels, "contrasts": contrasts, "claims": claims, "metric_info": info,
+    return {"levels": levels, "contrasts": done, "claims": claims, "metric_info": info,
             "ranking_keys": list(RANKING_KEYS),
             "settings": {"unit_resamples": UNIT_RESAMPLES, "set_resamples": SET_RESAMPLES,
                          "seed": seed, "sampling_ks": list(SAMPLING_KS), "alpha": 0.05, "confidence": 0.95}}

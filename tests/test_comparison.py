@@ -15,8 +15,8 @@ from dance_analysis.analysis.align_uniform import uniformity
 from dance_analysis.analysis.geometry import mean_pairwise_cosine
 from dance_analysis.data.collection import Collection, InMemoryCorpus
 from dance_analysis.embeddings import Embeddings
-from dance_analysis.reproduce import measures as M
-from dance_analysis.reproduce.spaces import build_space, d2q_reciprocal_ranks, fold_units
+from dance_analysis.comparison import measures as M
+from dance_analysis.comparison.spaces import build_space, d2q_reciprocal_ranks, fold_units
 
 
 @pytest.fixture(scope="module")
