@@ -55,3 +55,24 @@ def test_exact_knn_matches_brute_force():
         assert idx[i, 0] == i
         np.testing.assert_array_equal(idx[i], order)
         np.testing.assert_allclose(dist[i], full[i, order], atol=1e-3)
+
+
+def test_aligned_pca_removes_a_rotation_of_the_space_and_keeps_real_differences():
+    from scipy.stats import special_ortho_group
+
+    from dance_analysis.analysis.projection import aligned_pca
+
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(200, 10)) * np.linspace(3, 0.5, 10)
+    queries = rng.normal(size=(30, 10)) * np.linspace(3, 0.5, 10)
+    rotation = special_ortho_group.rvs(10, random_state=4)
+    shifted = queries + 2.0          # another model whose queries sit elsewhere
+    out = aligned_pca([docs, docs @ rotation, docs], [queries, queries @ rotation, shifted])
+    np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-8)   # same space, rotated: same picture
+    np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-8)
+    assert np.abs(out[2][1] - out[0][1]).max() > 0.1                # different queries: a different picture
+    # the coordinates are the PCA of the reference's normalised documents (up to the sign of each axis)
+    u = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    centred = u - u.mean(axis=0)
+    top = np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    np.testing.assert_allclose(np.abs(out[0][0]), np.abs(centred @ top), atol=1e-8)

@@ -171,28 +171,6 @@ def pooled_rankings(spaces: list[dict], arm: str) -> Rankings:
                     np.concatenate([p.indices for p in parts]), np.concatenate([p.scores for p in parts]))
 
 
-def figure_arrays(spaces: list[dict], projection_fold: int = 0):
-    """The plain arrays behind the report's figures (see :class:`~dance_analysis.report.experiment.ExperimentArrays`)."""
-    from ..analysis.projection import aligned_pca
-    from ..report.experiment import ExperimentArrays
-    from ..comparison.measures import doc_sample, nearest_levels, sampling_probabilities
-
-    rr = METRIC_BY_KEY["q2d.MRR@10"]
-    diffs = np.concatenate([rr.values(f["dance"]) - rr.values(f["ance"]) for f in spaces]) \
-        if "dance" in spaces[0] and "ance" in spaces[0] else np.zeros(0)
-    arrays = ExperimentArrays(rr_differences=diffs, projection_fold=projection_fold)
-    fold = spaces[projection_fold]
-    sample = doc_sample(next(iter(fold.values())))
-    coords = aligned_pca([s.corpus[sample] for s in fold.values()], [s.test_queries for s in fold.values()])
-    for (arm, space), (d_xy, q_xy) in zip(fold.items(), coords):
-        arrays.projections[arm] = (q_xy, d_xy)
-        near = nearest_levels(space)
-        arrays.nearest[arm] = (np.asarray(near["per_query"]), np.asarray(near["per_document"]))
-        arrays.norms[arm] = (np.linalg.norm(space.test_queries, axis=1), np.linalg.norm(space.corpus[sample], axis=1))
-        arrays.sampling[arm] = np.concatenate([sampling_probabilities(f[arm], 10) for f in spaces])
-    return arrays
-
-
 def readme(results: dict, clock: Clock, run_files: list[str]) -> str:
     exp = results["experiment"]
     folds = results["folds"]
@@ -268,6 +246,7 @@ def json_ready(results: dict) -> dict:
 
 def write_outputs(results: dict, out: Path, project_readme: Path, clock: Clock) -> Path:
     """Write the report folder (atomically) and update the project README; returns ``out``."""
+    from ..comparison.pictures import figure_arrays
     from ..report.experiment import render_experiment
 
     spaces = results["_spaces"]

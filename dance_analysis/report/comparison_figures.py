@@ -1,0 +1,207 @@
+"""Figures that compare arms (models) on the same queries: used by the experiment page and by dance-analyze.
+
+Input: the JSON-able results of :func:`dance_analysis.comparison.compare` and the plain arrays of
+:func:`dance_analysis.comparison.pictures.figure_arrays` (a dict: ``rr_differences``, ``sampling``,
+``projections``, ``nearest``, ``norms``, ``projection_fold``). Output: :class:`~dance_analysis.report.figures.Figure`
+records (inline PNG), one colour per arm throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .figures import Figure, encode_figure, pyplot
+
+#: Fixed colours of the experiment's arms; other arms (e.g. run names in dance-analyze) take the palette in turn.
+ARM_COLORS = {"zero-shot": "#8c8c8c", "ance": "#d1495b", "dance-stage1": "#edae49", "dance": "#00798c"}
+PALETTE = ("#d1495b", "#00798c", "#edae49", "#8c8c8c", "#66a182", "#2e4057", "#8d96a3")
+QUERY_COLOR, DOC_COLOR = "#d1495b", "#30638e"
+
+
+def arm_colors(arms) -> dict[str, str]:
+    """A colour per arm: the fixed one of a known arm, else the next of the palette."""
+    free = [c for c in PALETTE if c not in ARM_COLORS.values()] + list(PALETTE)
+    out = {}
+    for arm in arms:
+        out[arm] = ARM_COLORS.get(arm) or free[len([a for a in out if a not in ARM_COLORS]) % len(free)]
+    return out
+
+
+def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure:
+    plt = pyplot()
+    rows = [r for r in claim["rows"] if r["primary"]]
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.1), squeeze=False)
+    arms = list(labels)
+    colors = arm_colors(arms)
+    for ax, row in zip(axes[0], rows):
+        levels = results["levels"][row["key"]]
+        for i, arm in enumerate(arms):
+            lv = levels.get(arm) or {}
+            if lv.get("value") is None:
+                continue
+            lo, hi = lv.get("low"), lv.get("high")
+            err = None if lo is None or hi is None else [[max(lv["value"] - lo, 0.0)], [max(hi - lv["value"], 0.0)]]
+            ax.errorbar([i], [lv["value"]], yerr=err, fmt="o", color=colors[arm], capsize=3, ms=5)
+        ref = [lv.get("isotropic_reference") for lv in levels.values() if lv.get("isotropic_reference") is not None]
+        if ref:
+            ax.axhline(float(np.mean(ref)), color="#555", ls=":", lw=1, label="isotropic sample")
+            ax.legend(fontsize=7, loc="best", frameon=False)
+        ax.set_xticks(range(len(arms)), [labels[a].split(" (")[0].replace("DANCE stage 1", "stage 1")
+                                         for a in arms], fontsize=7, rotation=20)
+        ax.set_title(_short(row["label"]), fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return encode_figure(fig, f"fig-{claim['claim']}", f"{claim['claim']}: levels of the primary metrics",
+                         "Each arm's value with its 95 % CI (pooled units, or mean over folds with the bootstrap inside "
+                         "folds); dotted: the value of an isotropic Gaussian sample of the same size, where it applies.")
+
+
+def _short(text: str, width: int = 38) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _differences_figure(diffs: np.ndarray, treatment: str = "DANCE", control: str = "ANCE") -> Figure | None:
+    """Sorted per-query differences in RR@10, treatment minus control: wins, ties and losses at a glance."""
+    if diffs.size == 0:
+        return None
+    plt = pyplot()
+    d = np.sort(diffs)[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 2.4))
+    colors = np.where(d > 0, "#00798c", np.where(d < 0, "#d1495b", "#bbbbbb"))
+    ax.bar(np.arange(d.size), d, color=colors, width=1.0)
+    ax.axhline(0, color="#333", lw=0.8)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    ax.set_xlabel(f"test queries, sorted ({wins} {treatment} better, {d.size - wins - losses} tied, {losses} "
+                  f"{control} better)", fontsize=8)
+    ax.set_ylabel(f"RR@10 {treatment} − {control}", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return encode_figure(fig, "fig-rr-differences", f"Per-query differences in RR@10, {treatment} minus {control}",
+                         "One bar per tested query, pooled over the folds; most queries tie: the paired tests count "
+                         "only the queries that change.")
+
+
+def _lorenz(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    total = v.sum()
+    x = np.linspace(0, 1, v.size + 1)
+    y = np.concatenate([[0.0], np.cumsum(v) / total]) if total > 0 else x
+    return x, y
+
+
+def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) -> Figure | None:
+    if not sampling:
+        return None
+    plt = pyplot()
+    colors = arm_colors(sampling)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 2.8))
+    top = max(float(np.max(v)) for v in sampling.values()) or 1.0
+    bins = np.linspace(0, top, 31)
+    for arm, values in sampling.items():
+        ax1.hist(values, bins=bins, histtype="step", lw=1.4, color=colors[arm], label=labels[arm])
+        x, y = _lorenz(values)
+        ax2.plot(x, y, color=colors[arm], lw=1.4, label=labels[arm])
+    ax1.set_xlabel("expected draws as a negative per refresh (K = 10)", fontsize=8)
+    ax1.set_ylabel("queries", fontsize=8)
+    ax2.plot([0, 1], [0, 1], color="#999", ls=":", lw=1)
+    ax2.set_xlabel("share of queries (least drawn first)", fontsize=8)
+    ax2.set_ylabel("share of draws", fontsize=8)
+    ax2.legend(fontsize=7, frameon=False)
+    for ax in (ax1, ax2):
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return encode_figure(fig, "fig-sampling", "How evenly the query-retrieval sampler would draw the queries",
+                         "Each training query's probability of being drawn as a negative, summed over the passages "
+                         "that retrieve it among their 10 nearest (own queries removed), all folds pooled. Left: "
+                         "histogram; right: Lorenz curve (the diagonal = every query drawn equally often).")
+
+
+def projection_panels(projections: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
+                      fold: int) -> list[Figure]:
+    """One panel per arm, all with the same axes limits (the coordinates are already aligned across arms)."""
+    if not projections:
+        return []
+    plt = pyplot()
+    points = np.concatenate([np.concatenate([q, d]) for q, d in projections.values()])
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = 0.05 * (hi - lo + 1e-9)
+    panels = []
+    for arm, (q, d) in projections.items():
+        fig, ax = plt.subplots(figsize=(3.1, 3.0))
+        ax.scatter(d[:, 0], d[:, 1], s=3, c=DOC_COLOR, alpha=0.35, lw=0, label="passages")
+        ax.scatter(q[:, 0], q[:, 1], s=10, c=QUERY_COLOR, alpha=0.9, lw=0, label="test queries")
+        _contours(ax, d, DOC_COLOR)
+        _contours(ax, q, QUERY_COLOR)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(labels[arm], fontsize=9)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6, loc="lower left", frameon=False, markerscale=2)
+        fig.tight_layout()
+        panels.append(encode_figure(fig, f"fig-pca-{arm}", labels[arm],
+                                    f"PCA of fold {fold}, axes shared with the other panels"))
+    return panels
+
+
+def _contours(ax, points: np.ndarray, color: str) -> None:
+    if len(points) < 10:
+        return
+    try:
+        from scipy.stats import gaussian_kde
+
+        kde = gaussian_kde(points.T)
+    except (np.linalg.LinAlgError, ValueError):
+        return
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = 0.1 * (hi - lo + 1e-9)
+    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60))
+    z = kde(np.vstack([xs.ravel(), ys.ravel()])).reshape(xs.shape)
+    ax.contour(xs, ys, z, levels=4, colors=color, linewidths=0.7, alpha=0.8)
+
+
+def _distribution_figure(nearest: dict[str, tuple[np.ndarray, np.ndarray]],
+                         norms: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str]) -> Figure | None:
+    if not nearest:
+        return None
+    plt = pyplot()
+    n = len(nearest)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.4), squeeze=False)
+    bins = np.linspace(-0.2, 1.0, 41)
+    for j, arm in enumerate(nearest):
+        q, d = nearest[arm]
+        ax = axes[0][j]
+        ax.hist(d, bins=bins, density=True, color=DOC_COLOR, alpha=0.45, label="passage to passages")
+        ax.hist(q, bins=bins, density=True, histtype="step", color=QUERY_COLOR, lw=1.5, label="query to passages")
+        ax.set_title(labels[arm], fontsize=8)
+        ax.tick_params(labelsize=6)
+        qn, dn = norms[arm]
+        ax = axes[1][j]
+        top = float(max(qn.max(), dn.max())) * 1.05
+        nb = np.linspace(0, top, 41)
+        ax.hist(dn, bins=nb, density=True, color=DOC_COLOR, alpha=0.45, label="passages")
+        ax.hist(qn, bins=nb, density=True, histtype="step", color=QUERY_COLOR, lw=1.5, label="queries")
+        ax.tick_params(labelsize=6)
+    axes[0][0].set_ylabel("mean cosine to the 10 nearest passages", fontsize=7)
+    axes[1][0].set_ylabel("vector norm", fontsize=7)
+    axes[0][0].legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return encode_figure(fig, "fig-distributions", "Queries against passages: nearest-passage cosine and norms",
+                         "Top: each test query's mean cosine to its 10 nearest passages against each passage's own "
+                         "(C2: a query that sits among the passages scores like a passage). Bottom: vector norms "
+                         "(they matter for the dot-product ANCE arm; normalised arms sit at 1).")
+
+
+def make_comparison_figures(results: dict, arrays: dict, labels: dict[str, str]) -> dict[str, Figure]:
+    """Every figure by id (absent when there is nothing to draw); ``labels`` maps arm names to what readers see."""
+    figures: dict[str, Figure] = {}
+    for claim in results["claims"]:
+        figures[claim["claim"]] = _levels_figure(results, claim, labels)
+    names = arrays.get("difference_arms") or ("dance", "ance")
+    diffs = np.asarray(arrays.get("rr_differences", np.zeros(0)))
+    for key, fig in (("differences", _differences_figure(diffs, *(labels.get(n, n).split(" (")[0] for n in names))),
+                     ("sampling", _sampling_figure(arrays.get("sampling") or {}, labels)),
+                     ("distributions", _distribution_figure(arrays.get("nearest") or {}, arrays.get("norms") or {},
+                                                            labels))):
+        if fig is not None:
+            figures[key] = fig
+    return figures
