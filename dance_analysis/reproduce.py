@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import replace_dir
+from .atomic import building_dir, replace_dir, write_json, write_text
 from .cli import analyze, train
 from .cli.common import user_errors_exit_2
 from .errors import DanceError
@@ -124,14 +124,12 @@ def _copy_zero_shot(checkpoint: Path, dest: Path) -> None:
     meta = json.loads((checkpoint / "checkpoint.json").read_text(encoding="utf-8"))
     if int(meta.get("step", -1)) != 0:
         raise DanceError(f"{checkpoint}: expected the step-0 checkpoint of a run")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint / "embeddings", tmp)
-    (tmp / "meta.json").write_text(json.dumps({
-        "collection": meta.get("collection"), "temperature": meta.get("temperature"),
-        "source": f"{checkpoint}/embeddings (the backbone before the first update)"}, indent=2) + "\n",
-        encoding="utf-8")
-    replace_dir(tmp, dest)
+    with building_dir(dest) as tmp:
+        shutil.copytree(checkpoint / "embeddings", tmp, dirs_exist_ok=True)
+        (tmp / "meta.json").write_text(json.dumps({
+            "collection": meta.get("collection"), "temperature": meta.get("temperature"),
+            "source": f"{checkpoint}/embeddings (the backbone before the first update)"}, indent=2) + "\n",
+            encoding="utf-8")
 
 
 def _representative(run: dict) -> dict:
@@ -333,9 +331,7 @@ def replace_section(path: Path, body: str) -> None:
     if start < 0 or end < start:
         raise DanceError(f"{path}: expected the markers {README_START} and {README_END}")
     new = text[:start + len(README_START)] + "\n" + body + "\n" + text[end:]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, new)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -374,9 +370,7 @@ class _Clock:
 
     def finish(self) -> None:
         self.session["seconds"] = round(time.perf_counter() - self.t0, 1)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"sessions": self.previous + [self.session]}, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, {"sessions": self.previous + [self.session]})
 
     def total(self) -> float:
         return sum(s["seconds"] for s in self.previous) + self.session["seconds"]

@@ -20,8 +20,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import building_dir
 from ..errors import DanceError, InputError
-from .cache import cache_root, publish_dir, temp_dir_beside
+from .cache import cache_root
 from .formats import CORPUS_PARSERS, file_fingerprint, is_gzip, iter_records
 
 logger = logging.getLogger(__name__)
@@ -306,11 +307,10 @@ def _index_cache_dir(fingerprint: dict, format: str) -> Path:
 
 def _save_index(final: Path, corpus: FileCorpus) -> None:
     try:
-        tmp = temp_dir_beside(final)
-        np.save(tmp / "ids.npy", corpus.ids, allow_pickle=False)
-        if corpus.offsets is not None:
-            np.save(tmp / "offsets.npy", corpus.offsets, allow_pickle=False)
-        publish_dir(tmp, final, replace=False)
+        with building_dir(final, replace=False) as tmp:
+            np.save(tmp / "ids.npy", corpus.ids, allow_pickle=False)
+            if corpus.offsets is not None:
+                np.save(tmp / "offsets.npy", corpus.offsets, allow_pickle=False)
     except OSError as exc:  # a read-only cache only costs speed
         logger.info("could not cache the index of %s: %s", corpus.path, exc)
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .. import losses as losses_module
+from ..atomic import write_text
 from ..device import amp_dtype
 from ..errors import DanceError
 from ..mining import NegativeSet
@@ -292,10 +293,7 @@ class Trainer:
         if self.resume:
             ckpt.clean_temporaries(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / CONFIG_FILE
-        tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(dump_recipe(self.recipe), encoding="utf-8")
-        os.replace(tmp, config_path)
+        write_text(run_dir / CONFIG_FILE, dump_recipe(self.recipe))
         if self.resume_from is None:
             for name in (METRICS_FILE, SUMMARY_FILE, "best.json"):
                 (run_dir / name).unlink(missing_ok=True)
@@ -316,9 +314,7 @@ class Trainer:
                 continue  # a line cut by the kill
             if max(int(record.get("step", 0)), int(record.get("swapped_at", 0))) <= step:
                 kept.append(line)
-        tmp = path.with_name(f".{METRICS_FILE}.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(k + "\n" for k in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
