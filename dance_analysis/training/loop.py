@@ -2,7 +2,8 @@
 
 One optimizer step takes ``optim.batch_size`` training instances (q, d+, d-, q-) from the current negative set,
 split over processes and ``optim.grad_accum`` micro-batches; each micro-batch encodes its queries (q and, for
-DANCE, q-) and documents (d+ and d-) with the dual encoder and computes :func:`dance_analysis.losses.dance_loss`.
+DANCE, q-) and documents (d+ and d-) with the dual encoder and calls the recipe's loss,
+:class:`dance_analysis.losses.DanceObjective`.
 AdamW with linear warm-up and linear decay; gradient clipping; fp16 / bf16 autocast on CUDA.
 
 Every ``mining.refresh_every`` steps the negatives are refreshed (:mod:`.refresh`): in ``sync`` mode training
@@ -33,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import losses as losses_module
 from ..atomic import write_text
 from ..device import amp_dtype
 from ..errors import DanceError
+from ..losses import DanceObjective
 from ..mining import NegativeSet
 from . import checkpoint as ckpt
 from .config import Recipe, dump_recipe, recipe_differences, recipe_from_dict
@@ -410,10 +411,7 @@ class Trainer:
             with self._writing(self.run_dir):
                 self._init_run_dir()
         dist.barrier()
-        self.objective = losses_module.DanceObjective.for_objective(
-            recipe.loss.objective, w_q2d=recipe.loss.w_q2d, w_d2q=recipe.loss.w_d2q,
-            temperature=model.config.temperature, in_batch=recipe.loss.in_batch, w_align=recipe.loss.w_align,
-            w_uniform=recipe.loss.w_uniform, uniform_t=recipe.loss.uniform_t)
+        self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
 
         towers = _Towers(self.model)
         if dist.enabled:
@@ -661,11 +659,7 @@ class Trainer:
                 m = len(mine)
                 q, d_pos, d_neg = q_emb[:m].float(), d_emb[:m].float(), d_emb[m:].float()
                 q_neg = q_emb[m:].float() if use_qneg else None
-                loss, parts = losses_module.dance_loss(
-                    q, d_pos, d_neg, q_neg, w_q2d=self.objective.w_q2d, w_d2q=self.objective.w_d2q,
-                    temperature=self.objective.temperature, in_batch=self.objective.in_batch,
-                    w_align=self.objective.w_align, w_uniform=self.objective.w_uniform,
-                    uniform_t=self.objective.uniform_t)
+                loss, parts = self.objective(q, d_pos, d_neg, q_neg)
                 if not torch.isfinite(loss.detach()).item() and nonfinite is None:
                     nonfinite = float(loss.detach())
                 scaled = loss / opt.grad_accum
