@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     def trainer_step() -> float:
         t0 = time.perf_counter()
         record = trainer._train_step()
-        trainer._log(record)
+        trainer.log.log(record)
         return time.perf_counter() - t0
 
     for i in range(args.warmup):
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             times["bare"].append(bare_step(batches[i]))
         for _ in range(start, stop):
             times["dance-train"].append(trainer_step())
-    if trainer.writer is not None:
-        trainer.writer.close()
+    trainer.log.close()
 
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}

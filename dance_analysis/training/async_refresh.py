@@ -137,6 +137,26 @@ class MinerHandle:
             time.sleep(delay)
             delay = min(delay * 2, self.recipe.mining.poll_seconds)
 
+    def poll(self, current: int, wait_for: int | None = None) -> tuple[Path | None, float]:
+        """The folder of a complete set newer than step ``current``, or ``None``; with ``wait_for``, block until
+        a set of at least that step exists. Restarts a dead miner (:meth:`revive`). Returns ``(folder, seconds
+        spent)``."""
+        started = time.perf_counter()
+        self.revive()
+        if wait_for is not None:
+            found = self.wait_for(wait_for)
+        else:
+            newest = self.newest()
+            found = newest if newest is not None and newest[0] > current else None
+        return (found[1] if found is not None else None), time.perf_counter() - started
+
+    def read_set(self, set_dir: Path):
+        """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
+        from ..mining import NegativeSet
+        from .refresh import NEGATIVES_DIR, read_refresh_record
+
+        return NegativeSet.load(set_dir / NEGATIVES_DIR), read_refresh_record(set_dir)
+
     def in_use(self, step: int) -> None:
         """The trainer now trains on set ``step``: delete older sets (their checkpoints keep copies)."""
         self.using = step
