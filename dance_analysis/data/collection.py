@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import building_dir
 from ..errors import DanceError, InputError
 from .cache import cache_root
-from .formats import CORPUS_PARSERS, file_fingerprint, is_gzip, iter_records
+from .formats import FORMATS, file_fingerprint, is_gzip, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class FileCorpus(Corpus):
     """A corpus read from one file (plain or gzip): ids and line offsets in memory, texts streamed from disk.
 
     Open with :meth:`FileCorpus.open`, which validates every line once (field count, UTF-8, non-empty id and
-    text, unique ids). ``format`` is one of ``msmarco-doc``, ``msmarco-passage``, ``beir``.
+    text, unique ids). ``format`` names an entry of :data:`~dance_analysis.data.formats.FORMATS`.
     Random access (:meth:`texts`) seeks to stored offsets in a plain file; a gzip file is scanned from the start.
     """
 
@@ -183,7 +183,7 @@ class FileCorpus(Corpus):
                  fingerprint: dict):
         self.path = str(path)
         self.format = format
-        self._parser = CORPUS_PARSERS[format]
+        self._parser = FORMATS[format].corpus
         self.ids = ids
         self.offsets = offsets
         self._file = fingerprint
@@ -191,8 +191,8 @@ class FileCorpus(Corpus):
     @classmethod
     def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> "FileCorpus":
         """Index ``path`` (one validating pass, or the cached index of an unchanged large file)."""
-        if format not in CORPUS_PARSERS:
-            raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(CORPUS_PARSERS)}")
+        if format not in FORMATS:
+            raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
         if not Path(path).is_file():
             raise InputError(path, "an existing corpus file")
         fingerprint = file_fingerprint(path)
@@ -211,7 +211,7 @@ class FileCorpus(Corpus):
     def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> "FileCorpus":
         from tqdm.auto import tqdm
 
-        parser = CORPUS_PARSERS[format]
+        parser = FORMATS[format].corpus
         ids = _IdAccumulator()
         offsets = array("q")
         lines = array("q")
