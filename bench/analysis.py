@@ -133,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in row["seconds"].items():
             print(f"    {k:<34} {v:8.3f} s wall {row['cpu_seconds'][k]:8.3f} s CPU")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(rows, fh, indent=2)
-        os.replace(tmp, args.json)
+        from dance_analysis.atomic import write_json
+
+        write_json(args.json, rows)
     return 0
 
 

@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from dance_analysis import losses
     from dance_analysis.training.config import load_recipe
     from dance_analysis.training.loop import InstanceStream, Trainer, build_optimizer
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_model = copy.deepcopy(trainer.model)
     bare_model.train()
     bare_opt = build_optimizer(bare_model, recipe)
-    objective = trainer.objective
+    objective = trainer.objective  # the recipe's loss, the very object the trainer calls
     data = trainer.data
     use_qneg = objective.uses_query_negatives
 
@@ -101,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         q_emb = bare_model.encode(q_ids, q_mask, "query")
         d_emb = bare_model.encode(d_ids, d_mask, "doc")
         m = len(rows)
-        loss, _ = losses.dance_loss(q_emb[:m], d_emb[:m], d_emb[m:], q_emb[m:] if use_qneg else None,
-                                    w_q2d=objective.w_q2d, w_d2q=objective.w_d2q,
-                                    temperature=objective.temperature, in_batch=objective.in_batch)
+        loss, _ = objective(q_emb[:m], d_emb[:m], d_emb[m:], q_emb[m:] if use_qneg else None)
         loss.backward()
         bare_opt.step()
         return time.perf_counter() - t0
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     def trainer_step() -> float:
         t0 = time.perf_counter()
         record = trainer._train_step()
-        trainer._log(record)
+        trainer.log.log(record)
         return time.perf_counter() - t0
 
     for i in range(args.warmup):
@@ -124,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             times["bare"].append(bare_step(batches[i]))
         for _ in range(start, stop):
             times["dance-train"].append(trainer_step())
-    if trainer.writer is not None:
-        trainer.writer.close()
+    trainer.log.close()
 
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}

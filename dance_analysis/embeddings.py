@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from .atomic import publishing_path
 from .errors import DanceError
 
 VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -39,20 +39,14 @@ def ids_path(prefix: str | os.PathLike) -> str:
     return _prefix(prefix) + ".ids.npy"
 
 
-def _temp_beside(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 def write_npy_atomic(path: str | os.PathLike, array: np.ndarray, chunk_rows: int = 65536) -> None:
-    """Write ``array`` to ``path`` as npy through a temporary file in the same folder and ``os.replace``.
+    """Write ``array`` to ``path`` as npy, published atomically (:func:`dance_analysis.atomic.publishing_path`).
 
     Rows are copied in chunks, so a memory-mapped input is never loaded whole.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
+    with publishing_path(path) as tmp:
         if isinstance(array, np.memmap) and array.ndim >= 1 and array.shape[0] > chunk_rows:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=array.shape)
             for start in range(0, array.shape[0], chunk_rows):
@@ -62,31 +56,22 @@ def write_npy_atomic(path: str | os.PathLike, array: np.ndarray, chunk_rows: int
         else:
             with open(tmp, "wb") as handle:
                 np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @contextlib.contextmanager
 def new_npy_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterator[np.memmap]:
     """A writable memory map of a new npy file ``path`` of ``shape`` and ``dtype``, to fill row by row.
 
-    The file is written at a temporary path beside ``path`` and renamed to ``path`` when the ``with`` block ends
-    without an error (and removed when it raises), so ``path`` never holds a half-written array.
+    The file is written at a temporary path beside ``path`` and published as ``path`` when the ``with`` block
+    ends without an error (and removed when it raises), so ``path`` never holds a half-written array.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
+    with publishing_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
         yield out
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def as_id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:

@@ -15,8 +15,10 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,9 +197,44 @@ def dance_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = N
 
 @dataclass
 class DanceObjective:
-    """The weights of :func:`dance_loss` as a config; calling it computes the loss.
+    """The training loss of a recipe, as one object the trainer (and the benchmark) calls: :func:`dance_loss`
+    with these weights.
 
-    ``DanceObjective.for_objective("ance")`` sets w_d2q = 0; ``"dance"`` keeps w_d2q (default 0.1).
+    Build it from the recipe with :meth:`from_config` (``DanceObjective.from_config(recipe.loss, temperature)``)
+    so that no caller spells out the loss parameters; its fields are exactly the keyword parameters of
+    :func:`dance_loss` (a test keeps them in step with it and with the recipe's ``loss`` section).
+
+    Args:
+        w_q2d: weight of the document-retrieval loss L_q2d (ANCE).
+        w_d2q: weight of the dual query-retrieval loss L_d2q (DANCE); 0 for ANCE.
+        temperature: t in the score s(a, b) = (a . b) / t (the model's, e.g. 0.01 with L2-normalised vectors).
+        in_batch: also use the other instances of the batch as negatives.
+        w_align, w_uniform, uniform_t: the optional alignment / uniformity regularisers (off at weight 0).
+
+    Inputs:
+        +-------------------------+-----------------------------------------------+
+        | q, d_pos                | [B, h] queries and their positive documents   |
+        +-------------------------+-----------------------------------------------+
+        | d_neg                   | [B, h] or [B, n, h] mined negative documents  |
+        +-------------------------+-----------------------------------------------+
+        | q_neg                   | like d_neg, mined negative queries; ``None``  |
+        |                         | when w_d2q == 0 (:attr:`uses_query_negatives`)|
+        +-------------------------+-----------------------------------------------+
+
+    Returns ``(loss, parts)``: the 0-d loss tensor and a dict of plain floats (see :func:`dance_loss`).
+    Formula: L = w_q2d L_q2d + w_d2q L_d2q + w_align L_align + w_uniform L_uniform (see :func:`dance_loss`).
+
+    References:
+        ANCE (Xiong et al., ICLR 2021); DANCE (Li et al., ICTIR 2021, section 3, the dual training objective);
+        Wang & Isola (ICML 2020) for the regularisers.
+
+    Relations: ``for_objective("ance")`` is :func:`q2d_loss` alone (w_d2q = 0); ``"dance"`` adds :func:`d2q_loss`.
+
+    Example::
+
+        objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
+        loss, parts = objective(q, d_pos, d_neg, q_neg if objective.uses_query_negatives else None)
+        loss.backward()
     """
 
     w_q2d: float = 1.0
@@ -217,6 +254,14 @@ class DanceObjective:
             raise DanceError(f"objective must be 'ance' or 'dance', got {objective!r}")
         return cls(**kwargs)
 
+    @classmethod
+    def from_config(cls, config: Any, temperature: float) -> DanceObjective:
+        """The objective of a recipe's ``loss`` section (``objective`` plus any of this class's fields, read by
+        name) at the model's ``temperature``."""
+        weights = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                   if f.name != "temperature" and hasattr(config, f.name)}
+        return cls.for_objective(config.objective, temperature=temperature, **weights)
+
     @property
     def uses_query_negatives(self) -> bool:
         """True when the dual loss is on and batches need mined negative queries."""
@@ -225,6 +270,4 @@ class DanceObjective:
     def __call__(self, q: Tensor, d_pos: Tensor, d_neg: Tensor,
                  q_neg: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Compute :func:`dance_loss` with these weights."""
-        return dance_loss(q, d_pos, d_neg, q_neg, w_q2d=self.w_q2d, w_d2q=self.w_d2q,
-                          temperature=self.temperature, in_batch=self.in_batch, w_align=self.w_align,
-                          w_uniform=self.w_uniform, uniform_t=self.uniform_t)
+        return dance_loss(q, d_pos, d_neg, q_neg, **dataclasses.asdict(self))

@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .atomic import replace_dir
+from .atomic import building_dir
 from .errors import DanceError, InputError
 
 __all__ = [
@@ -377,16 +375,12 @@ class NegativeSet:
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | os.PathLike) -> None:
-        """Write the ``negatives/`` folder atomically: into a temporary folder beside it, then ``os.replace``.
-
-        An existing folder of the same name is replaced (moved aside, swapped in, then deleted).
+        """Write the ``negatives/`` folder atomically (:func:`dance_analysis.atomic.building_dir`): built beside
+        it, then swapped in; an existing folder of the same name is replaced without a gap.
         Arrays are .npy without pickles; ids are fixed-width unicode arrays.
         """
         self.validate()
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with building_dir(directory) as tmp:
             arrays = {
                 "corpus_ids": self.corpus_ids.astype(str),
                 "train_query_ids": self.train_query_ids.astype(str),
@@ -400,10 +394,6 @@ class NegativeSet:
             for name, array in arrays.items():
                 np.save(tmp / _FILES[name], array, allow_pickle=False)
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> NegativeSet:

@@ -35,8 +35,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -45,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import replace_dir
+from .atomic import building_dir
 from .errors import DanceError, InputError
 
 logger = logging.getLogger(__name__)
@@ -418,11 +416,7 @@ class DualEncoder(nn.Module):
         tokenizer, and per tower the backbone (``save_pretrained``, safetensors) and ``head.safetensors``."""
         from safetensors.torch import save_file
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir()
+        with building_dir(path) as tmp:
             parts = {"": self.towers["shared"]} if self.config.shared else \
                 {"query": self.towers["query"], "doc": self.towers["doc"]}
             for sub, tower in parts.items():
@@ -438,10 +432,6 @@ class DualEncoder(nn.Module):
             self.tokenizer.save_pretrained(str(tmp))
             record = {"format_version": FORMAT_VERSION, **self.config.to_dict()}
             (tmp / ENCODER_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            replace_dir(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_file
 from .errors import DanceError, InputError
 from .index import Rankings
 
@@ -56,31 +57,23 @@ def write_trec_run(path: str | os.PathLike, rankings: Rankings, tag: str = "danc
     used[indices[valid]] = True
     _check_ids(doc_ids[used], "document id")
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as raw:
-            if path.name.endswith(".gz"):
-                stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
-            else:
-                stream = raw
-            text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-            for row in range(len(query_ids)):
-                keep = valid[row]
-                names = doc_ids[indices[row, keep]].tolist()
-                values = scores[row, keep].tolist()
-                qid = query_ids[row]
-                text.write("".join(f"{qid} Q0 {d} {r} {s!r} {tag}\n"
-                                   for r, (d, s) in enumerate(zip(names, values), start=1)))
-            text.flush()
-            text.detach()
-            if stream is not raw:
-                stream.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as raw:
+        if path.name.endswith(".gz"):
+            stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+        else:
+            stream = raw
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+        for row in range(len(query_ids)):
+            keep = valid[row]
+            names = doc_ids[indices[row, keep]].tolist()
+            values = scores[row, keep].tolist()
+            qid = query_ids[row]
+            text.write("".join(f"{qid} Q0 {d} {r} {s!r} {tag}\n"
+                               for r, (d, s) in enumerate(zip(names, values), start=1)))
+        text.flush()
+        text.detach()
+        if stream is not raw:
+            stream.close()
     return path
 
 

@@ -131,9 +131,152 @@ def gzip_junk(t):
     return write_manifest(t, raw={"queries.tsv": b"\x1f\x8b" + b"\x00junk" * 10}), "queries.tsv", None, "gzip"
 
 
+# Input hygiene: one case per reader and failure. A record that lacks a required field or holds one of the wrong
+# type is rejected, naming the file, the line and what was expected.
+def beir_corpus_missing_id(t):
+    corpus = ['{"_id": "D0", "text": "a"}', '{"title": "t", "text": "no id"}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 2, 'a non-empty string "_id"'
+
+
+def beir_corpus_missing_text(t):
+    corpus = ['{"_id": "D0", "text": "a"}', '{"_id": "D1", "title": "only a title"}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 2, 'a string "text"'
+
+
+def beir_corpus_null_text(t):
+    corpus = ['{"_id": "D0", "text": "a"}', '{"_id": "D1", "title": "t", "text": null}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 2, 'a string "text"'
+
+
+def beir_corpus_numeric_text(t):
+    corpus = ['{"_id": "D0", "text": 5}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 1, 'a string "text"'
+
+
+def beir_corpus_numeric_title(t):
+    corpus = ['{"_id": "D0", "text": "a"}', '{"_id": "D1", "title": 3, "text": "b"}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 2, 'a string "title"'
+
+
+def beir_corpus_list_id(t):
+    corpus = ['{"_id": ["D0"], "text": "a"}']
+    return write_beir(t, corpus=corpus), "corpus.jsonl", 1, 'a non-empty string "_id"'
+
+
+def beir_query_missing_text(t):
+    queries = ['{"_id": "Q0", "text": "q 0"}', '{"_id": "Q1"}']
+    return write_beir(t, queries=queries), "queries.jsonl", 2, 'a string "text"'
+
+
+def beir_query_numeric_text(t):
+    return write_beir(t, queries=['{"_id": "Q0", "text": 12}']), "queries.jsonl", 1, 'a string "text"'
+
+
+def beir_query_not_object(t):
+    return write_beir(t, queries=['["Q0", "text"]']), "queries.jsonl", 1, "one JSON object per line"
+
+
+def beir_qrels_grade_with_underscore(t):
+    return (write_beir(t, qrels=["query-id\tcorpus-id\tscore", "Q0\tD0\t1_0"]), "test.tsv", 2,
+            "integer relevance grade")
+
+
+def beir_qrels_empty_corpus_id(t):
+    return (write_beir(t, qrels=["query-id\tcorpus-id\tscore", "Q0\t\t1"]), "test.tsv", 2,
+            "non-empty query-id and corpus-id")
+
+
+def tsv_corpus_missing_text(t):
+    return write_manifest(t, docs=DOCS[:3] + ["D9"]), "docs.tsv", 4, "2 tab-separated fields"
+
+
+def tsv_corpus_empty_id(t):
+    return write_manifest(t, docs=DOCS[:1] + ["\tno id"]), "docs.tsv", 2, "a non-empty pid"
+
+
+def tsv_query_empty_id(t):
+    return write_manifest(t, queries=QUERIES + ["\tno id"]), "queries.tsv", 4, "a non-empty qid"
+
+
+def qrels_grade_with_underscore(t):
+    return write_manifest(t, qrels=QRELS[:1] + ["Q1 0 D1 1_0"]), "qrels.tsv", 2, "integer relevance grade"
+
+
+def qrels_grade_float(t):
+    return write_manifest(t, qrels=QRELS[:2] + ["Q2 0 D2 0.5"]), "qrels.tsv", 3, "integer relevance grade"
+
+
+def _manifest_with(t, key=None, **changes):
+    """The manifest with top-level ``changes`` (None: remove the key), and the line of ``key`` (default: the
+    first changed key) in the file."""
+    if key is None:
+        key = next((k for k, v in changes.items() if v is not None), None)
+    path = write_manifest(t)
+    manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key)
+        else:
+            manifest[key] = value
+    path.write_text(yaml.safe_dump(manifest, sort_keys=True), encoding="utf-8")
+    line = next((n for n, text in enumerate(path.read_text().splitlines(), start=1)
+                 if key is not None and text.startswith(f"{key}:")), None)
+    return path, line
+
+
+def manifest_corpus_not_a_path(t):
+    path, line = _manifest_with(t, corpus=5)
+    return path, "manifest.yaml", line, "a file path"
+
+
+def manifest_missing_queries(t):
+    path, _ = _manifest_with(t, queries=None)
+    return path, "manifest.yaml", None, "'queries'"
+
+
+def manifest_bad_format(t):
+    path, line = _manifest_with(t, format="trec-cast")
+    return path, "manifest.yaml", line, "format"
+
+
+def manifest_unknown_key(t):
+    path, line = _manifest_with(t, corpora="docs.tsv")
+    return path, "manifest.yaml", line, "unknown manifest key"
+
+
+def manifest_min_relevance_not_integer(t):
+    path, line = _manifest_with(t, min_relevance="high")
+    return path, "manifest.yaml", line, "an integer grade"
+
+
+def manifest_split_file_not_a_path(t):
+    path, line = _manifest_with(t, queries={"test": ["queries.tsv"]})
+    return path, "manifest.yaml", line, "a file path"
+
+
+def manifest_random_splits_bad_seed(t):
+    path, line = _manifest_with(t, key="random_splits", queries="queries.tsv", qrels="qrels.tsv",
+                                random_splits={"seed": "x"})
+    return path, "manifest.yaml", line, "random_splits.seed"
+
+
+def manifest_not_a_mapping(t):
+    path = write_manifest(t)
+    path.write_text("- docs.tsv\n- queries.tsv\n", encoding="utf-8")
+    return path, "manifest.yaml", None, "a YAML mapping"
+
+
+HYGIENE_CASES = [beir_corpus_missing_id, beir_corpus_missing_text, beir_corpus_null_text, beir_corpus_numeric_text,
+                 beir_corpus_numeric_title, beir_corpus_list_id, beir_query_missing_text, beir_query_numeric_text,
+                 beir_query_not_object, beir_qrels_grade_with_underscore, beir_qrels_empty_corpus_id,
+                 tsv_corpus_missing_text, tsv_corpus_empty_id, tsv_query_empty_id, qrels_grade_with_underscore,
+                 qrels_grade_float, manifest_corpus_not_a_path, manifest_missing_queries, manifest_bad_format,
+                 manifest_unknown_key, manifest_min_relevance_not_integer, manifest_split_file_not_a_path,
+                 manifest_random_splits_bad_seed, manifest_not_a_mapping]
+
 EVAL_CASES = [truncated_gzip, binary_junk, corpus_columns, queries_columns, qrels_columns, empty_corpus,
               empty_queries, empty_qrels, duplicate_doc, duplicate_query, id_with_tab, empty_query_text, huge_line,
-              grade_not_number, beir_bad_json, beir_missing_id, beir_grade, beir_columns, gzip_junk]
+              grade_not_number, beir_bad_json, beir_missing_id, beir_grade, beir_columns, gzip_junk, *HYGIENE_CASES]
 
 
 def check_failure(capsys, code, out_dir, file, line, expected):
@@ -151,6 +294,21 @@ def check_failure(capsys, code, out_dir, file, line, expected):
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DANCE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("case", HYGIENE_CASES, ids=lambda f: f.__name__)
+def test_bad_record_is_an_input_error_naming_file_and_line(case, tmp_path):
+    """The readers themselves (no CLI): an InputError whose path, line and expectation are those of the case."""
+    from dance_analysis.data import load_collection
+    from dance_analysis.errors import InputError
+
+    spec, file, line, expected = case(tmp_path / "data")
+    with pytest.raises(InputError) as info:
+        load_collection(str(spec))
+    error = info.value
+    assert error.path.endswith(file), str(error)
+    assert error.line == line, str(error)
+    assert expected in error.expected, str(error)
 
 
 @pytest.mark.parametrize("case", EVAL_CASES, ids=lambda f: f.__name__)

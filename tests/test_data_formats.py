@@ -227,3 +227,43 @@ def test_missing_file_and_directory(tmp_path):
         read_qrels(tmp_path)
     with pytest.raises(DanceError, match="unknown corpus format"):
         FileCorpus.open(write(tmp_path / "x", "a\tb\n"), "msmarco-docs")
+
+
+def test_one_registry_of_formats_is_what_every_reader_reads(tmp_path, monkeypatch):
+    """A format added to FORMATS alone (here: pipe-separated files) loads through a manifest: corpus (FileCorpus),
+    queries and qrels all come from its entry, and load_collection lists it among the known formats."""
+    from dance_analysis.data import formats, load_collection
+
+    def parse_pipe(path, lineno, raw):
+        fields = formats.decode(path, lineno, raw).split("|")
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            raise InputError(path, "2 '|'-separated fields (id, text)", line=lineno, got=raw.decode())
+        return fields[0], fields[1]
+
+    def read_pipe_qrels(path):
+        table = formats.QrelsTable(str(path))
+        for lineno, text in enumerate(Path(path).read_text().splitlines(), start=1):
+            qid, docid, grade = text.split("|")
+            table.qids.append(qid)
+            table.docids.append(docid)
+            table.grades.append(int(grade))
+            table.lines.append(lineno)
+        return table
+
+    monkeypatch.setitem(formats.FORMATS, "pipe", formats.CollectionFormat(
+        "pipe", parse_pipe, parse_pipe, read_pipe_qrels, "id|text lines; qrels qid|docid|grade"))
+    (tmp_path / "docs.txt").write_text("d1|first document\nd2|second document\n")
+    (tmp_path / "queries.txt").write_text("q1|which is first\n")
+    (tmp_path / "qrels.txt").write_text("q1|d1|1\n")
+    collection = load_collection({"format": "pipe", "corpus": str(tmp_path / "docs.txt"),
+                                  "queries": {"test": str(tmp_path / "queries.txt")},
+                                  "qrels": {"test": str(tmp_path / "qrels.txt")}})
+    assert collection.corpus.ids.tolist() == ["d1", "d2"] and collection.corpus.text("d2") == "second document"
+    assert collection.queries == {"q1": "which is first"} and collection.qrels == {"q1": {"d1": 1}}
+    assert collection.splits == {"test": ["q1"]} and collection.source["format"] == "pipe"
+    assert load_collection(collection.source).qrels == collection.qrels
+    (tmp_path / "docs.txt").write_text("d1|first document\nd2\n")
+    with pytest.raises(InputError, match="docs.txt:2"):
+        load_collection(collection.source)
+    with pytest.raises(DanceError, match="expected one of rag24-sample, irds, msmarco-doc, msmarco-passage, beir, pipe"):
+        load_collection({"format": "nope"})

@@ -200,3 +200,32 @@ def test_ance_objective_needs_no_query_negatives():
         dance(q, dp, dn, None)
     with pytest.raises(DanceError, match="objective"):
         DanceObjective.for_objective("dpr")
+
+
+def test_objective_from_the_recipe_is_the_one_loss_object():
+    """The recipe's loss section, DanceObjective and dance_loss name the same parameters, so callers never
+    spell them out: DanceObjective.from_config reads them by name and calling it computes dance_loss."""
+    import dataclasses
+    import inspect
+
+    from dance_analysis.training.config import LossConfig
+
+    fields = [f.name for f in dataclasses.fields(DanceObjective)]
+    keyword = [name for name, p in inspect.signature(dance_loss).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert fields == keyword
+    recipe_weights = [f.name for f in dataclasses.fields(LossConfig) if f.name != "objective"]
+    assert set(recipe_weights) == set(fields) - {"temperature"}
+
+    config = LossConfig(objective="dance", w_q2d=0.7, w_d2q=0.2, in_batch=True, w_align=0.1, w_uniform=0.3,
+                        uniform_t=5.0)
+    objective = DanceObjective.from_config(config, temperature=0.5)
+    assert objective == DanceObjective(w_q2d=0.7, w_d2q=0.2, temperature=0.5, in_batch=True, w_align=0.1,
+                                       w_uniform=0.3, uniform_t=5.0)
+    ance = DanceObjective.from_config(LossConfig(objective="ance", w_d2q=0.4), temperature=1.0)
+    assert ance.w_d2q == 0.0 and not ance.uses_query_negatives
+    q, dp = tt(rand(4, 3, seed=31)), tt(rand(4, 3, seed=32))
+    dn, qn = tt(rand(4, 2, 3, seed=33)), tt(rand(4, 2, 3, seed=34))
+    total, parts = objective(q, dp, dn, qn)
+    expected, expected_parts = dance_loss(q, dp, dn, qn, w_q2d=0.7, w_d2q=0.2, temperature=0.5, in_batch=True,
+                                          w_align=0.1, w_uniform=0.3, uniform_t=5.0)
+    assert total.item() == expected.item() and parts == expected_parts

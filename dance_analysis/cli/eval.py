@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here so that `--help` answers at once.
     from ..ann import ann_search, check_index_spec, is_exact
+    from ..atomic import write_json
     from ..data import load_collection
     from ..metrics import evaluate
     from ..pipeline import embed_corpus, embed_queries, load_model, rank
@@ -125,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    tmp = metrics_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, metrics_path)
+    write_json(metrics_path, record)
 
     print(f"{name} on {collection.name} / {args.split}: {len(query_ids)} queries, {len(corpus.ids)} documents")
     print(format_table(metrics))

@@ -59,11 +59,13 @@ def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | N
         return load_irds(text, min_relevance=min_relevance, strict=strict)
     path = Path(text).expanduser()
     if path.is_dir():
-        from .loaders import is_beir_folder, load_beir
+        from .formats import folder_format
+        from .loaders import load_folder
 
-        if not is_beir_folder(path):
+        fmt = folder_format(path)
+        if fmt is None:
             raise DanceError(f"{path} is a folder without corpus.jsonl; {_SPEC_HELP}")
-        return load_beir(path, min_relevance=min_relevance, strict=strict)
+        return load_folder(path, format=fmt.name, min_relevance=min_relevance, strict=strict)
     if path.is_file():
         from .loaders import load_manifest
 
@@ -87,15 +89,16 @@ def _load_source(spec: Mapping, *, min_relevance: int | None, strict: bool) -> C
             raise DanceError("an irds collection source needs 'ids' (a list of ir_datasets ids)")
         return load_irds([ids] if isinstance(ids, str) else list(ids), min_relevance=min_relevance,
                          strict=strict)
-    if fmt == "beir":
-        from .loaders import load_beir
+    from .formats import FORMATS
+    from .loaders import load_folder, load_manifest
 
-        if "path" not in spec:
-            raise DanceError("a beir collection source needs 'path' (the BEIR folder)")
-        return load_beir(spec["path"], min_relevance=min_relevance, strict=strict, name=spec.get("name"))
-    from .loaders import MANIFEST_FORMATS, load_manifest
-
-    if fmt in MANIFEST_FORMATS:
+    if isinstance(fmt, str) and fmt in FORMATS:
+        if FORMATS[fmt].folder is not None and "corpus" not in spec:   # the source of a folder (BEIR)
+            if "path" not in spec:
+                raise DanceError(f"a {fmt} collection source needs 'path' (the {FORMATS[fmt].folder.label} "
+                                 f"folder)")
+            return load_folder(spec["path"], format=fmt, min_relevance=min_relevance, strict=strict,
+                               name=spec.get("name"))
         return load_manifest(spec, min_relevance=min_relevance, strict=strict)
-    raise DanceError(f"unknown collection format {fmt!r}; expected one of rag24-sample, irds, beir, "
-                     f"{', '.join(MANIFEST_FORMATS)}")
+    raise DanceError(f"unknown collection format {fmt!r}; expected one of rag24-sample, irds, "
+                     f"{', '.join(FORMATS)}")

@@ -22,9 +22,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import building_dir
 from ..errors import DanceError, InputError
-from .cache import cache_root, publish_dir, temp_dir_beside
-from .formats import CORPUS_PARSERS, file_fingerprint, is_gzip, iter_records
+from .cache import cache_root
+from .formats import FORMATS, file_fingerprint, is_gzip, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class FileCorpus(Corpus):
     """A corpus read from one file (plain or gzip): ids and line offsets in memory, texts streamed from disk.
 
     Open with :meth:`FileCorpus.open`, which validates every line once (field count, UTF-8, non-empty id and
-    text, unique ids). ``format`` is one of ``msmarco-doc``, ``msmarco-passage``, ``beir``.
+    text, unique ids). ``format`` names an entry of :data:`~dance_analysis.data.formats.FORMATS`.
     Random access (:meth:`texts`) seeks to stored offsets in a plain file; a gzip file is scanned from the start.
     """
 
@@ -184,7 +185,7 @@ class FileCorpus(Corpus):
                  fingerprint: dict):
         self.path = str(path)
         self.format = format
-        self._parser = CORPUS_PARSERS[format]
+        self._parser = FORMATS[format].corpus
         self.ids = ids
         self.offsets = offsets
         self._file = fingerprint
@@ -192,8 +193,8 @@ class FileCorpus(Corpus):
     @classmethod
     def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> "FileCorpus":
         """Index ``path`` (one validating pass, or the cached index of an unchanged large file)."""
-        if format not in CORPUS_PARSERS:
-            raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(CORPUS_PARSERS)}")
+        if format not in FORMATS:
+            raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
         if not Path(path).is_file():
             raise InputError(path, "an existing corpus file")
         fingerprint = file_fingerprint(path)
@@ -212,7 +213,7 @@ class FileCorpus(Corpus):
     def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> "FileCorpus":
         from tqdm.auto import tqdm
 
-        parser = CORPUS_PARSERS[format]
+        parser = FORMATS[format].corpus
         ids = _IdAccumulator()
         offsets = array("q")
         lines = array("q")
@@ -308,11 +309,10 @@ def _index_cache_dir(fingerprint: dict, format: str) -> Path:
 
 def _save_index(final: Path, corpus: FileCorpus) -> None:
     try:
-        tmp = temp_dir_beside(final)
-        np.save(tmp / "ids.npy", corpus.ids, allow_pickle=False)
-        if corpus.offsets is not None:
-            np.save(tmp / "offsets.npy", corpus.offsets, allow_pickle=False)
-        publish_dir(tmp, final, replace=False)
+        with building_dir(final, replace=False) as tmp:
+            np.save(tmp / "ids.npy", corpus.ids, allow_pickle=False)
+            if corpus.offsets is not None:
+                np.save(tmp / "offsets.npy", corpus.offsets, allow_pickle=False)
     except OSError as exc:  # a read-only cache only costs speed
         logger.info("could not cache the index of %s: %s", corpus.path, exc)
 

@@ -1,4 +1,4 @@
-"""Line-level readers for the collection file formats.
+"""The collection file formats: line-level readers and the one registry of formats (:data:`FORMATS`).
 
 Every reader streams its file line by line (plain or gzip, told apart by the gzip magic bytes, not by the file
 name), decodes each line as strict UTF-8, accepts a UTF-8 byte-order mark at the start of the file and CRLF line
@@ -18,6 +18,16 @@ qrels (TREC)        ``qid <ws> iteration <ws> docid <ws> grade`` (whitespace: sp
                     passage qrels)
 qrels (BEIR)        ``query-id <TAB> corpus-id <TAB> score`` after a header line
 ==================  ====================================================================================
+
+A required field that is missing (a BEIR record without ``"_id"`` or ``"text"``, a TSV line short of a column)
+or of the wrong type (a numeric ``"text"``, a grade that is not an integer) is an :class:`InputError` naming
+the file, the line and what was expected. An integer ``"_id"`` is read as its decimal text; a ``null`` or
+missing ``"title"`` is an empty title.
+
+:data:`FORMATS` maps each format name to its corpus parser, query parser and qrels reader (and, for a format
+that comes as a folder, the folder's file names). Manifests (:func:`dance_analysis.data.loaders.load_manifest`),
+folders, :class:`~dance_analysis.data.collection.FileCorpus` and ``load_collection`` all read it: adding a format
+is adding its readers and one :class:`CollectionFormat` entry here.
 """
 
 from __future__ import annotations
@@ -25,13 +35,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from ..errors import InputError
+from ..errors import DanceError, InputError
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -178,10 +189,15 @@ def _json_id(path: str, lineno: int, record: dict, raw_text: bytes) -> str:
     return value
 
 
-def _json_str(path: str, lineno: int, record: dict, key: str, doc_id: str) -> str:
-    value = record.get(key, "")
-    if value is None:
-        return ""
+def _json_str(path: str, lineno: int, record: dict, key: str, doc_id: str, *, required: bool) -> str:
+    """The string field ``key``; a missing or ``null`` optional field is ``""``, a required one an error."""
+    if key not in record or record[key] is None:
+        if not required:
+            return ""
+        what = "missing" if key not in record else "null"
+        raise InputError(path, f'a string "{key}" for id {doc_id!r} (the field is required)', line=lineno,
+                         got=f'"{key}" is {what}')
+    value = record[key]
     if not isinstance(value, str):
         raise InputError(path, f'a string "{key}" for id {doc_id!r}', line=lineno, got=repr(value))
     return value
@@ -191,8 +207,8 @@ def parse_beir_doc(path: str, lineno: int, raw: bytes) -> tuple[str, str]:
     """A BEIR ``corpus.jsonl`` line -> ``(_id, title + " " + text)``."""
     record = _json_object(path, lineno, raw)
     doc_id = _json_id(path, lineno, record, raw)
-    text = join_title(_json_str(path, lineno, record, "title", doc_id),
-                      _json_str(path, lineno, record, "text", doc_id))
+    text = join_title(_json_str(path, lineno, record, "title", doc_id, required=False),
+                      _json_str(path, lineno, record, "text", doc_id, required=True))
     return doc_id, _non_empty_text(path, lineno, doc_id, text, "title or text")
 
 
@@ -200,15 +216,7 @@ def parse_beir_query(path: str, lineno: int, raw: bytes) -> tuple[str, str]:
     """A BEIR ``queries.jsonl`` line -> ``(_id, text)``."""
     record = _json_object(path, lineno, raw)
     qid = _json_id(path, lineno, record, raw)
-    return qid, _non_empty_text(path, lineno, qid, _json_str(path, lineno, record, "text", qid))
-
-
-#: Corpus formats by name: the record parser of one line.
-CORPUS_PARSERS: dict[str, RecordParser] = {
-    "msmarco-doc": parse_msmarco_doc,
-    "msmarco-passage": parse_msmarco_passage,
-    "beir": parse_beir_doc,
-}
+    return qid, _non_empty_text(path, lineno, qid, _json_str(path, lineno, record, "text", qid, required=True))
 
 
 def iter_records(path: str | os.PathLike, parser: RecordParser) -> Iterator[tuple[int, int, str, str]]:
@@ -251,11 +259,14 @@ class QrelsTable:
         return len(self.qids)
 
 
+_GRADE = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_grade(path: str, lineno: int, value: str, text: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(path, "an integer relevance grade in the last field", line=lineno, got=text) from None
+    """An integer grade written with ASCII digits and an optional sign (not ``1_0``, ``1.0`` or ``١``)."""
+    if not _GRADE.fullmatch(value):
+        raise InputError(path, "an integer relevance grade in the last field", line=lineno, got=text)
+    return int(value)
 
 
 def _iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
@@ -301,11 +312,7 @@ def read_qrels(path: str | os.PathLike) -> QrelsTable:
             raise InputError(name, "4 whitespace-separated fields (qid, iteration, docid, grade)", line=lineno,
                              got=f"{len(fields)} field(s): {text}")
         qid, _iteration, docid, grade = fields
-        try:
-            grades.append(int(grade))
-        except ValueError:
-            raise InputError(name, "an integer relevance grade in the last field", line=lineno,
-                             got=text) from None
+        grades.append(_parse_grade(name, lineno, grade, text))
         qids.append(qid)
         docids.append(docid)
         lines.append(lineno)
@@ -328,11 +335,8 @@ def read_beir_qrels(path: str | os.PathLike) -> QrelsTable:
             header_seen = True
             if tuple(f.strip().lower() for f in fields) == _BEIR_HEADER:
                 continue
-            if len(fields) == 3:
-                try:
-                    int(fields[2])
-                except ValueError:  # some other header wording
-                    continue
+            if len(fields) == 3 and not _GRADE.fullmatch(fields[2].strip()):
+                continue  # some other header wording
         if len(fields) != 3:
             raise InputError(name, "3 tab-separated fields (query-id, corpus-id, score)", line=lineno,
                              got=f"{len(fields)} field(s): {text}")
@@ -353,3 +357,64 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     resolved = Path(path).resolve()
     stat = resolved.stat()
     return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+# -- the registry of collection formats ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """The files of a format that comes as a folder: the corpus and query files (first name found wins) and the
+    qrels files, one per split named by its stem (a glob relative to the folder); ``label`` names the folder
+    kind in messages."""
+
+    label: str
+    corpus: tuple[str, ...]
+    queries: tuple[str, ...]
+    qrels: str
+
+
+@dataclass(frozen=True)
+class CollectionFormat:
+    """One collection format: how to read a corpus line, a query line and a qrels file.
+
+    ``corpus`` and ``queries`` turn one raw line into ``(id, text)`` (:data:`RecordParser`); ``qrels`` reads a
+    whole qrels file into a :class:`QrelsTable`. ``folder`` is set for formats that come as a folder (BEIR).
+    Any registered format can be named in a manifest (``format: <name>``, files named by the manifest).
+    """
+
+    name: str
+    corpus: RecordParser
+    queries: RecordParser
+    qrels: Callable[[str | os.PathLike], QrelsTable]
+    description: str
+    folder: FolderLayout | None = None
+
+
+#: Every collection format by name (the one list that manifests, folders and FileCorpus read).
+FORMATS: dict[str, CollectionFormat] = {f.name: f for f in (
+    CollectionFormat("msmarco-doc", parse_msmarco_doc, parse_query_tsv, read_qrels,
+                     "MS MARCO documents: docid, url, title, body (TSV); queries qid, text; TREC qrels"),
+    CollectionFormat("msmarco-passage", parse_msmarco_passage, parse_query_tsv, read_qrels,
+                     "MS MARCO passages: pid, text (TSV); queries qid, text; TREC qrels"),
+    CollectionFormat("beir", parse_beir_doc, parse_beir_query, read_beir_qrels,
+                     "BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv",
+                     folder=FolderLayout(label="BEIR", corpus=("corpus.jsonl", "corpus.jsonl.gz"),
+                                         queries=("queries.jsonl", "queries.jsonl.gz"), qrels="qrels/*.tsv")),
+)}
+
+def collection_format(name: object) -> CollectionFormat:
+    """The registered format ``name``; an unknown one is a :class:`DanceError` listing the known ones."""
+    if isinstance(name, str) and name in FORMATS:
+        return FORMATS[name]
+    raise DanceError(f"unknown collection format {name!r}; expected one of {', '.join(FORMATS)}")
+
+
+def folder_format(path: str | os.PathLike) -> CollectionFormat | None:
+    """The folder format whose corpus file ``path`` holds (e.g. a BEIR ``corpus.jsonl``), or ``None``."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    for fmt in FORMATS.values():
+        if fmt.folder is not None and any((folder / name).is_file() for name in fmt.folder.corpus):
+            return fmt
+    return None

@@ -28,8 +28,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ..atomic import building_dir, remove_dir
 from ..errors import DanceError, InputError
-from .cache import cache_root, publish_dir, temp_dir_beside
+from .cache import cache_root
 from .collection import Collection, InMemoryCorpus
 from .formats import decode, iter_lines, read_qrels
 from .loaders import build_qrels
@@ -125,13 +126,9 @@ def fetch(cache_dir: str | os.PathLike | None = None) -> Path:
         if _complete(final):
             return final
         logger.warning("%s: the cached sample files are incomplete or changed; fetching them again", final)
-        broken = temp_dir_beside(final)
-        os.rmdir(broken)
-        os.rename(final, broken)
-        shutil.rmtree(broken, ignore_errors=True)
+        remove_dir(final)
     print(f"fetching the {NAME} data ({REQUIREMENT} source distribution, ~28 MB) into {final}", file=sys.stderr)
-    staging = temp_dir_beside(final)
-    try:
+    with building_dir(final, replace=False) as staging:  # concurrent fetches: the first one published is kept
         with tempfile.TemporaryDirectory(prefix="dance-rag24-") as download_dir:
             sdist = _download_sdist(Path(download_dir))
             actual = sha256_file(sdist)
@@ -141,10 +138,7 @@ def fetch(cache_dir: str | os.PathLike | None = None) -> Path:
             _extract(sdist, staging)
         (staging / "SOURCE.json").write_text(json.dumps(
             {"requirement": REQUIREMENT, "sha256": SDIST_SHA256, "members": list(MEMBERS)}, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return publish_dir(staging, final, replace=False)
+    return final
 
 
 def _read_retrieval(path: Path) -> tuple[list[str], list[str], dict[str, str]]:

@@ -22,15 +22,15 @@ import itertools
 import json
 import os
 import re
-import shutil
 from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..atomic import building_dir
 from ..errors import DanceError
-from .cache import cache_root, publish_dir, temp_dir_beside
+from .cache import cache_root
 from .collection import Collection, _IdAccumulator
 
 if TYPE_CHECKING:
@@ -150,12 +150,11 @@ def build_token_cache(items: Iterable[tuple[str, str]], tokenizer: Any, max_leng
     dtype = token_dtype(tokenizer)
     limit = _UINT16_LIMIT if dtype == np.uint16 else np.iinfo(np.int32).max
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tmp = temp_dir_beside(final)
     ids = _IdAccumulator()
     lengths = array("i")
     count = 0
     written = 0
-    try:
+    with building_dir(final, replace=overwrite) as tmp:
         with open(tmp / "tokens.bin", "wb") as out, \
                 tqdm(total=total, desc=desc, unit=" texts", disable=None if progress is None else not progress,
                      smoothing=0.05) as bar:
@@ -196,10 +195,7 @@ def build_token_cache(items: Iterable[tuple[str, str]], tokenizer: Any, max_leng
                 "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
                 "tokenizer_class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return TokenCache.open(publish_dir(tmp, final, replace=overwrite))
+    return TokenCache.open(final)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict:

@@ -218,21 +218,33 @@ class Timer:
 
 
 # ----------------------------------------------------------------------------------------------- one subject
-def analyse_subject(subject: Subject, corpus, queries, collection, selection: Selection,
-                    settings: AnalysisSettings, timer: Timer | None = None) -> tuple[dict, dict]:
-    """Every statistic of one embedding space. Returns ``(results, arrays)``: a JSON-able dict and the larger
-    arrays the figures need (cosine histograms are in the results; nothing in ``arrays`` is written to JSON)."""
-    from .. import analysis as A
-    from ..index import search
-    from ..metrics import evaluate
-    from ..mining import mine_document_negatives, mine_query_negatives
+@dataclass
+class _Space:
+    """What every section of one subject's analysis reads: its vectors, pairs, sampling settings and the
+    negatives the trainer mined (when the subject has them)."""
 
-    timer = timer or Timer()
-    rng = np.random.default_rng(settings.seed)
-    Q = np.asarray(queries.vectors)
-    D = corpus.vectors          # may be a memmap
-    nq, nd, dim = Q.shape[0], D.shape[0], Q.shape[1]
-    pairs = selection.pairs
+    Q: np.ndarray                     # [nq, d] query vectors of the selection
+    D: Any                            # [nd, d] document vectors (may be a memmap)
+    pairs: np.ndarray                 # int64 [m, 2] positive (query row, document row)
+    temperature: float
+    temperature_source: str
+    neg_set: Any                      # the subject's NegativeSet, or None
+    negatives_meta: dict
+    top_k: int
+    n_neg: int
+    relevant_docs: dict[str, set[str]]
+
+    @property
+    def nq(self) -> int:
+        return int(self.Q.shape[0])
+
+    @property
+    def nd(self) -> int:
+        return int(self.D.shape[0])
+
+
+def _space(subject: Subject, corpus, queries, collection, selection: Selection,
+           settings: AnalysisSettings) -> _Space:
     temperature, temperature_source = subject.temperature()
     negatives_meta: dict = {}
     if subject.negatives_dir is not None:
@@ -242,32 +254,49 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
         negatives_meta = dict(neg_set.meta)
     else:
         neg_set = None
-    top_k = int(negatives_meta.get("top_k") or settings.top_k)
-    n_neg = int(negatives_meta.get("n") or settings.n_negatives)
-    relevant_docs = {q: set(collection.relevant(q)) for q in selection.query_ids.tolist()}
+    return _Space(Q=np.asarray(queries.vectors), D=corpus.vectors, pairs=selection.pairs, temperature=temperature,
+                  temperature_source=temperature_source, neg_set=neg_set, negatives_meta=negatives_meta,
+                  top_k=int(negatives_meta.get("top_k") or settings.top_k),
+                  n_neg=int(negatives_meta.get("n") or settings.n_negatives),
+                  relevant_docs={q: set(collection.relevant(q)) for q in selection.query_ids.tolist()})
 
-    # ---- ranking: q2d (search + evaluate) and d2q (documents retrieving their queries)
-    started = time.perf_counter()
-    depth = min(max(settings.k, top_k), nd)
-    rankings = search(Q, D, depth, query_ids=selection.query_ids, doc_ids=selection.doc_ids,
+
+def _ranking(space: _Space, collection, selection: Selection, settings: AnalysisSettings):
+    """q2d (search + evaluate) and d2q (documents retrieving their queries): ``(rankings, section)``."""
+    from .. import analysis as A
+    from ..index import search
+    from ..metrics import evaluate
+
+    depth = min(max(settings.k, space.top_k), space.nd)
+    rankings = search(space.Q, space.D, depth, query_ids=selection.query_ids, doc_ids=selection.doc_ids,
                       device=settings.device)
     q2d = evaluate(rankings, collection.qrels, min_relevance=collection.min_relevance, measures=Q2D_MEASURES,
                    query_ids=selection.query_ids.tolist())
-    d2q = A.d2q_metrics(Q, D, pairs, ks=D2Q_KS)
-    timer.add("ranking", started)
+    d2q = A.d2q_metrics(space.Q, space.D, space.pairs, ks=D2Q_KS)
+    return rankings, {"q2d": q2d, "d2q": d2q, "depth": int(depth)}
 
-    # ---- geometry (documents capped at max_geometry_docs, seeded)
-    started = time.perf_counter()
-    if nd > settings.max_geometry_docs:
-        geo_rows = np.sort(rng.choice(nd, size=settings.max_geometry_docs, replace=False))
-        D_geo = np.asarray(D[geo_rows])
-    else:
-        D_geo = np.asarray(D)
+
+def _geometry_documents(space: _Space, settings: AnalysisSettings) -> np.ndarray:
+    """The documents of the geometry statistics: all, or a seeded sample of ``max_geometry_docs``."""
+    if space.nd > settings.max_geometry_docs:
+        rng = np.random.default_rng(settings.seed)
+        geo_rows = np.sort(rng.choice(space.nd, size=settings.max_geometry_docs, replace=False))
+        return np.asarray(space.D[geo_rows])
+    return np.asarray(space.D)
+
+
+def _geometry(space: _Space, D_geo: np.ndarray, doc_negatives: np.ndarray, label: str,
+              settings: AnalysisSettings) -> dict:
+    """Per-side geometry (PCA, isotropy, norms, spectrum), the query-document geometry and the cosine
+    histograms."""
+    from .. import analysis as A
+
+    Q, D = space.Q, space.D
     sides = {}
     spectra = {}
     for side, X in (("queries", Q), ("documents", D_geo)):
         if X.shape[0] < 2:
-            raise DanceError(f"{subject.label}: only {X.shape[0]} {side} to analyse; expected at least 2 "
+            raise DanceError(f"{label}: only {X.shape[0]} {side} to analyse; expected at least 2 "
                              f"(a larger --sample or another --split)")
         spectrum = A.pca_spectrum(X)
         spectra[side] = spectrum["ratio"][:SPECTRUM_COMPONENTS]
@@ -280,10 +309,9 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
     both = np.concatenate([np.asarray(Q, dtype=np.float32), np.asarray(D_geo, dtype=np.float32)])
     sides["both"] = {"mean_cosine": A.mean_pairwise_cosine(both), "rows": int(both.shape[0])}
     del both
-    doc_negatives, _ = mine_document_negatives(rankings, relevant_docs, n_neg, settings.seed, top_k=top_k,
-                                               min_grade=1)
     neg_pairs = A.negatives_to_pairs(doc_negatives)
-    qd_geo = A.query_document_geometry(Q, D, pairs, neg_pairs, n_random=settings.n_random, seed=settings.seed)
+    qd_geo = A.query_document_geometry(Q, D, space.pairs, neg_pairs, n_random=settings.n_random,
+                                       seed=settings.seed)
     qd = {"centroid_distance": A.centroid_distance(Q, D_geo),
           "centroid_distance_raw": A.centroid_distance(Q, D_geo, normalize=False),
           "cross_mean_cosine": A.cross_mean_cosine(Q, D_geo),
@@ -291,61 +319,101 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
           "excluded_pairs": qd_geo["excluded_pairs"], "n_random": qd_geo["n_random"]}
     cos_hist = {"edges": np.asarray(qd_geo["histogram"]["edges"]).tolist(),
                 **{g: np.asarray(qd_geo["histogram"][g]).tolist() for g in ("positive", "negative", "random")}}
-    timer.add("geometry", started)
+    return {**sides, "qd": qd, "cosine_histogram": cos_hist,
+            "spectrum": {side: np.asarray(v).tolist() for side, v in spectra.items()}}
 
-    # ---- alignment / uniformity
-    started = time.perf_counter()
-    align = A.alignment(Q, D, pairs) if len(pairs) else float("nan")
-    uni = A.uniformity_sides(Q, D_geo, t=settings.uniformity_t, seed=settings.seed)
-    timer.add("alignment_uniformity", started)
 
-    # ---- negative sampling: softmax over top-K (q2d and d2q) and draw counts
-    started = time.perf_counter()
+def _alignment_uniformity(space: _Space, D_geo: np.ndarray, settings: AnalysisSettings) -> dict:
+    """Alignment of the positive pairs and uniformity of each side (Wang & Isola, ICML 2020)."""
+    from .. import analysis as A
+
+    align = A.alignment(space.Q, space.D, space.pairs) if len(space.pairs) else float("nan")
+    uni = A.uniformity_sides(space.Q, D_geo, t=settings.uniformity_t, seed=settings.seed)
+    return {"alignment": align, "alpha": 2.0, "t": settings.uniformity_t, "uniformity": uni}
+
+
+def _sampling(space: _Space, rankings, doc_negatives: np.ndarray, subject: Subject, corpus, queries, collection,
+              selection: Selection, settings: AnalysisSettings) -> dict:
+    """Negative sampling: the softmax over the top-K candidates (q2d and d2q) and the draw counts of the
+    samplers on the split and of the trainer's last refresh."""
+    from .. import analysis as A
+    from ..index import search
+    from ..mining import mine_query_negatives
+
+    Q, D, pairs, top_k, n_neg = space.Q, space.D, space.pairs, space.top_k, space.n_neg
     k_soft = min(top_k, rankings.k)
     q2d_scores = _scores_with_padding(rankings)[:, :k_soft]
-    q2d_mask = _positive_mask(rankings, relevant_docs)[:, :k_soft]
-    q2d_soft = A.softmax_stats(q2d_scores, q2d_mask, temperature=temperature)
+    q2d_mask = _positive_mask(rankings, space.relevant_docs)[:, :k_soft]
+    q2d_soft = A.softmax_stats(q2d_scores, q2d_mask, temperature=space.temperature)
     pos_doc_rows = np.unique(pairs[:, 1]) if len(pairs) else np.zeros(0, dtype=np.int64)
-    sampling: dict = {"temperature": temperature, "temperature_source": temperature_source, "top_k": top_k,
-                      "n": n_neg, "q2d_softmax": _softmax_summary(q2d_soft)}
+    sampling: dict = {"temperature": space.temperature, "temperature_source": space.temperature_source,
+                      "top_k": top_k, "n": n_neg, "q2d_softmax": _softmax_summary(q2d_soft)}
     if len(pos_doc_rows):
         pos_doc_ids = selection.doc_ids[pos_doc_rows]
-        d2q_rank = search(np.asarray(D[pos_doc_rows]), Q, min(top_k, nq), query_ids=pos_doc_ids,
+        d2q_rank = search(np.asarray(D[pos_doc_rows]), Q, min(top_k, space.nq), query_ids=pos_doc_ids,
                           doc_ids=selection.query_ids, device=settings.device)
         queries_of: dict[str, set[str]] = {}
         for qi, di in pairs.tolist():
             queries_of.setdefault(str(selection.doc_ids[di]), set()).add(str(selection.query_ids[qi]))
         d2q_soft = A.softmax_stats(_scores_with_padding(d2q_rank), _positive_mask(d2q_rank, queries_of),
-                                   temperature=temperature)
+                                   temperature=space.temperature)
         sampling["d2q_softmax"] = _softmax_summary(d2q_soft)
         string_pairs = np.stack([selection.query_ids[pairs[:, 0]], selection.doc_ids[pairs[:, 1]]], axis=1)
-        _, split_query_counts = mine_query_negatives(d2q_rank, string_pairs, relevant_docs, n_neg, settings.seed,
-                                                     top_k=top_k, min_grade=1)
+        _, split_query_counts = mine_query_negatives(d2q_rank, string_pairs, space.relevant_docs, n_neg,
+                                                     settings.seed, top_k=top_k, min_grade=1)
     else:
         sampling["d2q_softmax"] = None
-        split_query_counts = np.zeros(nq, dtype=np.int64)
-    split_doc_counts = np.bincount(doc_negatives[doc_negatives >= 0], minlength=nd)
+        split_query_counts = np.zeros(space.nq, dtype=np.int64)
+    split_doc_counts = np.bincount(doc_negatives[doc_negatives >= 0], minlength=space.nd)
     split_source = (f"samplers applied to the analysed split ({selection.split}): top {top_k}, {n_neg} drawn, "
                     f"seed {settings.seed}")
     sampling["split_counts"] = {
         "documents": _count_summary(split_doc_counts, "documents", split_source),
         "queries": _count_summary(split_query_counts, "queries", split_source)}
-    sampling["trainer_counts"] = _trainer_counts(subject, neg_set, queries, corpus, collection, settings)
+    sampling["trainer_counts"] = _trainer_counts(subject, space.neg_set, queries, corpus, collection, settings)
+    return sampling
+
+
+def analyse_subject(subject: Subject, corpus, queries, collection, selection: Selection,
+                    settings: AnalysisSettings, timer: Timer | None = None) -> tuple[dict, dict]:
+    """Every statistic of one embedding space, one section at a time (ranking, geometry, alignment /
+    uniformity, negative sampling). Returns ``(results, arrays)``: a JSON-able dict and the larger arrays the
+    figures need (cosine histograms are in the results; nothing in ``arrays`` is written to JSON)."""
+    from ..mining import mine_document_negatives
+
+    timer = timer or Timer()
+    space = _space(subject, corpus, queries, collection, selection, settings)
+
+    started = time.perf_counter()
+    rankings, ranking = _ranking(space, collection, selection, settings)
+    timer.add("ranking", started)
+
+    started = time.perf_counter()
+    D_geo = _geometry_documents(space, settings)
+    doc_negatives, _ = mine_document_negatives(rankings, space.relevant_docs, space.n_neg, settings.seed,
+                                               top_k=space.top_k, min_grade=1)
+    geometry = _geometry(space, D_geo, doc_negatives, subject.label, settings)
+    timer.add("geometry", started)
+
+    started = time.perf_counter()
+    alignment_uniformity = _alignment_uniformity(space, D_geo, settings)
+    timer.add("alignment_uniformity", started)
+
+    started = time.perf_counter()
+    sampling = _sampling(space, rankings, doc_negatives, subject, corpus, queries, collection, selection, settings)
     timer.add("sampling", started)
 
     result = {
         "label": subject.label, "kind": subject.kind, "path": subject.path, "step": subject.step,
-        "objective": subject.meta.get("objective"), "dim": int(dim),
-        "sizes": {"queries": int(nq), "documents": int(nd), "geometry_documents": int(D_geo.shape[0]),
-                  "positive_pairs": int(len(pairs))},
+        "objective": subject.meta.get("objective"), "dim": int(space.Q.shape[1]),
+        "sizes": {"queries": space.nq, "documents": space.nd, "geometry_documents": int(D_geo.shape[0]),
+                  "positive_pairs": int(len(space.pairs))},
         "dev_metrics": subject.dev_metrics,
-        "ranking": {"q2d": q2d, "d2q": d2q, "depth": int(depth)},
-        "geometry": {**sides, "qd": qd, "cosine_histogram": cos_hist,
-                     "spectrum": {side: np.asarray(v).tolist() for side, v in spectra.items()}},
-        "alignment_uniformity": {"alignment": align, "alpha": 2.0, "t": settings.uniformity_t,
-                                 "uniformity": uni},
+        "ranking": ranking,
+        "geometry": geometry,
+        "alignment_uniformity": alignment_uniformity,
         "sampling": sampling,
-        "negatives_meta": negatives_meta or None,
+        "negatives_meta": space.negatives_meta or None,
     }
     result["claim_metrics"] = claim_metrics(result)
     arrays = {"rankings": rankings}

@@ -16,13 +16,11 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..atomic import replace_dir
+from ..atomic import building_dir
 from ..errors import DanceError
 
 TEMPLATE = "report.html"
@@ -213,22 +211,16 @@ def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[
     """Write ``index.html``, ``metrics.json`` and one CSV per table into ``out``, atomically.
 
     Everything goes to a temporary folder beside ``out`` first; it is renamed into place only when complete
-    (an earlier report in ``out`` is moved aside and deleted afterwards). Returns the path of ``index.html``.
+    (an earlier report in ``out`` is swapped out and deleted afterwards). Returns the path of ``index.html``.
     """
     out = Path(out)
     check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with building_dir(out) as tmp:
         (tmp / "index.html").write_text(html, encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for table in tables.values():
             (tmp / f"{table.name}.csv").write_text(table.to_csv(), encoding="utf-8")
         os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"
 
 

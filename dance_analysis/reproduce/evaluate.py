@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import replace_dir
+from ..atomic import building_dir, write_json
 from ..errors import DanceError
 from ..training import checkpoint as ckpt
 from ..training.config import load_recipe
@@ -45,20 +45,14 @@ def encode_zero_shot(runs_dir: Path, reference_run: Path) -> Path:
     model = DualEncoder.load(recipe.model.backbone, query_max_length=lengths["query_max_length"],
                              doc_max_length=lengths["doc_max_length"])
     collection = load_collection(recipe.data.collection, min_relevance=recipe.data.min_relevance)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "embeddings").mkdir(parents=True)
     batch = recipe.mining.encode_batch_size
-    embed_corpus(model, collection, batch_size=batch, out=str(tmp / "embeddings" / "corpus"), device="cpu")
-    query_ids = sorted(collection.queries)
-    embed_queries(model, collection, query_ids, batch_size=batch, out=str(tmp / "embeddings" / "queries"),
-                  device="cpu")
-    (tmp / "meta.json").write_text(json.dumps({
-        "backbone": recipe.model.backbone, "encoder": model.config.to_dict(),
-        "temperature": model.config.temperature}, indent=2) + "\n", encoding="utf-8")
-    replace_dir(tmp, folder)
+    with building_dir(folder) as tmp:
+        (tmp / "embeddings").mkdir()
+        embed_corpus(model, collection, batch_size=batch, out=str(tmp / "embeddings" / "corpus"), device="cpu")
+        embed_queries(model, collection, sorted(collection.queries), batch_size=batch,
+                      out=str(tmp / "embeddings" / "queries"), device="cpu")
+        write_json(tmp / "meta.json", {"backbone": recipe.model.backbone, "encoder": model.config.to_dict(),
+                                       "temperature": model.config.temperature})
     return folder
 
 

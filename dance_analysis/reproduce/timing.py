@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from ..atomic import write_json
 from ..errors import DanceError
 
 
@@ -45,9 +45,7 @@ class Clock:
 
     def finish(self) -> None:
         self.session["seconds"] = round(time.perf_counter() - self.t0, 1)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"sessions": self.previous + [self.session]}, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, {"sessions": self.previous + [self.session]})
 
     def total(self) -> float:
         """Seconds over every invocation so far."""

@@ -12,12 +12,11 @@ import io
 import json
 import os
 import platform
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replace_dir
+from ..atomic import building_dir, write_text
 from ..errors import DanceError
 from ..index import Rankings
 from ..runs import write_trec_run
@@ -233,10 +232,7 @@ def replace_section(path: Path, body: str) -> None:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise DanceError(f"{path}: expected the markers {README_START} and {README_END}")
-    new = text[:start + len(README_START)] + "\n" + body + "\n" + text[end:]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text[:start + len(README_START)] + "\n" + body + "\n" + text[end:])
 
 
 def json_ready(results: dict) -> dict:
@@ -249,25 +245,23 @@ def write_outputs(results: dict, out: Path, project_readme: Path, clock: Clock) 
     from ..comparison.pictures import figure_arrays
     from ..report.experiment import render_experiment
 
-    spaces = results["_spaces"]
-    build = out.with_name(f".{out.name}.build")
-    shutil.rmtree(build, ignore_errors=True)
-    (build / "runs").mkdir(parents=True)
-    run_files = []
-    for arm in ARMS:
-        name = f"{arm.name}.trec.gz"
-        write_trec_run(build / "runs" / name, pooled_rankings(spaces, arm.name), tag=arm.name)
-        run_files.append(name)
-    (build / "per_unit.csv").write_text(per_unit_csv(spaces), encoding="utf-8")
     from ..report.build import git_revision, package_versions
 
+    spaces = results["_spaces"]
     results["provenance"] = {"git": git_revision(), "versions": package_versions(), "machine": machine(),
                              "wall_seconds": round(clock.total(), 1), "stages": clock.stages()}
     data = json_ready(results)
-    (build / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    (build / "README.md").write_text(readme(data, clock, run_files), encoding="utf-8")
-    (build / "index.html").write_text(render_experiment(data, figure_arrays(spaces)), encoding="utf-8")
-    replace_dir(build, out)
+    with building_dir(out) as build:
+        (build / "runs").mkdir()
+        run_files = []
+        for arm in ARMS:
+            name = f"{arm.name}.trec.gz"
+            write_trec_run(build / "runs" / name, pooled_rankings(spaces, arm.name), tag=arm.name)
+            run_files.append(name)
+        (build / "per_unit.csv").write_text(per_unit_csv(spaces), encoding="utf-8")
+        (build / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        (build / "README.md").write_text(readme(data, clock, run_files), encoding="utf-8")
+        (build / "index.html").write_text(render_experiment(data, figure_arrays(spaces)), encoding="utf-8")
     if project_readme.exists():
         replace_section(project_readme, project_section(data, out, clock))
     return out

@@ -8,9 +8,11 @@ there is one, else the CPU), re-encodes the corpus and the queries, searches, mi
 (:func:`.refresh.run_refresh`) and then:
 
 1. writes everything into ``RUN_DIR/refresh/.tmp-step-<step>-<pid>/``;
-2. adds ``embeddings/``, ``negatives/`` and ``dev_metrics.json`` to the checkpoint folder, each renamed into place
-   (skipped if the trainer has pruned that checkpoint meanwhile);
-3. renames the temporary folder to ``RUN_DIR/refresh/step-<step>/``: only complete sets ever carry that name.
+2. adds ``embeddings/``, ``negatives/`` and ``dev_metrics.json`` to the checkpoint folder, each published
+   atomically (skipped if the trainer has pruned that checkpoint meanwhile);
+3. publishes the temporary folder as ``RUN_DIR/refresh/step-<step>/``: only complete sets ever carry that name,
+   and a set mined again for the same step is swapped in without a moment with no set
+   (:func:`dance_analysis.atomic.replace_dir`).
 
 At a step boundary the trainer adopts the newest ``refresh/step-*`` set; it never sees a half-written one. When
 training ends the trainer writes ``refresh/STOP`` (``{"final_step": ...}``); the miner handles that step if asked
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import building_dir, publish_dir, replace_dir, write_json
 from ..errors import DanceError
 from . import checkpoint as ckpt
 from .faults import fault_point
@@ -134,6 +137,26 @@ class MinerHandle:
             time.sleep(delay)
             delay = min(delay * 2, self.recipe.mining.poll_seconds)
 
+    def poll(self, current: int, wait_for: int | None = None) -> tuple[Path | None, float]:
+        """The folder of a complete set newer than step ``current``, or ``None``; with ``wait_for``, block until
+        a set of at least that step exists. Restarts a dead miner (:meth:`revive`). Returns ``(folder, seconds
+        spent)``."""
+        started = time.perf_counter()
+        self.revive()
+        if wait_for is not None:
+            found = self.wait_for(wait_for)
+        else:
+            newest = self.newest()
+            found = newest if newest is not None and newest[0] > current else None
+        return (found[1] if found is not None else None), time.perf_counter() - started
+
+    def read_set(self, set_dir: Path):
+        """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
+        from ..mining import NegativeSet
+        from .refresh import NEGATIVES_DIR, read_refresh_record
+
+        return NegativeSet.load(set_dir / NEGATIVES_DIR), read_refresh_record(set_dir)
+
     def in_use(self, step: int) -> None:
         """The trainer now trains on set ``step``: delete older sets (their checkpoints keep copies)."""
         self.using = step
@@ -158,7 +181,7 @@ class MinerHandle:
             return 0.0
         self.revive()
         while True:
-            ckpt.write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
+            write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
             if self.proc.wait() == 0:
                 break
             self.revive()  # died before handling the final step: once more (or an error after MAX_RESTARTS)
@@ -204,17 +227,14 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
     try:
         emb = result_dir / EMBEDDINGS_DIR
         if emb.is_dir() and not (checkpoint_dir / EMBEDDINGS_DIR).exists():
-            os.replace(emb, checkpoint_dir / EMBEDDINGS_DIR)
+            publish_dir(emb, checkpoint_dir / EMBEDDINGS_DIR, replace=False)
         neg = result_dir / NEGATIVES_DIR
         if neg.is_dir():
-            staging = checkpoint_dir / f".{NEGATIVES_DIR}.tmp-{os.getpid()}"
-            shutil.copytree(neg, staging)
-            if (checkpoint_dir / NEGATIVES_DIR).exists():
-                ckpt.remove_dir(checkpoint_dir / NEGATIVES_DIR)
-            os.replace(staging, checkpoint_dir / NEGATIVES_DIR)
+            with building_dir(checkpoint_dir / NEGATIVES_DIR) as staging:
+                shutil.copytree(neg, staging, dirs_exist_ok=True)
         metrics = result_dir / DEV_METRICS_FILE
         if metrics.is_file():
-            ckpt.write_json(checkpoint_dir / DEV_METRICS_FILE, json.loads(metrics.read_text(encoding="utf-8")))
+            write_json(checkpoint_dir / DEV_METRICS_FILE, json.loads(metrics.read_text(encoding="utf-8")))
     except FileNotFoundError:
         pass  # the trainer pruned the checkpoint meanwhile
 
@@ -302,10 +322,7 @@ class Miner:
                              search_device=search_device,
                              reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings)
         _attach(tmp, checkpoint_dir)
-        final = root / f"step-{step}"
-        if final.exists():
-            ckpt.remove_dir(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, root / f"step-{step}")
         self.last_done = step
         self._say(summary_line(result.record(), self.recipe.checkpoint.best_metric,
                                f"| {time.perf_counter() - started:.1f}s in all"))

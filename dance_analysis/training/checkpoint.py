@@ -33,23 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import TRASH_PREFIX, atomic_file, remove_dir, replace_dir, write_json
 from ..errors import DanceError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
-TRASH_PREFIX = ".trash-"
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -81,13 +69,12 @@ class _RecordingWriter:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file, then rename (the object must be weights_only-loadable).
+    """``torch.save`` published atomically (:func:`dance_analysis.atomic.atomic_file`); the object must be
+    weights_only-loadable.
 
     A failed write (disk full, file size limit) raises the ``OSError`` of the write, not torch's ``RuntimeError``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         writer = _RecordingWriter(fh)
         try:
             torch.save(obj, writer)
@@ -95,7 +82,6 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
             if writer.error is not None:
                 raise writer.error from None
             raise
-    os.replace(tmp, path)
 
 
 # errno values that mean "this output cannot be written" (as opposed to a missing input)
@@ -198,19 +184,6 @@ def best_checkpoint(run_dir: str | os.PathLike, metric: str = "MRR@10") -> tuple
     return best
 
 
-def remove_dir(path: str | os.PathLike) -> None:
-    """Make a folder disappear atomically (rename to a hidden trash name), then delete it."""
-    path = Path(path)
-    if not path.exists():
-        return
-    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.replace(path, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete temporary / trash folders left by an interrupted write; returns what was removed."""
     run_dir = Path(run_dir)
@@ -235,29 +208,12 @@ def begin_checkpoint(run_dir: str | os.PathLike, step: int) -> Path:
 
 
 def commit_checkpoint(tmp: str | os.PathLike, run_dir: str | os.PathLike, step: int, meta: dict) -> Path:
-    """Write ``checkpoint.json`` (``complete: true``) into ``tmp`` and rename it to ``checkpoint-<step>``."""
+    """Write ``checkpoint.json`` (``complete: true``) into ``tmp`` and publish it as ``checkpoint-<step>``
+    (an existing one is swapped out without a gap, :func:`dance_analysis.atomic.replace_dir`)."""
     tmp = Path(tmp)
     final = Path(run_dir) / f"checkpoint-{step}"
     write_json(tmp / "checkpoint.json", {**meta, "step": int(step), "complete": True})
-    _fsync_dir(tmp)
-    if final.exists():
-        remove_dir(final)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return replace_dir(tmp, final)
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int | None, *, keep_best: bool = True,

@@ -2,7 +2,8 @@
 
 One optimizer step takes ``optim.batch_size`` training instances (q, d+, d-, q-) from the current negative set,
 split over processes and ``optim.grad_accum`` micro-batches; each micro-batch encodes its queries (q and, for
-DANCE, q-) and documents (d+ and d-) with the dual encoder and computes :func:`dance_analysis.losses.dance_loss`.
+DANCE, q-) and documents (d+ and d-) with the dual encoder and calls the recipe's loss,
+:class:`dance_analysis.losses.DanceObjective`.
 AdamW with linear warm-up and linear decay; gradient clipping; fp16 / bf16 autocast on CUDA.
 
 Every ``mining.refresh_every`` steps the negatives are refreshed (:mod:`.refresh`): in ``sync`` mode training
@@ -14,12 +15,17 @@ Determinism: instances of a negative set are drawn with ``numpy.random.default_r
 epoch])``; mining with ``default_rng([seed, refresh step])``; dropout from the torch generator, whose state is
 saved in every checkpoint. A run resumed from a checkpoint on the CPU therefore ends with exactly the weights of an
 uninterrupted run (sync mode; an async run depends on when the miner finishes).
+
+This module holds the loop itself (setup, the step, refreshes, the run); the other jobs have their modules:
+:mod:`.run_folder` (which directory, its files), :mod:`.run_log` (metrics log, TensorBoard, messages),
+:mod:`.optim` (AdamW and the schedule), :mod:`.instances` (the instance stream and its batches), :mod:`.state`
+(trainer state for exact resume, committing checkpoints) and :mod:`.async_refresh` (the miner). Their public
+names are re-exported here, so ``from dance_analysis.training.loop import ...`` keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -27,26 +33,31 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import losses as losses_module
-from ..device import amp_dtype
+from ..atomic import write_json
 from ..errors import DanceError
-from ..mining import NegativeSet
+from ..losses import DanceObjective
 from . import checkpoint as ckpt
-from .config import Recipe, dump_recipe, recipe_differences, recipe_from_dict
+from .config import Recipe
 from .distributed import DistContext, init_distributed
-from .faults import fault_point
-from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, read_refresh_record, run_refresh, summary_line
+from .instances import InstanceStream, instance_batch
+from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
+from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, run_refresh, summary_line
+from .run_folder import (BEST_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, check_run_dir,
+                         init_run_dir, resolve_backbone, truncate_metrics)
+from .run_log import RunLog
+from .state import (checkpoint_meta, commit, find_negatives, gather_rng, read_trainer_state, restore_optimisation,
+                    restore_rng, save_trainer_state)
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = [
+    "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "InstanceStream", "TrainResult", "Trainer",
+    "TrainingDiverged", "autocast_dtype", "build_optimizer", "linear_schedule", "resolve_backbone", "train",
+]
 
 
 class TrainingDiverged(DanceError):
@@ -84,91 +95,6 @@ class TrainResult:
         }
 
 
-# ---------------------------------------------------------------------------------------------- small helpers
-
-def resolve_backbone(backbone: str, select: str = "best", metric: str = "MRR@10") -> str:
-    """Where to load the starting encoder from.
-
-    A ``checkpoint-<step>`` folder -> its ``encoder/``; a run directory of ``dance-train`` -> the ``encoder/`` of
-    its best checkpoint by dev ``metric`` (``select="best"``) or of its last one (``"last"``); anything else is
-    returned unchanged (an alias, a model folder or a hub name for ``DualEncoder.load``).
-    """
-    path = Path(backbone).expanduser()
-    if path.is_dir() and (path / "encoder").is_dir() and (path / "checkpoint.json").is_file():
-        return str(path / "encoder")
-    if path.is_dir() and ckpt.list_checkpoints(path):
-        chosen = None
-        if select == "best":
-            best = ckpt.best_checkpoint(path, metric)
-            chosen = best[1] if best else None
-        if chosen is None:
-            chosen = ckpt.latest_checkpoint(path)
-        return str(Path(chosen) / "encoder")
-    return backbone
-
-
-def linear_schedule(warmup_steps: int, max_steps: int) -> Callable[[int], float]:
-    """The learning-rate factor at step s: s / warmup during warm-up, then linear decay to 0 at ``max_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return float(step) / float(max(1, warmup_steps))
-        return max(0.0, float(max_steps - step) / float(max(1, max_steps - warmup_steps)))
-
-    return factor
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm / 1-d parameters get no weight decay."""
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 else decay).append(param)
-    opt = recipe.optim
-    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                             eps=opt.eps)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``optim.precision`` on ``device`` (``None``: full fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return amp_dtype(device)
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise DanceError("optim.precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-        return torch.float16
-    return torch.bfloat16
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN / infinite floats replaced by ``None`` (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-@contextlib.contextmanager
-def _quiet_saving():
-    """No transformers progress bar while the encoder is written."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 class _Towers(nn.Module):
     """Both sides in one forward call, so that DistributedDataParallel sees a single forward per micro-batch."""
 
@@ -178,49 +104,6 @@ class _Towers(nn.Module):
 
     def forward(self, q_ids, q_mask, d_ids, d_mask):  # noqa: D401 - nn.Module API
         return self.model.encode(q_ids, q_mask, "query"), self.model.encode(d_ids, d_mask, "doc")
-
-
-class InstanceStream:
-    """The training instances of one negative set as a deterministic, resumable stream.
-
-    Epoch e of the set with step s is ``negatives.instances(default_rng([seed, s, e]))`` (shuffled quadruplets);
-    the stream's position is (epoch, index), saved in the trainer state.
-    """
-
-    def __init__(self, negatives: NegativeSet, seed: int, epoch: int = 0, position: int = 0):
-        self.negatives = negatives
-        self.seed = int(seed)
-        self.step = int(negatives.meta["step"])
-        self.epoch = epoch
-        self.position = position
-        self._items = self._load(epoch)
-
-    def _load(self, epoch: int) -> np.ndarray:
-        items = self.negatives.instances(np.random.default_rng([self.seed, self.step, epoch]))
-        if len(items) == 0:
-            raise DanceError(f"the negatives mined at step {self.step} give no training instance (every training "
-                             f"query lacks candidates: is mining.top_k larger than its relevant documents?)")
-        return items
-
-    def take(self, count: int) -> np.ndarray:
-        """The next ``count`` instances [count, 4] (q_row, d_pos, d_neg, q_neg), continuing into new epochs."""
-        out = []
-        need = count
-        while need:
-            if self.position >= len(self._items):
-                self.epoch += 1
-                self.position = 0
-                self._items = self._load(self.epoch)
-            chunk = self._items[self.position:self.position + need]
-            out.append(chunk)
-            self.position += len(chunk)
-            need -= len(chunk)
-        return np.concatenate(out, axis=0)
-
-    def state(self) -> dict[str, int]:
-        """Where the stream is (JSON-able)."""
-        return {"negatives_step": self.step, "epoch": self.epoch, "position": self.position,
-                "instances_per_epoch": int(len(self._items))}
 
 
 # ------------------------------------------------------------------------------------------------- the trainer
@@ -241,113 +124,10 @@ class Trainer:
         self.refresh_seconds = 0.0
         self.last_dev: dict[str, float] | None = None
         self.miner = None
-        self.writer = None
-        self._metrics_handle = None
-        self.bar = None
-
-    # --------------------------------------------------------------------------------------- run directory
-    def _check_run_dir(self) -> Path | None:
-        """Decide, without changing anything, whether the run directory may be used; returns the checkpoint to
-        resume from. Raises :class:`DanceError` for a non-empty directory without --resume / --overwrite."""
-        run_dir = self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise DanceError(f"{run_dir}: the output directory is a file")
-        ancestor = run_dir.absolute().parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not run_dir.exists() and not ancestor.is_dir():
-            raise DanceError(f"cannot create the output directory {run_dir}: {ancestor} is a file, not a folder")
-        non_empty = run_dir.is_dir() and any(run_dir.iterdir())
-        if not non_empty:
-            return None
-        if self.resume:
-            saved_file = run_dir / CONFIG_FILE
-            if saved_file.is_file():
-                import yaml
-
-                saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file))
-                diffs = recipe_differences(saved, self.recipe)
-                if diffs:
-                    raise DanceError(f"--resume: the recipe differs from the one this run was started with "
-                                     f"({saved_file}) in {', '.join(diffs)}; resume with the same recipe, or "
-                                     f"start a new run (--output-dir) / --overwrite")
-            return ckpt.latest_checkpoint(run_dir)
-        if self.overwrite:
-            looks_like_run = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists() or \
-                any(ckpt.checkpoint_step(p) is not None for p in run_dir.iterdir())
-            if not looks_like_run:
-                raise DanceError(f"{run_dir} is not empty and does not look like a dance-train run directory "
-                                 f"(no {CONFIG_FILE}, {METRICS_FILE} or checkpoint-*/); refusing to delete it")
-            return None
-        raise DanceError(f"the output directory {run_dir} is not empty; pass --resume to continue that run or "
-                         f"--overwrite to replace it, or choose another --output-dir")
-
-    def _init_run_dir(self) -> None:
-        """Prepare the run directory once model and data have loaded: clear it (--overwrite), remove what an
-        interrupted write left (--resume), write the resolved recipe."""
-        run_dir = self.run_dir
-        if self.overwrite and run_dir.is_dir():
-            for child in run_dir.iterdir():
-                ckpt.remove_dir(child) if child.is_dir() else child.unlink()
-        if self.resume:
-            ckpt.clean_temporaries(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / CONFIG_FILE
-        tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(dump_recipe(self.recipe), encoding="utf-8")
-        os.replace(tmp, config_path)
-        if self.resume_from is None:
-            for name in (METRICS_FILE, SUMMARY_FILE, "best.json"):
-                (run_dir / name).unlink(missing_ok=True)
-            for child in run_dir.iterdir():
-                if child.name == TENSORBOARD_DIR or child.name == "refresh":
-                    ckpt.remove_dir(child)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics lines logged after ``step`` (they are replayed after a resume)."""
-        path = self.run_dir / METRICS_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-            if max(int(record.get("step", 0)), int(record.get("swapped_at", 0))) <= step:
-                kept.append(line)
-        tmp = path.with_name(f".{METRICS_FILE}.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, path)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        if self._metrics_handle is None:
-            self._metrics_handle = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
-        self._metrics_handle.write(json.dumps(_finite(record)) + "\n")
-        self._metrics_handle.flush()
-        if self.writer is not None:
-            step = int(record["step"])
-            for key, value in record.items():
-                if "loss" not in record or key in ("step", "epoch", "negatives_step") or \
-                        not isinstance(value, (int, float)) or isinstance(value, bool):
-                    continue
-                self.writer.add_scalar(f"train/{key}", value, step)
-            for key, value in (record.get("dev") or {}).items():
-                self.writer.add_scalar(f"dev/{key}", value, step)
-            for section in ("negatives", "geometry"):
-                for key, value in (record.get(section) or {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        self.writer.add_scalar(f"{section}/{key}", value, step)
+        self.log = RunLog(self.run_dir, is_main=False)  # replaced once the process group is known
 
     def _say(self, text: str) -> None:
-        if not self.dist.is_main:
-            return
-        if self.bar is not None and not self.bar.disable:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        self.log.say(text)
 
     @contextlib.contextmanager
     def _writing(self, target: Path, tmp: Path | None = None):
@@ -387,7 +167,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-        resume_from = self._check_run_dir() if dist.is_main else None
+        self.log = RunLog(self.run_dir, is_main=dist.is_main)
+        resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume,
+                                    overwrite=self.overwrite) if dist.is_main else None
         resume_from = dist.broadcast_object(str(resume_from) if resume_from else None)
         self.resume_from = Path(resume_from) if resume_from else None
 
@@ -415,12 +197,10 @@ class Trainer:
                                                model.config.doc_max_length, dist)
         if dist.is_main:
             with self._writing(self.run_dir):
-                self._init_run_dir()
+                init_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite,
+                             fresh=self.resume_from is None)
         dist.barrier()
-        self.objective = losses_module.DanceObjective.for_objective(
-            recipe.loss.objective, w_q2d=recipe.loss.w_q2d, w_d2q=recipe.loss.w_d2q,
-            temperature=model.config.temperature, in_batch=recipe.loss.in_batch, w_align=recipe.loss.w_align,
-            w_uniform=recipe.loss.w_uniform, uniform_t=recipe.loss.uniform_t)
+        self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
 
         towers = _Towers(self.model)
         if dist.enabled:
@@ -430,19 +210,14 @@ class Trainer:
         else:
             self.towers = towers
         self.optimizer = build_optimizer(self.model, recipe)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           linear_schedule(opt.warmup_steps, opt.max_steps))
+        self.scheduler = build_scheduler(self.optimizer, recipe)
         self.amp = autocast_dtype(opt.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.step = 0
         self.stream: InstanceStream | None = None
 
-        if dist.is_main:
-            if recipe.log.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR),
-                                            purge_step=self._resume_step_hint())
+        if recipe.log.tensorboard:
+            self.log.open_tensorboard(purge_step=self._resume_step_hint())
         if recipe.mining.mode == "async" and dist.is_main:
             from .async_refresh import MinerHandle
 
@@ -452,16 +227,7 @@ class Trainer:
         return ckpt.checkpoint_step(self.resume_from) if self.resume_from is not None else None
 
     # -------------------------------------------------------------------------------------- checkpoint I/O
-    def _checkpoint_meta(self) -> dict[str, Any]:
-        from .. import __version__
-
-        return {"objective": self.recipe.loss.objective, "collection": self.data.collection.source,
-                "splits": {"train": self.recipe.data.train_split, "dev": self.recipe.data.dev_split},
-                "seed": self.recipe.optim.seed, "temperature": float(self.model.config.temperature),
-                "recipe": self.recipe.name, "world_size": self.dist.world_size,
-                "dance_analysis_version": __version__}
-
-    def _write_state(self, folder: Path | None, rng_tensors: list, rng_plain: list) -> None:
+    def _write_state(self, folder: Path | None, rng: tuple[list, list]) -> None:
         """Trainer state for exact resume into ``folder`` (rank 0)."""
         if folder is None:
             return
@@ -475,72 +241,41 @@ class Trainer:
             "refresh_seconds": round(self.refresh_seconds, 3),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
-        ckpt.write_json(folder / "trainer_state.json", state)
-        ckpt.torch_save_atomic(self.optimizer.state_dict(), folder / "optimizer.pt")
-        fault_point("checkpoint-write", self.step)
-        ckpt.torch_save_atomic(self.scheduler.state_dict(), folder / "scheduler.pt")
-        ckpt.torch_save_atomic({"ranks": rng_tensors}, folder / "rng.pt")
-        ckpt.write_json(folder / "rng.json", {"ranks": rng_plain})
-        with _quiet_saving():
-            self.model.save(folder / "encoder")
-
-    def _gather_rng(self) -> tuple[list, list]:
-        tensors, plain = ckpt.capture_rng_state()
-        return self.dist.all_gather_objects(tensors), self.dist.all_gather_objects(plain)
+        save_trainer_state(folder, state, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model,
+                           rng=rng)
 
     def _load_state(self, folder: Path) -> None:
-        state = ckpt.read_json(folder / "trainer_state.json")
-        if int(state.get("world_size", 1)) != self.dist.world_size:
-            raise DanceError(f"{folder} was written by {state.get('world_size')} process(es); resume it with the "
-                             f"same number (now {self.dist.world_size})")
+        state = read_trainer_state(folder, self.dist.world_size)
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(ckpt.torch_load_safe(folder / "optimizer.pt", map_location=self.device))
-        self.scheduler.load_state_dict(ckpt.torch_load_safe(folder / "scheduler.pt"))
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        restore_optimisation(folder, state, optimizer=self.optimizer, scheduler=self.scheduler,
+                             scaler=self.scaler, device=self.device)
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.refresh_seconds = float(state.get("refresh_seconds", 0.0))
-        rng_tensors = ckpt.torch_load_safe(folder / "rng.pt")["ranks"]
-        rng_plain = ckpt.read_json(folder / "rng.json")["ranks"]
-        ckpt.restore_rng_state(rng_tensors[self.dist.rank], rng_plain[self.dist.rank])
+        restore_rng(folder, self.dist.rank)
         data_state = state.get("data")
         if data_state is None:
             self.stream = None
             return
         negatives = None
         if self.dist.is_main:
-            negatives = self._find_negatives(folder, data_state)
+            step = int(data_state["negatives_step"])
+            negatives = find_negatives(folder, self.run_dir, step,
+                                       self.miner.set_dir(step) if self.miner is not None else None)
         negatives = self.dist.broadcast_object(negatives)
         self.stream = InstanceStream(negatives, self.recipe.optim.seed, int(data_state["epoch"]),
                                      int(data_state["position"]))
         metrics = ckpt.read_dev_metrics(folder)
         self.last_dev = metrics
 
-    def _find_negatives(self, folder: Path, data_state: dict) -> NegativeSet:
-        step = int(data_state["negatives_step"])
-        candidates = [folder / NEGATIVES_DIR]
-        if self.miner is not None:
-            candidates.insert(0, self.miner.set_dir(step) / NEGATIVES_DIR)
-        candidates.append(self.run_dir / f"checkpoint-{step}" / NEGATIVES_DIR)
-        for path in candidates:
-            if path.is_dir():
-                negatives = NegativeSet.load(path)
-                if int(negatives.meta["step"]) == step:
-                    return negatives
-        raise DanceError(f"cannot resume from {folder}: the negatives mined at step {step}, which the run was "
-                         f"training on, are no longer on disk")
-
     def _commit(self, tmp: Path | None, step: int) -> Path | None:
         if not self.dist.is_main or tmp is None:
             return None
-        final = ckpt.commit_checkpoint(tmp, self.run_dir, step, self._checkpoint_meta())
+        meta = checkpoint_meta(self.recipe, self.data.collection.source, self.model.config.temperature,
+                               self.dist.world_size)
         protect = (step,)
         if self.stream is not None:
             protect += (self.stream.step,)
-        ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoint.keep_last,
-                               keep_best=self.recipe.checkpoint.keep_best,
-                               metric=self.recipe.checkpoint.best_metric, protect=protect)
-        return final
+        return commit(tmp, self.run_dir, step, meta, self.recipe, protect)
 
     # ------------------------------------------------------------------------------------------------ refresh
     def _sync_refresh(self) -> Path | None:
@@ -555,16 +290,16 @@ class Trainer:
                                  reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
                                  start=self.start)
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
-            rng_tensors, rng_plain = self._gather_rng()
+            rng = gather_rng(self.dist)
             self.refresh_seconds += time.perf_counter() - started
             if self.dist.is_main:
-                self._write_state(tmp, rng_tensors, rng_plain)
+                self._write_state(tmp, rng)
             final = self._commit(tmp, self.step)
         self.dist.barrier()
         if self.dist.is_main:
             self.last_dev = result.dev_metrics
             record = result.record()
-            self._log(record)
+            self.log.log(record)
             self._say(summary_line(record, self.recipe.checkpoint.best_metric,
                                    f"| training so far {self.train_seconds:.1f}s"))
         return final
@@ -576,9 +311,9 @@ class Trainer:
         with self._writing(target):
             tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
         with self._writing(target, tmp):
-            rng_tensors, rng_plain = self._gather_rng()
+            rng = gather_rng(self.dist)
             if self.dist.is_main:
-                self._write_state(tmp, rng_tensors, rng_plain)
+                self._write_state(tmp, rng)
                 if with_negatives and self.stream is not None:
                     self.stream.negatives.save(tmp / NEGATIVES_DIR)
             final = self._commit(tmp, self.step)
@@ -590,8 +325,7 @@ class Trainer:
         """Switch every rank to the negative set in ``set_dir`` (rank 0's argument; async mode)."""
         negatives, record = None, None
         if self.dist.is_main and set_dir is not None:
-            negatives = NegativeSet.load(set_dir / NEGATIVES_DIR)
-            record = read_refresh_record(set_dir)
+            negatives, record = self.miner.read_set(set_dir)
         negatives = self.dist.broadcast_object(negatives)
         if negatives is None:
             return
@@ -600,7 +334,7 @@ class Trainer:
             self.miner.in_use(int(negatives.meta["step"]))
             if record is not None:
                 self.last_dev = record.get("dev")
-                self._log({**record, "swapped_at": self.step})
+                self.log.log({**record, "swapped_at": self.step})
                 self._say(summary_line(record, self.recipe.checkpoint.best_metric,
                                        f"| swapped in at step {self.step}"
                                        + (f" after waiting {waited:.1f}s" if waited > 0.05 else "")))
@@ -610,16 +344,9 @@ class Trainer:
         decision = None
         waited = 0.0
         if self.dist.is_main:
-            started = time.perf_counter()
             current = self.stream.step if self.stream is not None else -1
-            self.miner.revive()
-            if wait_for is not None:
-                decision = self.miner.wait_for(wait_for)
-            else:
-                newest = self.miner.newest()
-                decision = newest if newest is not None and newest[0] > current else None
-            decision = str(decision[1]) if decision is not None else None
-            waited = time.perf_counter() - started
+            found, waited = self.miner.poll(current, wait_for)
+            decision = str(found) if found is not None else None
             self.refresh_seconds += waited
         decision = self.dist.broadcast_object(decision)
         if decision is not None or not self.dist.enabled:
@@ -631,18 +358,6 @@ class Trainer:
         if setting is None:
             return sys.stderr.isatty()
         return bool(setting)
-
-    def _batch(self, rows: np.ndarray, with_query_negatives: bool):
-        data = self.data
-        q_rows = data.train_query_rows[rows[:, 0]]
-        if with_query_negatives:
-            q_rows = np.concatenate([q_rows, data.train_query_rows[rows[:, 3]]])
-        d_rows = np.concatenate([rows[:, 1], rows[:, 2]])
-        q_ids, q_mask = data.query_tokens.batch(q_rows)
-        d_ids, d_mask = data.doc_tokens.batch(d_rows)
-        dev = self.device
-        return (q_ids.to(dev, non_blocking=True), q_mask.to(dev, non_blocking=True),
-                d_ids.to(dev, non_blocking=True), d_mask.to(dev, non_blocking=True))
 
     def _train_step(self) -> dict[str, Any]:
         """One optimizer step; returns its log record (global means)."""
@@ -658,7 +373,7 @@ class Trainer:
         for a in range(opt.grad_accum):
             chunk = rows[a * per_micro:(a + 1) * per_micro]
             mine = chunk[dist.rank * self.micro:(dist.rank + 1) * self.micro]
-            q_ids, q_mask, d_ids, d_mask = self._batch(mine, use_qneg)
+            q_ids, q_mask, d_ids, d_mask = instance_batch(self.data, mine, use_qneg, self.device)
             sync = contextlib.nullcontext()
             if dist.enabled and a < opt.grad_accum - 1:
                 sync = self.towers.no_sync()
@@ -669,11 +384,7 @@ class Trainer:
                 m = len(mine)
                 q, d_pos, d_neg = q_emb[:m].float(), d_emb[:m].float(), d_emb[m:].float()
                 q_neg = q_emb[m:].float() if use_qneg else None
-                loss, parts = losses_module.dance_loss(
-                    q, d_pos, d_neg, q_neg, w_q2d=self.objective.w_q2d, w_d2q=self.objective.w_d2q,
-                    temperature=self.objective.temperature, in_batch=self.objective.in_batch,
-                    w_align=self.objective.w_align, w_uniform=self.objective.w_uniform,
-                    uniform_t=self.objective.uniform_t)
+                loss, parts = self.objective(q, d_pos, d_neg, q_neg)
                 if not torch.isfinite(loss.detach()).item() and nonfinite is None:
                     nonfinite = float(loss.detach())
                 scaled = loss / opt.grad_accum
@@ -729,12 +440,7 @@ class Trainer:
             with self._writing(self.run_dir):
                 return self._run(wall_start)
         finally:
-            if self.bar is not None:
-                self.bar.close()
-            if self.writer is not None:
-                self.writer.close()
-            if self._metrics_handle is not None:
-                self._metrics_handle.close()
+            self.log.close()
             if self.miner is not None:
                 self.miner.close()
             if self._owns_dist and self.dist is not None:
@@ -751,7 +457,7 @@ class Trainer:
         previous_wall = 0.0
         if self.resume_from is not None:
             if dist.is_main:
-                self._truncate_metrics(ckpt.checkpoint_step(self.resume_from))
+                truncate_metrics(self.run_dir, ckpt.checkpoint_step(self.resume_from))
             if is_async and dist.is_main:
                 self.miner.start()
             self._load_state(self.resume_from)
@@ -773,7 +479,7 @@ class Trainer:
             else:
                 self._sync_refresh()
         if dist.is_main:
-            self.bar = tqdm(total=max_steps, initial=self.step, desc=recipe.name, unit="step",
+            self.log.bar = tqdm(total=max_steps, initial=self.step, desc=recipe.name, unit="step",
                             disable=not self._progress_enabled(), dynamic_ncols=True, file=sys.stderr)
         final_checkpoint = ckpt.latest_checkpoint(self.run_dir) if dist.is_main else None
         while self.step < max_steps:
@@ -787,9 +493,9 @@ class Trainer:
             self.losses.append(record["loss"])
             if dist.is_main:
                 if self.step % recipe.log.every == 0 or self.step == max_steps:
-                    self._log(record)
-                self.bar.update(1)
-                self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    self.log.log(record)
+                self.log.bar.update(1)
+                self.log.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                      step=f"{record['step_time']:.2f}s", refresh=self.stream.step)
             at_refresh = self.step % mining.refresh_every == 0
             last = self.step == max_steps
@@ -803,14 +509,14 @@ class Trainer:
             elif last:
                 final_checkpoint = self._plain_checkpoint(with_negatives=True)
         if is_async and dist.is_main:
-            self.bar.close()
-            self.bar = None
+            self.log.bar.close()
+            self.log.bar = None
             waited = self.miner.finish(self.step if mining.final_refresh else None)
             self.refresh_seconds += waited
             record = self.miner.record(self.step) if mining.final_refresh else None
             if record is not None:
                 self.last_dev = record.get("dev")
-                self._log(record)
+                self.log.log(record)
                 self._say(summary_line(record, recipe.checkpoint.best_metric, "| final"))
         wall = time.perf_counter() - wall_start + previous_wall
         best = None
@@ -819,13 +525,13 @@ class Trainer:
             if found is not None:
                 best = {"step": found[0], "path": str(found[1]), "metric": recipe.checkpoint.best_metric,
                         "value": found[2]}
-                ckpt.write_json(self.run_dir / "best.json", best)
+                write_json(self.run_dir / BEST_FILE, best)
         result = TrainResult(run_dir=self.run_dir, final_step=self.step,
                              final_checkpoint=Path(final_checkpoint) if final_checkpoint else None, best=best,
                              dev_metrics=self.last_dev, wall_seconds=wall, train_seconds=self.train_seconds,
                              refresh_seconds=self.refresh_seconds, losses=self.losses)
         if dist.is_main:
-            ckpt.write_json(self.run_dir / SUMMARY_FILE, result.summary())
+            write_json(self.run_dir / SUMMARY_FILE, result.summary())
             share = 100.0 * self.refresh_seconds / max(wall, 1e-9)
             dev = ""
             if self.last_dev and recipe.checkpoint.best_metric in self.last_dev:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import building_dir, write_json
 from ..errors import DanceError
 from ..analysis.snapshot import refresh_geometry
 from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs, rotation_slice
@@ -290,15 +288,12 @@ def _store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.
     final = _cache_folder(key)
     if final.exists():
         return
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        Embeddings(ids=data.corpus_ids, vectors=np.asarray(corpus)).save(tmp / "corpus")
-        Embeddings(ids=data.query_ids, vectors=np.asarray(queries)).save(tmp / "queries")
-        os.replace(tmp, final)
+        with building_dir(final, replace=False) as tmp:  # another process may store it first: kept
+            Embeddings(ids=data.corpus_ids, vectors=np.asarray(corpus)).save(tmp / "corpus")
+            Embeddings(ids=data.query_ids, vectors=np.asarray(queries)).save(tmp / "queries")
     except OSError:
-        pass  # another process stored it first, or the cache is read-only: the cache is an optimisation only
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        pass  # the cache is read-only or full: the cache is an optimisation only
 
 
 def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tuple[np.ndarray, np.ndarray] | None:
@@ -510,8 +505,6 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
 
 def write_refresh(result: RefreshResult, out_dir: Path) -> None:
     """Write the negatives, dev metrics and the refresh record into ``out_dir`` (embeddings are already there)."""
-    from .checkpoint import write_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     result.negatives.save(out_dir / NEGATIVES_DIR)
     if result.dev_metrics is not None:

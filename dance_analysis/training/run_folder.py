@@ -1,0 +1,116 @@
+"""The run directory of ``dance-train``: which starting encoder a path names, whether a directory may be used
+(new, ``--resume``, ``--overwrite``), preparing it, and trimming its metrics log on resume.
+
+Layout: ``config.yaml`` (the resolved recipe), ``metrics.jsonl``, ``summary.json``, ``best.json``,
+``tensorboard/``, ``checkpoint-<step>/`` (:mod:`.checkpoint`) and, in async mode, ``refresh/`` and ``miner.log``
+(:mod:`.async_refresh`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import write_text
+from ..errors import DanceError
+from . import checkpoint as ckpt
+from .config import Recipe, dump_recipe, recipe_differences, recipe_from_dict
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+BEST_FILE = "best.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def resolve_backbone(backbone: str, select: str = "best", metric: str = "MRR@10") -> str:
+    """Where to load the starting encoder from.
+
+    A ``checkpoint-<step>`` folder -> its ``encoder/``; a run directory of ``dance-train`` -> the ``encoder/`` of
+    its best checkpoint by dev ``metric`` (``select="best"``) or of its last one (``"last"``); anything else is
+    returned unchanged (an alias, a model folder or a hub name for ``DualEncoder.load``).
+    """
+    path = Path(backbone).expanduser()
+    if path.is_dir() and (path / "encoder").is_dir() and (path / "checkpoint.json").is_file():
+        return str(path / "encoder")
+    if path.is_dir() and ckpt.list_checkpoints(path):
+        chosen = None
+        if select == "best":
+            best = ckpt.best_checkpoint(path, metric)
+            chosen = best[1] if best else None
+        if chosen is None:
+            chosen = ckpt.latest_checkpoint(path)
+        return str(Path(chosen) / "encoder")
+    return backbone
+
+
+def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Path | None:
+    """Decide, without changing anything, whether ``run_dir`` may be used; returns the checkpoint to resume
+    from. Raises :class:`DanceError` for a non-empty directory without ``resume`` / ``overwrite``, and for a
+    resume with another recipe."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DanceError(f"{run_dir}: the output directory is a file")
+    ancestor = run_dir.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not run_dir.exists() and not ancestor.is_dir():
+        raise DanceError(f"cannot create the output directory {run_dir}: {ancestor} is a file, not a folder")
+    non_empty = run_dir.is_dir() and any(run_dir.iterdir())
+    if not non_empty:
+        return None
+    if resume:
+        saved_file = run_dir / CONFIG_FILE
+        if saved_file.is_file():
+            import yaml
+
+            saved = recipe_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8")), str(saved_file))
+            diffs = recipe_differences(saved, recipe)
+            if diffs:
+                raise DanceError(f"--resume: the recipe differs from the one this run was started with "
+                                 f"({saved_file}) in {', '.join(diffs)}; resume with the same recipe, or "
+                                 f"start a new run (--output-dir) / --overwrite")
+        return ckpt.latest_checkpoint(run_dir)
+    if overwrite:
+        looks_like_run = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists() or \
+            any(ckpt.checkpoint_step(p) is not None for p in run_dir.iterdir())
+        if not looks_like_run:
+            raise DanceError(f"{run_dir} is not empty and does not look like a dance-train run directory "
+                             f"(no {CONFIG_FILE}, {METRICS_FILE} or checkpoint-*/); refusing to delete it")
+        return None
+    raise DanceError(f"the output directory {run_dir} is not empty; pass --resume to continue that run or "
+                     f"--overwrite to replace it, or choose another --output-dir")
+
+
+def init_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool, fresh: bool) -> None:
+    """Prepare the run directory once model and data have loaded: clear it (``overwrite``), remove what an
+    interrupted write left (``resume``), write the resolved recipe; a ``fresh`` start (nothing to resume from)
+    also drops the logs, TensorBoard events and negative sets of an earlier run."""
+    if overwrite and run_dir.is_dir():
+        for child in run_dir.iterdir():
+            ckpt.remove_dir(child) if child.is_dir() else child.unlink()
+    if resume:
+        ckpt.clean_temporaries(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / CONFIG_FILE, dump_recipe(recipe))
+    if fresh:
+        for name in (METRICS_FILE, SUMMARY_FILE, BEST_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        for child in run_dir.iterdir():
+            if child.name == TENSORBOARD_DIR or child.name == "refresh":
+                ckpt.remove_dir(child)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics lines logged after ``step`` (they are replayed after a resume)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if max(int(record.get("step", 0)), int(record.get("swapped_at", 0))) <= step:
+            kept.append(line)
+    write_text(path, "".join(k + "\n" for k in kept))
