@@ -57,8 +57,22 @@ def test_report_in_headless_chromium(report):
     assert [e for e in page.log_entries if e.get("level") in ("error", "warning")] == [], page.log_entries
 
     html = report.read_text(encoding="utf-8")
-    assert len(page.figures) == html.count("<figure ") >= 7
+    assert len(page.figures) == html.count("<img ") >= html.count("<figure ") >= 7
     for figure in page.figures:
         assert figure["tag"] == "img" and figure["complete"], figure
         assert figure["natural"][0] > 0 and figure["natural"][1] > 0, figure
         assert figure["box"][0] > 0 and figure["box"][1] > 0, figure
+
+
+def test_first_screen_is_the_question_and_the_answer(report):
+    """At 1280 x 900: the five claim panels start on the first screen, no sideways scroll, every table wider than
+    the page scrolls in its own box, and the two models' projection panels differ (fitted per model)."""
+    page = inspect_page(report, binary=CHROMIUM)
+    layout = page.layout
+    assert [c["id"] for c in layout["claims"]] == [f"claim-C{i}" for i in range(1, 6)]
+    assert all(c["top"] < layout["innerHeight"] for c in layout["claims"]), layout["claims"]
+    assert layout["scrollWidth"] <= layout["innerWidth"], layout
+    assert layout["wide"] == 0
+    assert len(layout["panels"]) == 2 and len(set(layout["panels"])) == 2
+    umap = [f for f in page.figures if f["id"] == "fig-umap"]
+    assert len(umap) == 2

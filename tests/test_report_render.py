@@ -42,9 +42,11 @@ def test_texts_from_data_are_escaped(payload_report):
     assert '" onerror=' not in page
     assert RUN_NAME_PAYLOAD not in page and "run &lt;img src=x onerror=alert(4)&gt;" in page
     assert "</textarea><script>" not in page and "&lt;b&gt;bold&lt;/b&gt; question &amp;" in page
-    # The only tags named img / script in the page are the figures (no script at all).
+    # The only tags named img / script in the page are the figures: each an inline PNG (no script at all).
     assert "<script" not in page.lower()
-    assert page.count("<img ") == page.count("<figure ")
+    tags = re.findall(r"<img\b[^>]*>", page)
+    assert tags and all(re.search(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"', tag) for tag in tags)
+    assert len(tags) == page.count("data:image/png;base64,")
 
 
 def test_page_refers_to_nothing_outside_itself(payload_report):
@@ -61,11 +63,12 @@ def test_figures_are_decodable_pngs_with_a_size(payload_report):
     _, page = payload_report
     from PIL import Image
 
-    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)" width="(\d+)" height="(\d+)"', page)
+    uris = re.findall(r'<img (?:id="[^"]+" )?src="data:image/png;base64,([^"]+)" width="(\d+)" height="(\d+)"', page)
     ids = re.findall(r'<figure id="([^"]+)"', page)
-    assert len(uris) == len(ids) >= 7
+    # every image: a figure, a panel of the projection figures, or a claim panel's figure
+    assert len(uris) == page.count("<img ") and len(uris) >= len(ids) >= 7
     assert set(ids) >= {"fig-au-plane", "fig-umap", "fig-trajectory", "fig-lorenz", "fig-softmax", "fig-cosines",
-                        "fig-spectrum"}
+                        "fig-spectrum", "fig-pca", "fig-rr-differences", "fig-sampling", "fig-distributions"}
     for data, width, height in uris:
         raw = base64.b64decode(data, validate=True)
         image = Image.open(io.BytesIO(raw))
@@ -88,7 +91,7 @@ def test_json_and_csv_beside_the_page(payload_report):
     assert float(rows[0]["q2d MRR@10"]) == first["ranking"]["q2d"]["MRR@10"]
     with (folder / "claims.csv").open(newline="") as fh:
         claims = list(csv.DictReader(fh))
-    assert [c["verdict"] for c in claims] == [r["verdict"] for r in record["claims"]["rows"]]
+    assert [c["verdict"] for c in claims] == [r["verdict"] for c in record["comparison"]["claims"] for r in c["rows"]]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["index.html", "metrics.json", "ranking.csv", "claims.csv", "geometry.csv", "query_document.csv",
          "alignment_uniformity.csv", "sampling.csv"])

@@ -16,20 +16,25 @@ Conventions shared by every module:
 Modules: :mod:`.geometry` (anisotropy, norms, PCA spectrum, query-document geometry), :mod:`.isotropy`
 (IsoScore, effective rank, partition-function ratio), :mod:`.align_uniform` (Wang & Isola alignment and
 uniformity), :mod:`.ranking` (the dual d2q task), :mod:`.sampling` (negative-sampling distributions),
-:mod:`.projection` (UMAP) and :mod:`.claims` (the paper's claims C1-C5 and their verdicts).
+:mod:`.projection` (UMAP, aligned PCA), :mod:`.claim_metrics` (statistics that can test the paper's claims on
+small samples), :mod:`.stats` (paired tests, bootstrap intervals, Holm, verdicts) and :mod:`.snapshot` (cheap
+statistics logged at every refresh). The claims themselves, with the metric registry, live in
+:mod:`dance_analysis.comparison`.
 """
 
 from __future__ import annotations
 
 from .align_uniform import alignment, l2_normalize, uniformity, uniformity_sides
-from .claims import (
-    CLAIMS,
-    METRIC_KEYS,
-    Claim,
-    ClaimMetric,
-    claim_verdicts,
-    evaluate_claims,
-    verdict,
+from . import stats
+from .claim_metrics import (
+    balanced_joint_uniformity,
+    energy_distance,
+    first_component_share,
+    isotropic_reference,
+    judged_margin,
+    mmd2_linear_unbiased,
+    nearest_document_ratio,
+    subspace_isotropy,
 )
 from .geometry import (
     centroid_distance,
@@ -45,18 +50,30 @@ from .geometry import (
     variance_explained,
 )
 from .isotropy import effective_rank, isoscore, isotropy_stats, partition_ratio
-from .projection import umap_project
+from .projection import aligned_pca, procrustes_align, umap_project
 from .ranking import d2q_metrics, d2q_ranks
-from .sampling import count_distribution_stats, gini, lorenz_curve, softmax_stats
+from .sampling import (
+    count_distribution_stats,
+    gini,
+    lorenz_curve,
+    negative_sampling_marginals,
+    sampling_uniformity,
+    softmax_stats,
+)
+from .snapshot import negative_score_margins, refresh_geometry
 
 __all__ = [
-    "CLAIMS", "METRIC_KEYS", "Claim", "ClaimMetric", "claim_verdicts", "evaluate_claims", "verdict",
+    "stats",
+    "balanced_joint_uniformity", "energy_distance", "first_component_share", "isotropic_reference", "judged_margin",
+    "mmd2_linear_unbiased", "nearest_document_ratio", "subspace_isotropy",
     "alignment", "l2_normalize", "uniformity", "uniformity_sides",
     "centroid_distance", "check_finite", "covariance", "cross_mean_cosine", "mean_pairwise_cosine",
     "mean_vector_norm_ratio", "negatives_to_pairs", "norm_stats", "pca_spectrum", "query_document_geometry",
     "variance_explained",
     "effective_rank", "isoscore", "isotropy_stats", "partition_ratio",
-    "umap_project",
+    "aligned_pca", "procrustes_align", "umap_project",
     "d2q_metrics", "d2q_ranks",
-    "count_distribution_stats", "gini", "lorenz_curve", "softmax_stats",
+    "count_distribution_stats", "gini", "lorenz_curve", "negative_sampling_marginals", "sampling_uniformity",
+    "softmax_stats",
+    "negative_score_margins", "refresh_geometry",
 ]

@@ -13,9 +13,9 @@ import numpy as np
 
 from ._common import check_matrix, unit_block
 
-__all__ = ["umap_project", "exact_knn", "aligned_pca"]
+__all__ = ["umap_project", "exact_knn", "aligned_pca", "procrustes_align"]
 
-FIT_MODES = ("stacked", "each")
+FIT_MODES = ("aligned", "stacked", "each")
 
 
 def exact_knn(units: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +61,9 @@ def _fit(units: np.ndarray, n_neighbors: int, min_dist: float, seed: int, n_epoc
     return np.asarray(out, dtype=np.float64)
 
 
-def umap_project(arrays: Sequence[np.ndarray], *, fit: str = "stacked", n_neighbors: int = 15,
-                 min_dist: float = 0.1, seed: int = 0, n_epochs: int | None = 200) -> list[np.ndarray]:
+def umap_project(arrays: Sequence[np.ndarray], *, fit: str = "aligned", n_neighbors: int = 15,
+                 min_dist: float = 0.1, seed: int = 0, n_epochs: int | None = 200,
+                 align_rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
     """Project several runs' embeddings of the same sample to 2-d with one shared UMAP.
 
     ``arrays`` holds one ``[n_i, dim]`` matrix per run (typically the sampled queries then the sampled
@@ -74,12 +75,17 @@ def umap_project(arrays: Sequence[np.ndarray], *, fit: str = "stacked", n_neighb
 
     ``fit`` chooses how runs share axes:
 
-    - ``"stacked"`` (default): ONE reducer is fitted on all runs stacked together and each run gets its own
+    - ``"aligned"`` (default): one reducer per run, each run's picture then moved onto the first run's by
+      :func:`procrustes_align` over ``align_rows`` (default: all rows; typically the documents, which every run
+      embeds). Each panel shows its own model's neighbourhoods, so the panels differ where the models differ, and
+      the shared axes make them comparable.
+    - ``"stacked"``: ONE reducer is fitted on all runs stacked together and each run gets its own
       rows of that embedding. No run is privileged (the picture does not depend on which run comes first)
       and every picture shares the same axes; points of different runs that are close in the original space
       land close together (meaningful when the runs live in one vector space, e.g. checkpoints of one
       trajectory or runs fine-tuned from one warm start; unrelated spaces separate into their own regions).
-    - ``"each"``: one independent reducer per run (no shared axes; for runs whose spaces are unrelated).
+    - ``"each"``: one independent reducer per run (no shared axes). With ``"stacked"`` each point's neighbours
+      are mostly its own copies in the other runs, so every panel shows the same picture.
 
     All matrices must have the same dimension for ``"stacked"``. Returns a list of float64 ``[n_i, 2]``
     coordinate arrays in the order of ``arrays``. Needs at least 4 rows per fit; meant for a few thousand rows
@@ -96,8 +102,9 @@ def umap_project(arrays: Sequence[np.ndarray], *, fit: str = "stacked", n_neighb
                 raise ValueError(f"arrays[{k}]: expected dimension {mats[0].shape[1]} (as arrays[0]), "
                                  f"got {m.shape[1]}")
     units = [unit_block(m, np.float32)[0] for m in mats]
-    if fit == "each":
-        return [_fit(u, n_neighbors, min_dist, seed, n_epochs) for u in units]
+    if fit in ("each", "aligned"):
+        coords = [_fit(u, n_neighbors, min_dist, seed, n_epochs) for u in units]
+        return procrustes_align(coords, rows=align_rows) if fit == "aligned" else coords
     stacked = np.concatenate(units, axis=0)
     coords = _fit(stacked, n_neighbors, min_dist, seed, n_epochs)
     bounds = np.cumsum([0] + [u.shape[0] for u in units])
@@ -117,8 +124,6 @@ def aligned_pca(documents: Sequence[np.ndarray], queries: Sequence[np.ndarray], 
     and what remains different is what differs between the models. Returns ``[(doc_xy [n, c], query_xy [nq_m, c])]``
     per model. PCA is linear and deterministic (up to the sign of each axis, which the rotation absorbs).
     """
-    from scipy.linalg import orthogonal_procrustes
-
     if len(documents) != len(queries) or not documents:
         raise ValueError("documents and queries: expected one array of each per model")
     n = None
@@ -135,11 +140,40 @@ def aligned_pca(documents: Sequence[np.ndarray], queries: Sequence[np.ndarray], 
         _, _, vt = np.linalg.svd(du - mean, full_matrices=False)
         axes = vt[:components].T
         projected.append(((du - mean) @ axes, (qu - mean) @ axes))
-    if not 0 <= reference < len(projected):
-        raise ValueError(f"reference: expected a model index below {len(projected)}, got {reference}")
-    target = projected[reference][0]
+    n_docs = projected[0][0].shape[0]
+    stacked = [np.concatenate([d_xy, q_xy]) for d_xy, q_xy in projected]
+    aligned = procrustes_align(stacked, reference=reference, rows=slice(0, n_docs))
+    return [(a[:n_docs], a[n_docs:]) for a in aligned]
+
+
+def procrustes_align(coords: Sequence[np.ndarray], *, reference: int = 0,
+                     rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+    """Move each picture onto the reference picture by a translation and an orthogonal map (rotation or
+    reflection), fitted on the corresponding ``rows`` (default: all) of both pictures.
+
+    For picture X and reference Y, with the rows' centroids :math:`\bar x, \bar y`, the orthogonal R minimises
+    :math:`\lVert (X_r - \bar x) R - (Y_r - \bar y) \rVert_F` (orthogonal Procrustes, Schönemann 1966;
+    ``scipy.linalg.orthogonal_procrustes``) and the picture becomes :math:`(X - \bar x) R + \bar y`. No scaling:
+    distances within each picture are kept. Returns new arrays in the order of ``coords``.
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    if not coords:
+        raise ValueError("coords: expected at least one picture")
+    if not 0 <= reference < len(coords):
+        raise ValueError(f"reference: expected a picture index below {len(coords)}, got {reference}")
+    pick = slice(None) if rows is None else rows
+    target = np.asarray(coords[reference], dtype=np.float64)
+    y = target[pick]
+    y_mean = y.mean(axis=0)
     out = []
-    for d_xy, q_xy in projected:
-        rotation, _ = orthogonal_procrustes(d_xy, target)
-        out.append((d_xy @ rotation, q_xy @ rotation))
+    for k, c in enumerate(coords):
+        c = np.asarray(c, dtype=np.float64)
+        if c.shape[1] != target.shape[1] or c[pick].shape != y.shape:
+            raise ValueError(f"coords[{k}]: expected the rows to align with the reference picture's {y.shape}, "
+                             f"got {c[pick].shape}")
+        x = c[pick]
+        x_mean = x.mean(axis=0)
+        rotation, _ = orthogonal_procrustes(x - x_mean, y - y_mean)
+        out.append((c - x_mean) @ rotation + y_mean)
     return out

@@ -85,6 +85,8 @@ def _pair_mean(kernel: np.ndarray, idx: np.ndarray) -> float:
     number (sum c)^2 - sum c_i^2 (one matrix-vector product instead of gathering a resampled matrix)."""
     c = np.bincount(idx, minlength=kernel.shape[0]).astype(np.float64)
     pairs = c.sum() ** 2 - float(c @ c)
+    if pairs == 0:      # every position holds the same unit: no pair of distinct units
+        return float("nan")
     return float((c @ kernel @ c - float((c * c) @ np.diag(kernel))) / pairs)
 
 

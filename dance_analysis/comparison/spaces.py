@@ -61,14 +61,18 @@ class FoldUnits:
 
 def fold_units(collection, fold: int, splits: dict[str, list[str]], corpus_ids: np.ndarray,
                query_ids: np.ndarray, exclude_grade: int = 1) -> FoldUnits:
-    """The units of ``fold`` given its ``splits`` (``train`` / ``dev`` / ``test``) and the id order of the vectors."""
+    """The units of ``fold`` given its ``splits`` (``train`` / ``dev`` / ``test``) and the id order of the vectors.
+
+    ``corpus_ids`` may be a sub-corpus and ``query_ids`` a subset of the queries (dance-analyze with --sample):
+    judgments of documents or queries without a vector are left out."""
     doc_row = {d: i for i, d in enumerate(corpus_ids.tolist())}
     query_row = {q: i for i, q in enumerate(query_ids.tolist())}
-    test_qids = collection.evaluable(splits["test"])
-    pool_qids = collection.evaluable(splits["train"])
+    test_qids = [q for q in collection.evaluable(splits["test"]) if q in query_row]
+    pool_qids = [q for q in collection.evaluable(splits["train"]) if q in query_row]
     if not test_qids:
         raise DanceError(f"fold {fold}: no test query has a relevant passage")
-    relevant_of = {q: collection.relevant(q) for q in collection.queries}
+    relevant_of = {q: [d for d in collection.relevant(q) if d in doc_row] for q in collection.queries
+                   if q in query_row}
     anchors = sorted({doc_row[d] for q in test_qids for d in relevant_of[q]})
     positive = np.zeros((len(anchors), len(query_ids)), dtype=bool)
     anchor_index = {a: i for i, a in enumerate(anchors)}
@@ -83,13 +87,13 @@ def fold_units(collection, fold: int, splits: dict[str, list[str]], corpus_ids: 
     judged_by: dict[int, list[int]] = {}
     for q in pool_qids:
         for d, grade in collection.qrels.get(q, {}).items():
-            if grade >= exclude_grade:
+            if grade >= exclude_grade and d in doc_row:
                 judged_by.setdefault(doc_row[d], []).append(pool_index[q])
     excluded = np.zeros((len(pool_anchors), len(pool_qids)), dtype=bool)
     for i, a in enumerate(pool_anchors):
         excluded[i, judged_by.get(a, [])] = True
     judged = np.array([(j, doc_row[d], g) for j, q in enumerate(test_qids)
-                       for d, g in collection.qrels.get(q, {}).items()], dtype=np.int64).reshape(-1, 3)
+                       for d, g in collection.qrels.get(q, {}).items() if d in doc_row], dtype=np.int64).reshape(-1, 3)
     return FoldUnits(fold=fold, test_qids=test_qids, query_ids=query_ids,
                      test_rows=np.array([query_row[q] for q in test_qids], dtype=np.int64),
                      anchors=np.array(anchors, dtype=np.int64), anchor_positive=positive, pool_qids=pool_qids,

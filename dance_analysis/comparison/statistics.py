@@ -67,8 +67,9 @@ def not_measurable(metric: Metric, folds: Sequence[dict[str, Space]]) -> str | N
             pool = len(space.units.pool_rows)
             excluded = int(space.units.pool_excluded.sum(axis=1).max(initial=0))
             if k + excluded >= pool:
+                where = f" in fold {space.units.fold}" if len(folds) > 1 else ""
                 return (f"K = {k} candidates plus up to {excluded} judged queries cover the whole pool of {pool} "
-                        f"queries in fold {space.units.fold}: every query is a candidate whatever the model")
+                        f"queries{where}: every query is a candidate whatever the model")
     return None
 
 
@@ -112,6 +113,8 @@ def contrast(metric: Metric, folds: Sequence[dict[str, Space]], treatment: str, 
         a, b = _pooled(metric, folds, control), _pooled(metric, folds, treatment)
         keep = np.isfinite(a) & np.isfinite(b)
         a, b = a[keep], b[keep]
+        if a.size < 2:
+            return {"not_measurable": f"fewer than two units ({metric.unit}) have a value in both models"}
         test = stats.paired_randomization_test(a, b, n_resamples=UNIT_RESAMPLES, seed=seed)
         ci = stats.paired_bootstrap_ci(a, b, n_resamples=UNIT_RESAMPLES, seed=seed)
         diffs = b - a
@@ -159,17 +162,27 @@ def compare(folds: Sequence[dict[str, Space]], arms: Sequence[str], contrasts: S
                                                                                   memo, seed)
         done.append({"treatment": treatment, "control": control, "what": what, "metrics": rows})
     main = [c for c in done if (c["treatment"], c["control"]) == tuple(claims_from)]
-    claims = decide_claims(main[0]["metrics"]) if main else []
+    claims = decide_claims(main[0]["metrics"]) if main else decide_claims(None)
     info = {m.key: {"label": m.label, "claim": m.claim, "direction": m.direction, "primary": m.primary,
                     "kind": m.kind, "unit": m.unit, "note": m.note} for m in METRICS}
     return {"levels": levels, "contrasts": done, "claims": claims, "metric_info": info,
-            "ranking_keys": list(RANKING_KEYS),
+            "ranking_keys": list(RANKING_KEYS), "claims_from": list(claims_from),
             "settings": {"unit_resamples": UNIT_RESAMPLES, "set_resamples": SET_RESAMPLES,
                          "seed": seed, "sampling_ks": list(SAMPLING_KS), "alpha": 0.05, "confidence": 0.95}}
 
 
-def decide_claims(rows: dict[str, dict]) -> list[dict]:
-    """Per claim: Holm over its primary metrics, each metric's verdict, the claim's verdict."""
+NOT_COMPARED = "not compared"
+
+
+def decide_claims(rows: dict[str, dict] | None) -> list[dict]:
+    """Per claim: Holm over its primary metrics, each metric's verdict, the claim's verdict. ``rows`` None (no
+    DANCE - ANCE contrast among the inputs): every verdict is ``not compared`` and only the levels are shown."""
+    if rows is None:
+        return [{"claim": claim, "text": text, "verdict": NOT_COMPARED,
+                 "rows": [{"key": m.key, "label": m.label, "primary": m.primary, "direction": m.direction,
+                           "effect": None, "low": None, "high": None, "p": None, "p_holm": None,
+                           "verdict": NOT_COMPARED, "reason": None} for m in METRICS if m.claim == claim]}
+                for claim, text in CLAIM_TEXT.items()]
     claims = []
     for claim, text in CLAIM_TEXT.items():
         metrics = [m for m in METRICS if m.claim == claim]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .compute import AnalysisSettings, compute_all
+from .comparison_figures import make_comparison_figures, projection_panels
 from .figures import make_figures
 from .inputs import RunInput, check_dims, collection_spec, resolve_inputs
 from .render import build_tables, check_replaceable, render_html, write_report
@@ -94,6 +95,10 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     results, arrays = compute_all(runs, coll, settings, log=log)
     drawn = time.perf_counter()
     figures = make_figures(results, arrays)
+    labels = {run["name"]: run["name"] for run in results["runs"]}
+    figures.update(make_comparison_figures(results["comparison"], arrays["comparison"], labels))
+    panels = {"pca": projection_panels(arrays["comparison"].get("projections") or {}, labels),
+              "umap": umap_panels(results, arrays)}
     tables = build_tables(results)
     results["timings"]["figures"] = round(time.perf_counter() - drawn, 3)
     provenance = {
@@ -106,29 +111,33 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     }
     results["provenance"] = provenance
     results["timings"]["total_before_writing"] = round(time.perf_counter() - started, 3)
-    html = render_html(results, figures, tables, provenance)
+    html = render_html(results, figures, tables, provenance, panels)
     index = write_report(out_dir, html, results, tables)
     seconds = time.perf_counter() - started
     return ReportResult(index=index, out=out_dir, results=results, seconds=seconds, timings=results["timings"])
 
 
+def umap_panels(results: dict, arrays: dict) -> list:
+    """The UMAP pictures as one panel per subject (queries are the first ``umap_nq`` rows of each picture)."""
+    coords = arrays.get("umap") or {}
+    n_q = int(arrays.get("umap_nq", 0))
+    shown = {label: (c[:n_q], c[n_q:]) for label, c in coords.items()}
+    return projection_panels(shown, {label: label for label in shown}, what="UMAP", prefix="fig-umap",
+                             contours=False)
+
+
 def claims_text(results: dict) -> str:
-    """The claims table as plain text for the terminal."""
-    verdicts = results["claims"]["verdicts"]
-    rows = results["claims"]["rows"]
+    """The claims as plain text for the terminal: verdict, then each primary metric's effect and CI."""
+    claims = results["comparison"]["claims"]
+    width = max((len(c["verdict"]) for c in claims), default=10)
     lines = []
-    width = max((len(v["verdict"]) for v in verdicts), default=10)
-    for v in verdicts:
-        primary = [r for r in rows if r["claim"] == v["claim"] and r["primary"]]
-        shown = "; ".join(f"{r['label']}: ANCE {_vals(r['ance'])} / DANCE {_vals(r['dance'])}" for r in primary)
-        lines.append(f"{v['claim']}  {v['verdict']:<{width}}  {shown}")
+    for claim in claims:
+        shown = "; ".join(
+            f"{r['label']}: " + ("n/a" if r["effect"] is None else
+                                 f"{r['effect']:+.4g} [{r['low']:.4g}, {r['high']:.4g}]")
+            for r in claim["rows"] if r["primary"])
+        lines.append(f"{claim['claim']}  {claim['verdict']:<{width}}  {shown}")
     return "\n".join(lines)
-
-
-def _vals(values) -> str:
-    if not values:
-        return "-"
-    return ",".join(f"{v:.4g}" for v in values)
 
 
 __all__ = ["build_report", "ReportResult", "claims_text", "default_name", "git_revision", "package_versions"]

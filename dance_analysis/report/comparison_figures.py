@@ -77,8 +77,8 @@ def _differences_figure(diffs: np.ndarray, treatment: str = "DANCE", control: st
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     return encode_figure(fig, "fig-rr-differences", f"Per-query differences in RR@10, {treatment} minus {control}",
-                         "One bar per tested query, pooled over the folds; most queries tie: the paired tests count "
-                         "only the queries that change.")
+                         "One bar per tested query (pooled over the folds, where there are several); ties count in the "
+                         "paired tests, but only the queries that change can move them.")
 
 
 def _lorenz(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +117,9 @@ def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) ->
 
 
 def projection_panels(projections: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
-                      fold: int) -> list[Figure]:
-    """One panel per arm, all with the same axes limits (the coordinates are already aligned across arms)."""
+                      what: str = "PCA", prefix: str = "fig-pca", contours: bool = True) -> list[Figure]:
+    """One panel per arm (``projections``: arm -> (query xy, document xy)), all with the same axes limits: the
+    coordinates are already aligned across arms (:func:`~dance_analysis.analysis.projection.procrustes_align`)."""
     if not projections:
         return []
     plt = pyplot()
@@ -128,18 +129,20 @@ def projection_panels(projections: dict[str, tuple[np.ndarray, np.ndarray]], lab
     panels = []
     for arm, (q, d) in projections.items():
         fig, ax = plt.subplots(figsize=(3.1, 3.0))
-        ax.scatter(d[:, 0], d[:, 1], s=3, c=DOC_COLOR, alpha=0.35, lw=0, label="passages")
-        ax.scatter(q[:, 0], q[:, 1], s=10, c=QUERY_COLOR, alpha=0.9, lw=0, label="test queries")
-        _contours(ax, d, DOC_COLOR)
-        _contours(ax, q, QUERY_COLOR)
+        ax.scatter(d[:, 0], d[:, 1], s=3, c=DOC_COLOR, alpha=0.35, lw=0, label="documents")
+        ax.scatter(q[:, 0], q[:, 1], s=10, c=QUERY_COLOR, alpha=0.9, lw=0, label="queries")
+        if contours:
+            _contours(ax, d, DOC_COLOR)
+            _contours(ax, q, QUERY_COLOR)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_title(labels[arm], fontsize=9)
+        ax.set_title(_short(labels.get(arm, arm), 40), fontsize=9)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=6, loc="lower left", frameon=False, markerscale=2)
         fig.tight_layout()
-        panels.append(encode_figure(fig, f"fig-pca-{arm}", labels[arm],
-                                    f"PCA of fold {fold}, axes shared with the other panels"))
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in arm)
+        panels.append(encode_figure(fig, f"{prefix}-{safe}", labels.get(arm, arm),
+                                    f"{what}, axes shared with the other panels"))
     return panels
 
 

@@ -2,8 +2,9 @@
 
 The numbers all come from :mod:`dance_analysis.analysis` (pure functions), :func:`dance_analysis.metrics.evaluate`,
 :func:`dance_analysis.index.search` and the samplers of :mod:`dance_analysis.mining`; this module only chooses
-the inputs (which queries, which documents, which pairs), calls them, and names the results. The claims table is
-computed by :func:`dance_analysis.analysis.evaluate_claims` from these numbers.
+the inputs (which queries, which documents, which pairs), calls them, and names the results. The claims, the
+ranking levels with CIs and the paired differences come from :mod:`dance_analysis.comparison` through
+:func:`dance_analysis.report.claims_panel.compare_inputs`.
 
 What is analysed (recorded in the results under ``"selection"``):
 
@@ -26,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DanceError
+from .claims_panel import compare_inputs
 from .inputs import RunInput, Subject, release_models, subject_embeddings
 
 #: q2d measures reported (the foundation's metrics; MS MARCO convention, see dance_analysis.metrics).
@@ -415,7 +417,6 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
         "sampling": sampling,
         "negatives_meta": space.negatives_meta or None,
     }
-    result["claim_metrics"] = claim_metrics(result)
     arrays = {"rankings": rankings}
     return jsonable(result), arrays
 
@@ -469,100 +470,6 @@ def _trainer_counts(subject: Subject, neg_set, queries, corpus, collection, sett
     return out
 
 
-def claim_metrics(result: dict) -> dict[str, float | None]:
-    """The values of :data:`dance_analysis.analysis.METRIC_KEYS` for one subject's results.
-
-    The query-count keys use the trainer's refresh when the subject has one (``sampling.trainer_counts``), else
-    the samplers applied to the analysed split; :func:`claims_table` makes both sides of a comparison use the
-    same source.
-    """
-    geo = result["geometry"]
-    au = result["alignment_uniformity"]
-    sampling = result["sampling"]
-    q2d, d2q = result["ranking"]["q2d"], result["ranking"]["d2q"]
-    trainer = (sampling.get("trainer_counts") or {}).get("queries")
-    split = sampling["split_counts"]["queries"]
-    counts = trainer or split
-    d2q_soft = sampling.get("d2q_softmax") or {}
-    values = {
-        "queries.mean_cosine": geo["queries"]["mean_cosine"],
-        "queries.isoscore": geo["queries"]["isoscore"],
-        "queries.effective_rank": geo["queries"]["effective_rank"],
-        "queries.pc1": geo["queries"]["pc1"],
-        "qd.centroid_distance": geo["qd"]["centroid_distance"],
-        "qd.cross_mean_cosine": geo["qd"]["cross_mean_cosine"],
-        "qd.alignment": au["alignment"],
-        "documents.uniformity": au["uniformity"]["documents"]["value"],
-        "documents.mean_cosine": geo["documents"]["mean_cosine"],
-        "d2q.MRR@10": d2q.get("MRR@10"),
-        "sampling.query_counts.entropy_norm": counts.get("entropy_norm"),
-        "sampling.query_counts.never_share": counts.get("never_share"),
-        "sampling.query_counts.gini": counts.get("gini"),
-        "sampling.d2q_softmax.entropy_norm_mean": d2q_soft.get("entropy_norm_mean"),
-        "q2d.MRR@100": q2d.get("MRR@100"),
-        "q2d.nDCG@10": q2d.get("nDCG@10"),
-        "q2d.MRR@10": q2d.get("MRR@10"),
-        "all.uniformity": au["uniformity"]["both"]["value"],
-    }
-    return jsonable(values)
-
-
-# ----------------------------------------------------------------------------------------------- claims
-ROLE_NAMES = {"ance": "ANCE", "dance": "DANCE"}
-COUNT_KEYS = ("sampling.query_counts.entropy_norm", "sampling.query_counts.never_share",
-              "sampling.query_counts.gini")
-
-
-def claims_table(runs: Sequence[RunInput], results_by_label: dict[str, dict]) -> dict:
-    """The claims C1-C5 from the representative subject of each run, via the analysis module's claims functions.
-
-    ANCE and DANCE sides are the runs whose checkpoints record ``objective`` "ance" / "dance"; several runs of a
-    side (seeds) are pooled. Without both sides every comparative verdict is "not measurable here".
-    """
-    from ..analysis import CLAIMS, claim_verdicts, evaluate_claims
-
-    sides: dict[str, list[str]] = {"ANCE": [], "DANCE": []}
-    unassigned = []
-    for run in runs:
-        role = ROLE_NAMES.get(str(run.objective).lower()) if run.objective else None
-        if role:
-            sides[role].append(run.name)
-        else:
-            unassigned.append(run.name)
-    reps = {run.name: results_by_label[run.representative.label] for run in runs}
-    # Query-count metrics: both sides from the trainer's refresh when every run has one, else from the split.
-    all_trainer = all(((reps[name]["sampling"].get("trainer_counts") or {}).get("queries")) is not None
-                      for names in sides.values() for name in names)
-    count_source = "trainer's refresh" if all_trainer and sides["ANCE"] and sides["DANCE"] else "analysed split"
-    metrics_by_side: dict[str, dict[str, list]] = {}
-    for side, names in sides.items():
-        merged: dict[str, list] = {}
-        for name in names:
-            values = dict(reps[name]["claim_metrics"])
-            if count_source == "analysed split":
-                split_counts = reps[name]["sampling"]["split_counts"]["queries"]
-                for key in COUNT_KEYS:
-                    values[key] = split_counts.get(key.rsplit(".", 1)[1])
-            for key, value in values.items():
-                merged.setdefault(key, []).append(value)
-        metrics_by_side[side] = merged
-    rows = evaluate_claims(metrics_by_side, "ANCE", "DANCE")
-    verdicts = claim_verdicts(rows)
-    if sides["ANCE"] and sides["DANCE"]:
-        note = (f"ANCE: {', '.join(sides['ANCE'])}; DANCE: {', '.join(sides['DANCE'])} (each run is represented "
-                f"by its selected checkpoint; several runs of a side are pooled as seeds).")
-    else:
-        present = ", ".join(f"{name} ({run.objective or 'objective not recorded'})"
-                            for name, run in ((r.name, r) for r in runs))
-        note = ("Every claim compares DANCE with ANCE: this needs at least one run whose checkpoints record "
-                f"objective 'ance' and one with 'dance'. Inputs: {present}. The comparative claims are therefore "
-                "not measurable here; the numbers per run are in the sections below.")
-    return jsonable({"rows": rows, "verdicts": verdicts, "sides": sides, "unassigned": unassigned,
-                     "note": note, "query_count_source": count_source,
-                     "claims": [{"id": c.id, "text": c.text} for c in CLAIMS]})
-
-
-# ----------------------------------------------------------------------------------------------- UMAP
 def umap_selection(selection: Selection, settings: AnalysisSettings) -> tuple[np.ndarray, np.ndarray, list]:
     """Rows (in the selection) of the queries and documents shown in the UMAP picture, and linked pairs.
 
@@ -623,12 +530,14 @@ def enable_umap_compile_cache() -> int:
     return switched
 
 
-def umap_coordinates(matrices: list[np.ndarray], settings: AnalysisSettings) -> list[np.ndarray]:
-    """One UMAP fitted on all subjects' stacked rows (shared axes), via the analysis module."""
+def umap_coordinates(matrices: list[np.ndarray], settings: AnalysisSettings, n_queries: int) -> list[np.ndarray]:
+    """One UMAP per subject, each picture moved onto the first one's over the documents (rows after the first
+    ``n_queries``), so the panels share axes and differ where the models differ (see ``umap_project``)."""
     from ..analysis import umap_project
 
     enable_umap_compile_cache()
-    return umap_project(matrices, fit="stacked", n_neighbors=settings.umap_neighbors, seed=settings.seed)
+    return umap_project(matrices, fit="aligned", n_neighbors=settings.umap_neighbors, seed=settings.seed,
+                        align_rows=slice(n_queries, None))
 
 
 # ----------------------------------------------------------------------------------------------- examples
@@ -674,6 +583,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     umap_inputs: dict[str, np.ndarray] = {}
     umap_wanted = _umap_subjects(runs)
     sources: dict[str, str] = {}
+    representatives: dict[str, tuple] = {}
     total = sum(len(run.subjects) for run in runs)
     done = 0
     for run in runs:
@@ -693,6 +603,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
             results_by_label[subject.label] = result
             if subject is run.representative:
                 rankings_by_run[run.name] = arrays["rankings"]
+                representatives[run.name] = (corpus, queries)
             if subject.label in umap_wanted:
                 umap_inputs[subject.label] = np.concatenate(
                     [np.asarray(queries.vectors[umap_q], dtype=np.float32),
@@ -704,23 +615,29 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     labels = [label for label in umap_wanted if label in umap_inputs]
     umap_info: dict = {"subjects": labels, "queries": int(len(umap_q)), "documents": int(len(umap_d)),
                        "links": len(links), "n_neighbors": settings.umap_neighbors, "seed": settings.seed,
-                       "fit": "stacked (one reducer fitted on all subjects, shared axes)"}
+                       "fit": "one reducer per subject, moved onto the first subject's picture by orthogonal "
+                              "Procrustes over the documents (shared axes)"}
     coords: dict[str, np.ndarray] = {}
     if labels and len(umap_q) + len(umap_d) >= 4:
         with single_threaded_blas():
-            projected = umap_coordinates([umap_inputs[label] for label in labels], settings)
+            projected = umap_coordinates([umap_inputs[label] for label in labels], settings, len(umap_q))
         coords = dict(zip(labels, projected))
     else:
         umap_info["skipped"] = "too few points for a projection"
     timer.add("umap", started)
 
-    claims = claims_table(runs, results_by_label)
+    started = time.perf_counter()
+    with single_threaded_blas():
+        comparison, comparison_arrays = compare_inputs(runs, representatives, collection, selection,
+                                                       seed=settings.seed, log=log)
+    comparison["labels"] = {run.name: run.name for run in runs}
+    timer.add("comparison statistics", started)
     runs_out = []
     for run in runs:
         runs_out.append({"name": run.name, "path": run.path, "kind": run.kind, "objective": run.objective,
                          "representative": run.representative.label, "selection": run.selection,
                          "skipped": run.skipped, "config": jsonable(run.config),
-                         "training_log": run.training_log,
+                         "training_log": run.training_log, "refresh_log": run.refresh_log,
                          "subjects": [results_by_label[s.label] for s in run.subjects],
                          "inputs": [jsonable(s.describe()) for s in run.subjects]})
     results = {
@@ -729,12 +646,12 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
         "selection": selection.describe(),
         "settings": jsonable({k: v for k, v in asdict(settings).items() if k not in ("progress",)}),
         "runs": runs_out,
-        "claims": claims,
+        "comparison": comparison,
         "umap": umap_info,
         "examples": examples(collection, selection, rankings_by_run, settings),
         "timings": timer.seconds,
     }
-    arrays = {"umap": coords, "umap_links": links, "umap_nq": int(len(umap_q))}
+    arrays = {"umap": coords, "umap_links": links, "umap_nq": int(len(umap_q)), "comparison": comparison_arrays}
     return jsonable(results), arrays
 
 

@@ -21,7 +21,7 @@ def render_experiment(results: dict, arrays: dict) -> str:
 
     labels = {a["name"]: a["label"] for a in results["experiment"]["arms"]}
     figures = make_comparison_figures(results, arrays, labels)
-    panels = projection_panels(arrays.get("projections") or {}, labels, arrays.get("projection_fold", 0))
+    panels = projection_panels(arrays.get("projections") or {}, labels)
     info = results["metric_info"]
     return _environment().get_template(TEMPLATE).render(
         r=results, figures=figures, labels=labels, ranking_keys=results["ranking_keys"], panels=panels,

@@ -244,46 +244,6 @@ def lorenz_curves(results: dict) -> Figure | None:
                    "spread.")
 
 
-def umap_figure(results: dict, coords: dict[str, np.ndarray], n_queries: int,
-                links: Sequence[tuple[int, int]]) -> Figure | None:
-    """One panel per subject, shared axes: queries vs documents, positive pairs linked for a few queries."""
-    plt = pyplot()
-    labels = [label for label in results["umap"].get("subjects", []) if label in coords]
-    if not labels:
-        return None
-    allc = np.concatenate([coords[label] for label in labels])
-    pad_x = (allc[:, 0].max() - allc[:, 0].min()) * 0.05 + 1e-6
-    pad_y = (allc[:, 1].max() - allc[:, 1].min()) * 0.05 + 1e-6
-    xlim = (allc[:, 0].min() - pad_x, allc[:, 0].max() + pad_x)
-    ylim = (allc[:, 1].min() - pad_y, allc[:, 1].max() + pad_y)
-    n = len(labels)
-    cols = min(n, 2)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.6 * rows), squeeze=False)
-    for k, label in enumerate(labels):
-        ax = axes[k // cols][k % cols]
-        c = coords[label]
-        q, d = c[:n_queries], c[n_queries:]
-        ax.scatter(d[:, 0], d[:, 1], s=5, color="tab:blue", alpha=0.45, label="documents", linewidths=0)
-        ax.scatter(q[:, 0], q[:, 1], s=9, color="tab:orange", alpha=0.85, label="queries", linewidths=0)
-        for qi, di in links:
-            ax.plot([q[qi, 0], d[di, 0]], [q[qi, 1], d[di, 1]], "-", color="black", linewidth=0.6, alpha=0.6)
-        ax.set_xlim(*xlim)
-        ax.set_ylim(*ylim)
-        ax.set_title(_short(label, 60), fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if k == 0:
-            ax.legend(fontsize=8, markerscale=2, loc="best")
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    info = results["umap"]
-    return encode_figure(fig, "fig-umap", "UMAP of queries and documents",
-                   f"{info['queries']} queries and {info['documents']} documents per panel; one UMAP fitted on all "
-                   f"panels together (shared axes; n_neighbors={info['n_neighbors']}, seed {info['seed']}); lines "
-                   f"join a few queries to their relevant documents.")
-
-
 TRAJECTORY_PANELS = (
     ("q2d MRR@10", lambda s: s["ranking"]["q2d"].get("MRR@10")),
     ("d2q MRR@10", lambda s: s["ranking"]["d2q"].get("MRR@10")),
@@ -353,6 +313,46 @@ def training_loss(results: dict) -> Figure | None:
                    "The loss logged by the trainer (metrics.jsonl); dotted lines mark the analysed checkpoints.")
 
 
+REFRESH_PANELS = (
+    ("dev MRR@10", "dev MRR@10 (trainer)"), ("queries.mean_cosine", "query mean cosine"),
+    ("documents.mean_cosine", "document mean cosine"), ("documents.uniformity", "document uniformity (t = 2)"),
+    ("qd.mmd2", "query-document MMD²"), ("negatives.above_positive", "negatives scoring >= the positive"),
+)
+
+
+def refresh_trajectories(results: dict) -> Figure | None:
+    """The space statistics the trainer logged at every refresh (metrics.jsonl), per run: how the space moved
+    while training, also where no checkpoint kept its embeddings."""
+    plt = pyplot()
+    runs = [(i, run) for i, run in enumerate(results["runs"]) if len(run.get("refresh_log") or []) > 1]
+    if not runs:
+        return None
+    colors = _colors(len(results["runs"]))
+    panels = [(key, title) for key, title in REFRESH_PANELS
+              if any(key in row for _, run in runs for row in run["refresh_log"])]
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.7 * rows), squeeze=False)
+    for k, (key, title) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        for i, run in runs:
+            points = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    return encode_figure(fig, "fig-refresh", "The space at every refresh, as the trainer logged it",
+                         "Training and dev queries against the whole corpus, computed by the trainer when it "
+                         "re-encoded the collection (metrics.jsonl); no embeddings need to be kept.")
+
+
 def make_figures(results: dict, arrays: dict) -> dict[str, Figure]:
     """Every figure the report shows, keyed by section (``None`` entries dropped)."""
     figures = {
@@ -361,9 +361,8 @@ def make_figures(results: dict, arrays: dict) -> dict[str, Figure]:
         "cosines": cosine_histograms(results),
         "softmax": sampling_entropy(results),
         "lorenz": lorenz_curves(results),
-        "umap": umap_figure(results, arrays.get("umap") or {}, arrays.get("umap_nq", 0),
-                            arrays.get("umap_links") or []),
         "trajectory": trajectories(results),
+        "refresh": refresh_trajectories(results),
         "training_loss": training_loss(results),
     }
     return {key: fig for key, fig in figures.items() if fig is not None}

@@ -132,6 +132,7 @@ class RunInput:
     config: Any = None                          # the run's config.yaml (resolved recipe), when present
     skipped: list[str] = field(default_factory=list)
     training_log: list[dict] = field(default_factory=list)   # {"step", "loss"} lines of metrics.jsonl
+    refresh_log: list[dict] = field(default_factory=list)    # space statistics logged at each refresh
 
     @property
     def representative(self) -> Subject:
@@ -230,25 +231,46 @@ def _select_representative(subjects: list[Subject]) -> tuple[int, str]:
     return len(subjects) - 1, "last checkpoint (not every checkpoint has dev metrics)"
 
 
-def read_training_log(path: Path) -> list[dict]:
-    """The ``{"step", "loss"}`` lines of a run's ``metrics.jsonl`` (other lines, e.g. refresh records, and a
-    last line still being written are skipped); empty when the file is absent."""
+def _metrics_records(path: Path) -> list[dict]:
+    """The JSON objects of a run's ``metrics.jsonl`` (a last line still being written is skipped); empty when the
+    file is absent or unreadable."""
     if not path.is_file():
         return []
-    out = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return []
+    out = []
     for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict):
-            step, loss = record.get("step"), record.get("loss")
-            if isinstance(step, (int, float)) and isinstance(loss, (int, float)) and np.isfinite(loss):
-                out.append({"step": step, "loss": float(loss)})
+        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+            out.append(record)
+    return out
+
+
+def read_training_log(path: Path) -> list[dict]:
+    """The ``{"step", "loss"}`` lines of a run's ``metrics.jsonl`` (refresh records are skipped)."""
+    return [{"step": r["step"], "loss": float(r["loss"])} for r in _metrics_records(path)
+            if isinstance(r.get("loss"), (int, float)) and np.isfinite(r["loss"])]
+
+
+def read_refresh_log(path: Path) -> list[dict]:
+    """The refresh records of a run's ``metrics.jsonl`` that carry the space statistics the trainer logs at
+    every refresh (:func:`dance_analysis.analysis.snapshot.refresh_geometry`): ``{"step", <statistic>: value}``,
+    with the dev MRR@10 when there is one. They let the report draw how the space moved without saved
+    embeddings."""
+    out = []
+    for r in _metrics_records(path):
+        geometry = r.get("geometry")
+        if isinstance(geometry, dict) and geometry:
+            row = {"step": r["step"], **{k: v for k, v in geometry.items() if isinstance(v, (int, float))}}
+            dev = r.get("dev") or {}
+            if isinstance(dev.get("MRR@10"), (int, float)):
+                row["dev MRR@10"] = float(dev["MRR@10"])
+            out.append(row)
     return out
 
 
@@ -292,7 +314,8 @@ def resolve_path(path: str, name: str | None = None) -> RunInput:
         config = _read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
         return RunInput(name=name or base, path=text, kind="run", subjects=subjects, representative_index=index,
                         selection=selection, config=config, skipped=skipped,
-                        training_log=read_training_log(folder / "metrics.jsonl"))
+                        training_log=read_training_log(folder / "metrics.jsonl"),
+                        refresh_log=read_refresh_log(folder / "metrics.jsonl"))
 
     if _has_embeddings(folder):
         meta = {}

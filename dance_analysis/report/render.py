@@ -99,12 +99,19 @@ def build_tables(results: dict) -> dict[str, Table]:
         t.highlight.append(rep)
     tables["ranking"] = t
 
+    cmp = results["comparison"]
+    treatment, control = cmp["claims_from"] or ("", "")
     t = Table("claims", "Claims C1-C5",
-              ["claim", "metric", "label", "primary", "predicted", "ANCE", "DANCE", "verdict"])
-    for row in results["claims"]["rows"]:
-        t.rows.append([row["claim"], row["metric"], row["label"], row["primary"], row["predicted"],
-                       row["ance"], row["dance"], row["verdict"]])
-        t.highlight.append(bool(row["primary"]))
+              ["claim", "metric", "label", "primary", "predicted", "control", "treatment", "control value",
+               "treatment value", "effect", "CI low", "CI high", "p", "p (Holm)", "verdict", "claim verdict"])
+    for claim in cmp["claims"]:
+        for row in claim["rows"]:
+            levels = cmp["levels"].get(row["key"], {})
+            t.rows.append([claim["claim"], row["key"], row["label"], row["primary"], row["direction"], control,
+                           treatment, _get(levels, control, "value"), _get(levels, treatment, "value"),
+                           row["effect"], row["low"], row["high"], row["p"], row["p_holm"], row["verdict"],
+                           claim["verdict"]])
+            t.highlight.append(bool(row["primary"]))
     tables["claims"] = t
 
     t = Table("geometry", "Anisotropy and isotropy",
@@ -183,14 +190,13 @@ def _environment():
     return env
 
 
-def render_html(results: dict, figures: dict, tables: dict[str, Table], provenance: dict) -> str:
-    """The page as a string (autoescaped Jinja2)."""
-    verdicts = results["claims"]["verdicts"]
-    counts = {}
-    for v in verdicts:
-        counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
+def render_html(results: dict, figures: dict, tables: dict[str, Table], provenance: dict,
+                panels: dict | None = None) -> str:
+    """The page as a string (autoescaped Jinja2); ``panels``: ``{"pca": [...], "umap": [...]}`` projection panels."""
+    labels = {run["name"]: run["name"] for run in results["runs"]}
     return _environment().get_template(TEMPLATE).render(
-        r=results, figures=figures, tables=tables, provenance=provenance, verdict_counts=counts)
+        r=results, figures=figures, tables=tables, provenance=provenance, labels=labels,
+        panels={"pca": [], "umap": [], **(panels or {})})
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -106,6 +106,6 @@ def evaluate_all(runs_dir: Path, folds: int, zero_shot: Path, *, log: Callable[[
                          "query_pool": len(s[ZERO_SHOT.name].units.pool_qids)} for s in spaces]
     results["collection"] = {"name": collection.name, "source": collection.source,
                              "min_relevance": collection.min_relevance, "documents": int(len(corpus_ids)),
-                             "queries": int(len(query_ids))}
+                             "queries": int(len(query_ids)), "backbone": str(zs_meta.get("backbone"))}
     results["_spaces"] = spaces  # arrays for the run files, per-unit table and figures; not written to JSON
     return results

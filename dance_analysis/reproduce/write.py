@@ -178,13 +178,13 @@ def readme(results: dict, clock: Clock, run_files: list[str]) -> str:
     lines = [
         "# The paper's ANCE -> DANCE contrast on the rag24-sample, cross-validated", "",
         f"Produced by `{exp['command']}`, that is `{' '.join(exp['invocation'])}`.", "",
-        "- Arms, all from all-MiniLM-L6-v2: " + "; ".join(
+        f"- Arms, all from `{results['collection']['backbone']}`: " + "; ".join(
             f"`{a['name']}` ({a['label']}" + (f", `{a['recipe']}`" if a["recipe"] else "") +
             (f", from the fold's selected `{a['starts_from']}` checkpoint" if a["starts_from"] else "") + ")"
             for a in exp["arms"]) + ".",
         f"- {exp['folds']}-fold cross-validation over all {results['collection']['queries']} queries (fold seed "
-        f"{exp['fold_seed']}, training seed {exp['seed']}): each fold trains on three folds, selects the checkpoint "
-        "with the best dev MRR@10 on the next fold, tests on its own fold. Tested queries (with a relevant passage, "
+        f"{exp['fold_seed']}, training seed {exp['seed']}): each fold trains on the other "
+        f"{exp['folds'] - 2} folds, selects the checkpoint with the best dev MRR@10 on the next fold, tests on its own. Tested queries (with a relevant passage, "
         f"grade >= {results['collection']['min_relevance']}) per fold: "
         f"{', '.join(str(f['test_queries']) for f in folds)} ({sum(f['test_queries'] for f in folds)} in all); "
         f"whole corpus of {results['collection']['documents']:,} passages.",
