@@ -83,7 +83,7 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     settings = settings or AnalysisSettings()
     runs = resolve_inputs(paths)
     spec = collection_spec(runs, collection)
-    log(f"inputs: " + ", ".join(f"{run.name} ({run.kind}, {len(run.subjects)} checkpoint(s))" for run in runs))
+    log("inputs: " + ", ".join(f"{run.name} ({run.kind}, {len(run.subjects)} checkpoint(s))" for run in runs))
     coll = load_collection(spec, min_relevance=min_relevance)
     dim = check_dims(runs, settings.encoder_overrides)
     log(f"collection: {coll.name} ({len(coll.corpus)} documents, {len(coll.queries)} queries); dimension {dim}")

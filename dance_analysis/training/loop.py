@@ -48,11 +48,28 @@ from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
 from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, run_refresh, summary_line
-from .run_folder import (BEST_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, check_run_dir,
-                         init_run_dir, resolve_backbone, truncate_metrics)
+from .run_folder import (
+    BEST_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    check_run_dir,
+    init_run_dir,
+    resolve_backbone,
+    truncate_metrics,
+)
 from .run_log import RunLog
-from .state import (checkpoint_meta, commit, find_negatives, gather_rng, read_trainer_state, restore_optimisation,
-                    restore_rng, save_trainer_state)
+from .state import (
+    checkpoint_meta,
+    commit,
+    find_negatives,
+    gather_rng,
+    read_trainer_state,
+    restore_optimisation,
+    restore_rng,
+    save_trainer_state,
+)
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "InstanceStream", "TrainResult", "Trainer",
