@@ -1,4 +1,5 @@
-"""The paper's claims C1-C5 (PAPER.md section 5) as data, and their verdicts computed from the numbers.
+"""The paper's claims C1-C5 (Li et al., DANCE, ICTIR 2021: its abstract, shown in its evaluation section) as
+data, and their verdicts computed from the numbers.
 
 Each claim names the metric keys that test it and the direction the paper predicts for DANCE relative to
 ANCE. The report computes the metrics per run (see :data:`METRIC_KEYS` for how each key is computed) and
@@ -77,7 +78,7 @@ class ClaimMetric:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper (PAPER.md section 5) and the metrics that test it."""
+    """A claim of the paper (Li et al., DANCE, ICTIR 2021, abstract) and the metrics that test it."""
 
     id: str
     text: str
