@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["NOTICE", "messages_shown", "show_messages"]
 
@@ -46,7 +46,7 @@ class _CommandHandler(logging.Handler):
             stream = getattr(sys, self.stream)
             tqdm.write(self.format(record), file=stream)
             stream.flush()
-        except Exception:  # noqa: BLE001 - logging must never raise
+        except Exception:  # logging must never raise
             self.handleError(record)
 
 

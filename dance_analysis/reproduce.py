@@ -26,9 +26,9 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -202,8 +202,8 @@ def _summary_rows(table: dict) -> list[str]:
     for side, stats in table["sides"].items():
         n = max(s["n"] for s in stats.values())
         name = "MiniLM zero-shot (start)" if side == "zero-shot" else side
-        lines.append(f"| {name} | {n} | " + " | ".join(_pm(stats[l]["mean"], stats[l]["std"], stats[l]["n"])
-                                                    for l in labels) + " |")
+        lines.append(f"| {name} | {n} | " + " | ".join(_pm(stats[c]["mean"], stats[c]["std"], stats[c]["n"])
+                                                    for c in labels) + " |")
     return lines
 
 
@@ -258,22 +258,22 @@ def _machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-        mem_kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
-                          if l.startswith("MemTotal")))
+        mem_kb = int(next(row.split()[1] for row in Path("/proc/meminfo").read_text().splitlines()
+                          if row.startswith("MemTotal")))
         memory = f", {mem_kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         memory = ""
     import torch
     gpu = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "no GPU"
-    return f"{model}, {os.cpu_count()} cores{memory}, {gpu}; {platform.system()}, Python {platform.python_version()}, " \
-           f"torch {torch.__version__}"
+    return (f"{model}, {os.cpu_count()} cores{memory}, {gpu}; {platform.system()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def report_readme(metrics: dict, table: dict, args, wall_seconds: float, written: list[Path]) -> str:
     sel = metrics["selection"]
     run_lines = []
     for r in table["per_run"]:
-        vals = " | ".join("n/a" if r["values"][l] is None else f"{r['values'][l]:.4f}" for _, _, l in TABLE_COLUMNS)
+        vals = " | ".join("n/a" if r["values"][c] is None else f"{r['values'][c]:.4f}" for _, _, c in TABLE_COLUMNS)
         run_lines.append(f"| {r['name']} | {r['side']} | {r['checkpoint']} ({r['selection'] or 'only subject'}) | "
                          f"{vals} |")
     labels = " | ".join(label for _, _, label in TABLE_COLUMNS)
@@ -282,8 +282,8 @@ def report_readme(metrics: dict, table: dict, args, wall_seconds: float, written
         f"Produced by `{COMMAND}`, that is `python -m dance_analysis.reproduce --seeds "
         f"{' '.join(map(str, args.seeds))}{''.join(' --set ' + s for s in args.overrides)}`.", "",
         f"- Recipes: `train/rag24-ance.yaml`, `train/rag24-dance.yaml`, seeds {', '.join(map(str, args.seeds))}; "
-        f"every run starts from `{_backbone(metrics)}` (the zero-shot row). Each run is represented by its checkpoint with the best dev MRR@10 "
-        "(the dev split, 58 queries, evaluated at every refresh).",
+        f"every run starts from `{_backbone(metrics)}` (the zero-shot row). Each run is represented by its "
+        "checkpoint with the best dev MRR@10 (the dev split, 58 queries, evaluated at every refresh).",
         f"- Evaluation: the {sel['split']} split, {sel['queries']} queries with a relevant passage (grade >= "
         f"{metrics['collection']['min_relevance']}), the whole corpus of {sel['corpus_size']:,} passages. d2q MRR@10: "
         "each relevant passage of the split retrieves among the split's queries.",
@@ -295,7 +295,8 @@ def report_readme(metrics: dict, table: dict, args, wall_seconds: float, written
         "direction.", "",
         "## Results (test split)", "", *_summary_rows(table), "",
         _verdict_sentence(metrics, table), "",
-        "Per run:", "", f"| run | side | selected checkpoint | {labels} |", "|---|---|---|" + "---|" * len(TABLE_COLUMNS),
+        "Per run:", "", f"| run | side | selected checkpoint | {labels} |",
+        "|---|---|---|" + "---|" * len(TABLE_COLUMNS),
         *run_lines, "",
         "## The paper's claims", "", *_claim_rows(metrics), "",
         metrics["claims"]["note"], "",
@@ -319,7 +320,8 @@ def _backbone(metrics: dict) -> str:
 def project_section(metrics: dict, table: dict, out: Path, wall_seconds: float, seeds: Sequence[int]) -> str:
     return "\n".join([
         f"Test split of the rag24-sample, mean ± std over {len(seeds)} seeds, from `{COMMAND}` "
-        f"({_duration(wall_seconds)} on {os.cpu_count()} CPU cores, no GPU); details, claims and run files in [{out}/README.md]({out}/README.md), the report in "
+        f"({_duration(wall_seconds)} on {os.cpu_count()} CPU cores, no GPU); details, claims and run files in "
+        f"[{out}/README.md]({out}/README.md), the report in "
         f"[{out}/index.html]({out}/index.html).", "",
         *_summary_rows(table), "", _verdict_sentence(metrics, table)])
 

@@ -101,7 +101,8 @@ def test_zero_shot_is_the_untrained_start_of_every_run(experiment):
 def test_run_files_score_like_the_report_with_ir_measures(experiment):
     root = experiment["root"]
     qrels: dict[str, dict[str, int]] = {}
-    for qid, _, doc, grade in (line.split() for line in (root / "collection" / "test-qrels.tsv").read_text().splitlines()):
+    qrels_lines = (root / "collection" / "test-qrels.tsv").read_text().splitlines()
+    for qid, _, doc, grade in (line.split() for line in qrels_lines):
         qrels.setdefault(qid, {})[doc] = int(grade)
     assert rs.check_run_files(root / "report", qrels) == 5
 

@@ -8,8 +8,14 @@ import pytest
 
 from dance_analysis.cli.train import main as train_main
 from dance_analysis.errors import DanceError
-from dance_analysis.training.config import (MiningConfig, Recipe, dump_recipe, load_recipe, recipe_differences,
-                                            recipe_from_dict)
+from dance_analysis.training.config import (
+    MiningConfig,
+    Recipe,
+    dump_recipe,
+    load_recipe,
+    recipe_differences,
+    recipe_from_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "train").glob("*.yaml"))

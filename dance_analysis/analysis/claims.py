@@ -19,8 +19,8 @@ no primary metric is measurable, "reproduced" when every measurable primary metr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ equal those of the cosine metric on the original vectors (:math:`\\lVert u - v \
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

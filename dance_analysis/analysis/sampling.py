@@ -52,7 +52,9 @@ def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0) -> di
         if mask.shape != s.shape:
             raise ValueError(f"positive_mask: expected shape {s.shape}, got {mask.shape}")
     n = s.shape[0]
-    entropy = np.empty(n); max_prob = np.empty(n); k = np.empty(n, dtype=np.int64)
+    entropy = np.empty(n)
+    max_prob = np.empty(n)
+    k = np.empty(n, dtype=np.int64)
     pos = np.empty(n) if mask is not None else None
     bad: list[np.ndarray] = []
     for start, stop in row_blocks(n, 8192):

@@ -15,8 +15,8 @@ This package knows nothing about models: tokenisation takes any Hugging Face tok
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import DanceError
 from .cache import cache_root

@@ -14,9 +14,9 @@ import json
 import logging
 import os
 from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -134,8 +134,7 @@ class InMemoryCorpus(Corpus):
         self._row: dict[str, int] | None = None
 
     def iter_texts(self) -> Iterator[tuple[str, str]]:
-        for doc_id, text in zip(self.ids.tolist(), self._texts):
-            yield doc_id, text
+        yield from zip(self.ids.tolist(), self._texts)
 
     def texts(self, ids: Sequence[str]) -> list[str]:
         if self._row is None:
@@ -189,7 +188,7 @@ class FileCorpus(Corpus):
         self._file = fingerprint
 
     @classmethod
-    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> "FileCorpus":
+    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> FileCorpus:
         """Index ``path`` (one validating pass, or the cached index of an unchanged large file)."""
         if format not in FORMATS:
             raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -208,7 +207,7 @@ class FileCorpus(Corpus):
         return corpus
 
     @classmethod
-    def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> "FileCorpus":
+    def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> FileCorpus:
         from tqdm.auto import tqdm
 
         parser = FORMATS[format].corpus

@@ -9,9 +9,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .compute import AnalysisSettings, compute_all
 from .figures import make_figures

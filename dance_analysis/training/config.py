@@ -73,7 +73,7 @@ class DataConfig:
     random subset of the split (``None``: all of it).
     """
 
-    collection: Union[str, dict] = "rag24-sample"
+    collection: str | dict = "rag24-sample"
     min_relevance: int | None = None
     train_split: str = "train"
     dev_split: str | None = "dev"
@@ -198,7 +198,7 @@ class Recipe:
         """A plain, YAML-able dict of every field."""
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         """Check values that the types alone do not (ranges, divisibility); raise :class:`DanceError`."""
         checks = [
             (self.optim.lr > 0, "optim.lr must be > 0"),

@@ -119,7 +119,7 @@ class _Towers(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, q_ids, q_mask, d_ids, d_mask):  # noqa: D401 - nn.Module API
+    def forward(self, q_ids, q_mask, d_ids, d_mask):
         return self.model.encode(q_ids, q_mask, "query"), self.model.encode(d_ids, d_mask, "doc")
 
 
@@ -155,7 +155,7 @@ class Trainer:
             yield
         except DanceError:
             raise
-        except Exception as exc:  # noqa: BLE001 - only write failures are translated, the rest is re-raised
+        except Exception as exc:  # only write failures are translated, the rest is re-raised
             cause = ckpt.write_failure(exc)
             if cause is None:
                 raise
