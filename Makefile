@@ -7,7 +7,7 @@ EXTRAS ?= dev,notebooks
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench reproduce clean-venv
+.PHONY: install demo lint test bench reproduce clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ install: $(STAMP)
 demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes reports/demo/index.html
 	$(BIN)/python -m dance_analysis.demo
 
-test: $(STAMP)
+# ruff's rules are in pyproject.toml ([tool.ruff]); `make test` lints first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The rag24 experiment: 5 folds x (ANCE, DANCE stage 1, DANCE), report in reports/rag24/ (rerun to resume).

@@ -39,9 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_memory import PeakMemory
-
 import numpy as np
+from peak_memory import PeakMemory
 
 
 def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float) -> np.ndarray:

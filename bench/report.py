@@ -33,8 +33,8 @@ TARGET_SECONDS = 60.0
 def write_runs(root: Path, *, runs: int, checkpoints: int, dim: int, seed: int = 0) -> list[Path]:
     """Runs of checkpoints with saved embeddings and negatives for every document and query of the sample."""
     from dance_analysis.data import load_collection
-    from dance_analysis.mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs
     from dance_analysis.index import search
+    from dance_analysis.mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs
 
     collection = load_collection("rag24-sample")
     doc_ids = np.asarray(collection.corpus.ids).astype(str)

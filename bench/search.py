@@ -29,9 +29,8 @@ import time
 import warnings
 from pathlib import Path
 
-from peak_memory import PeakMemory
-
 import numpy as np
+from peak_memory import PeakMemory
 
 
 def make_corpus(path: Path, n: int, dim: int, seed: int) -> np.ndarray:

@@ -26,8 +26,9 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 __all__ = [
     "atomic_file", "building_dir", "can_exchange", "publish_dir", "publishing_path", "remove_dir", "replace_dir",

@@ -11,12 +11,18 @@ import sys
 from pathlib import Path
 
 from .cli import analyze, train
+from .logs import messages_shown
 
 RUNS = (("train/demo-ance.yaml", "runs/demo-ance"), ("train/demo-dance.yaml", "runs/demo-dance"))
 REPORT = "reports/demo"
 
 
 def main() -> int:
+    with messages_shown():
+        return _run()
+
+
+def _run() -> int:
     for recipe, out in RUNS:
         args = [recipe, "--output-dir", out]
         if Path(out).exists():

@@ -8,7 +8,7 @@ nothing, so results are computed in float32 there.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -125,7 +125,7 @@ class Embeddings:
         self.path = vectors_path(prefix)
 
     @classmethod
-    def load(cls, prefix: str | os.PathLike, mmap: bool = True) -> "Embeddings":
+    def load(cls, prefix: str | os.PathLike, mmap: bool = True) -> Embeddings:
         """Read ``prefix.npy`` and ``prefix.ids.npy`` (vectors memory-mapped read-only when ``mmap``).
 
         Raises :class:`DanceError` naming the file when one is missing or unreadable, holds the wrong kind of
@@ -141,7 +141,7 @@ class Embeddings:
                              f"(expected one id per row; the two files do not belong together)")
         return cls(ids, vectors, path=vec_file)
 
-    def subset(self, ids: Sequence[str] | np.ndarray) -> "Embeddings":
+    def subset(self, ids: Sequence[str] | np.ndarray) -> Embeddings:
         """The rows of ``ids``, in that order (vectors copied into memory); unknown ids raise DanceError."""
         wanted = as_id_array(ids)
         rows = self.rows(wanted)
@@ -157,7 +157,7 @@ class Embeddings:
             raise DanceError(f"{len(missing)} id(s) have no vector{where}, e.g. {', '.join(map(repr, missing[:5]))}")
         return np.fromiter((position[key] for key in wanted.tolist()), dtype=np.int64, count=len(wanted))
 
-    def check_finite(self, chunk_rows: int = 65536) -> "Embeddings":
+    def check_finite(self, chunk_rows: int = 65536) -> Embeddings:
         """Raise :class:`DanceError` naming the rows (ids) and the file when a vector holds NaN or inf; returns
         ``self`` otherwise."""
         bad: list[int] = []

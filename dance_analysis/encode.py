@@ -7,10 +7,12 @@ the GPU supports it, else float16), on CPU in float32. Vectors come back in the 
 float16, in memory or written straight into a memory-mapped ``.npy`` file (atomically, with its id file).
 
 On CPU, the linear layers (about three quarters of the work) can run through oneDNN instead of the default BLAS
-(on some processors, AMD ones in particular, oneDNN's float32 matrix products are much faster). The first
-encoding call checks once per process that oneDNN gives the same results (within float32 rounding) and is
-faster on a layer of typical size, and uses it only then. ``DANCE_CPU_LINEAR=default`` turns this off,
-``DANCE_CPU_LINEAR=onednn`` forces it (when it works).
+(on some processors, AMD ones in particular, oneDNN's float32 matrix products are much faster). Before encoding,
+:func:`cpu_linear_decision` checks that oneDNN gives the same results (within float32 rounding) on the model's
+own linear layers at the workload's batch size, and times both kernels in interleaved rounds (medians, so that
+another job on the machine does not tip the choice); oneDNN is used only when it is faster. The decision and its
+timings are logged at INFO and made once per process, thread count and shape. ``DANCE_CPU_LINEAR=default``
+turns this off, ``DANCE_CPU_LINEAR=onednn`` forces it (when it works).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
+import statistics
 import time
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,48 +42,132 @@ from .model import DualEncoder, _check_side
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-_CPU_LINEAR: dict[str, str] = {}  # threads -> "onednn" | "default", decided once per process
+#: A MiniLM layer at a typical batch, timed when the caller names no shapes: (rows, in, out) of each linear layer.
+DEFAULT_LINEAR_SHAPES = ((512, 384, 384), (512, 384, 1536), (512, 1536, 384))
+#: Alternating timed rounds of both kernels per decision (the median of each decides).
+LINEAR_ROUNDS = 7
+_MAX_ROWS = 1024  # rows of the timed products are capped (and bucketed to powers of two) to bound the check
+_CPU_LINEAR: dict[tuple, LinearDecision] = {}  # (threads, choice, shapes) -> decision, once per process
+
+
+@dataclass(frozen=True)
+class LinearDecision:
+    """Which kernel runs float32 CPU linear layers at inference, and the measurement behind the choice.
+
+    ``backend`` is ``"onednn"`` or ``"default"``; ``reason`` says why (``measured``, ``DANCE_CPU_LINEAR=...``,
+    ``oneDNN unavailable``, ``oneDNN results differ``); ``shapes`` are the ``(rows, in, out)`` products timed;
+    ``timings`` holds, per kernel, the seconds of each round (one product of every shape), the rounds of the two
+    kernels interleaved and their order alternating; ``medians`` are the medians of those rounds.
+    """
+
+    backend: str
+    reason: str
+    shapes: tuple[tuple[int, int, int], ...] = ()
+    timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    threads: int = 1
+
+    @property
+    def medians(self) -> dict[str, float]:
+        return {name: float(statistics.median(values)) for name, values in self.timings.items() if values}
+
+    def describe(self) -> str:
+        """One line: the choice, why, and the median times (e.g. for a log or a benchmark)."""
+        text = f"CPU linear layers: {self.backend} ({self.reason}"
+        medians = self.medians
+        if len(medians) == 2:
+            rounds = len(self.timings["default"])
+            text += (f"; median of {rounds} alternating rounds on {len(self.shapes)} shape(s) "
+                     f"{', '.join('x'.join(map(str, s)) for s in self.shapes)} with {self.threads} thread(s): "
+                     f"default {medians['default'] * 1e3:.1f} ms, onednn {medians['onednn'] * 1e3:.1f} ms, "
+                     f"ratio {medians['default'] / max(medians['onednn'], 1e-12):.2f}")
+        return text + ")"
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def cpu_linear_backend() -> str:
-    """``"onednn"`` when float32 linear layers on the CPU run faster through oneDNN than through the default
-    BLAS (and give the same results within 1e-5 relative), else ``"default"``. Decided once per process and
-    thread count by a short check (~0.1 s); ``DANCE_CPU_LINEAR=default|onednn`` overrides it."""
+def linear_shapes(model: torch.nn.Module, rows: int) -> tuple[tuple[int, int, int], ...]:
+    """The distinct ``(rows, in, out)`` products of ``model``'s float32 linear layers for a batch of ``rows``
+    token vectors (rows bucketed to a power of two, at most 1,024, so that similar batches share a decision and
+    the check stays short)."""
+    bucket = int(2 ** round(math.log2(max(1, min(int(rows), _MAX_ROWS)))))
+    dims = sorted({(m.in_features, m.out_features) for m in model.modules()
+                   if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32})
+    return tuple((bucket, i, o) for i, o in dims)
+
+
+def workload_linear_shapes(model: torch.nn.Module, batch_size: int,
+                           lengths: Sequence[int] | np.ndarray) -> tuple[tuple[int, int, int], ...]:
+    """:func:`linear_shapes` at a typical batch of a workload: ``batch_size`` texts of the median length."""
+    lengths = np.asarray(lengths)
+    typical_rows = min(int(batch_size), max(1, len(lengths))) * (int(np.median(lengths)) if len(lengths) else 1)
+    return linear_shapes(model, typical_rows)
+
+
+def _time_round(fn, inputs) -> float:
+    started = time.perf_counter()
+    for x, weight, bias in inputs:
+        fn(x, weight, bias)
+    return time.perf_counter() - started
+
+
+def cpu_linear_decision(shapes: Sequence[tuple[int, int, int]] | None = None, *,
+                        rounds: int = LINEAR_ROUNDS) -> LinearDecision:
+    """Decide whether float32 linear layers on the CPU run through oneDNN or the default BLAS, for products of
+    ``shapes`` (``(rows, in, out)``; default :data:`DEFAULT_LINEAR_SHAPES`, a MiniLM layer).
+
+    oneDNN must give the same results (within 1e-5 relative) on every shape. Then both kernels are timed in
+    ``rounds`` interleaved rounds (one product of every shape per round, the order of the two kernels alternating
+    from round to round, after one warm-up each), so that a change in the machine's load hits both alike; oneDNN
+    is chosen when its median round is at least 5 % faster. Decided once per process, thread count and shapes;
+    the decision and its timings are logged (INFO). ``DANCE_CPU_LINEAR=default|onednn`` overrides the choice.
+    """
     choice = os.environ.get("DANCE_CPU_LINEAR", "auto").strip().lower()
+    threads = torch.get_num_threads()
     if choice in ("default", "off", "blas", "mkl"):
-        return "default"
-    key = f"{torch.get_num_threads()}-{choice}"
+        return LinearDecision("default", f"DANCE_CPU_LINEAR={choice}", threads=threads)
+    shapes = tuple(tuple(int(v) for v in s) for s in (shapes or DEFAULT_LINEAR_SHAPES))
+    key = (threads, choice, shapes)
     if key in _CPU_LINEAR:
         return _CPU_LINEAR[key]
-    backend = "default"
+    decision = LinearDecision("default", "oneDNN unavailable", shapes, threads=threads)
     try:
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(512, 384, generator=generator)
-        weight = torch.randn(1536, 384, generator=generator) / 20
-        bias = torch.randn(1536, generator=generator)
+        inputs = [(torch.randn(rows, d_in, generator=generator), torch.randn(d_out, d_in, generator=generator) / 20,
+                   torch.randn(d_out, generator=generator)) for rows, d_in, d_out in shapes]
         with torch.inference_mode():
-            reference = F.linear(x, weight, bias)
-            same = torch.allclose(_onednn_linear(x, weight, bias), reference, rtol=1e-5, atol=1e-5 * float(
-                reference.abs().max()))
-            if same and choice == "onednn":
-                backend = "onednn"
-            elif same:
-                timings: dict[str, list[float]] = {"default": [], "onednn": []}
-                for _ in range(3):
-                    for name, fn in (("default", F.linear), ("onednn", _onednn_linear)):
-                        started = time.perf_counter()
-                        fn(x, weight, bias)
-                        timings[name].append(time.perf_counter() - started)
-                if min(timings["onednn"]) < 0.95 * min(timings["default"]):
-                    backend = "onednn"
+            same = True
+            for x, weight, bias in inputs:
+                reference = F.linear(x, weight, bias)
+                same = same and torch.allclose(_onednn_linear(x, weight, bias), reference, rtol=1e-5,
+                                               atol=1e-5 * float(reference.abs().max()))
+            if not same:
+                decision = LinearDecision("default", "oneDNN results differ", shapes, threads=threads)
+            elif choice == "onednn":
+                decision = LinearDecision("onednn", "DANCE_CPU_LINEAR=onednn", shapes, threads=threads)
+            else:
+                kernels = {"default": F.linear, "onednn": _onednn_linear}
+                for fn in kernels.values():
+                    _time_round(fn, inputs)
+                timings: dict[str, list[float]] = {name: [] for name in kernels}
+                for r in range(max(1, int(rounds))):
+                    for name in (("default", "onednn") if r % 2 == 0 else ("onednn", "default")):
+                        timings[name].append(_time_round(kernels[name], inputs))
+                medians = {name: statistics.median(values) for name, values in timings.items()}
+                backend = "onednn" if medians["onednn"] < 0.95 * medians["default"] else "default"
+                decision = LinearDecision(backend, "measured", shapes,
+                                          {name: tuple(values) for name, values in timings.items()}, threads)
     except Exception as exc:  # the private oneDNN op is missing or refuses: keep the default
         logger.debug("oneDNN linear unavailable: %s", exc)
-    _CPU_LINEAR[key] = backend
-    return backend
+    logger.info("%s", decision.describe())
+    _CPU_LINEAR[key] = decision
+    return decision
+
+
+def cpu_linear_backend(shapes: Sequence[tuple[int, int, int]] | None = None) -> str:
+    """``"onednn"`` or ``"default"``: the backend :func:`cpu_linear_decision` chose for ``shapes``."""
+    return cpu_linear_decision(shapes).backend
 
 
 class _OneDNNLinearMode(TorchFunctionMode):
@@ -97,10 +187,12 @@ class _OneDNNLinearMode(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def fast_cpu_kernels(device: torch.device) -> Iterator[None]:
+def fast_cpu_kernels(device: torch.device,
+                     shapes: Sequence[tuple[int, int, int]] | None = None) -> Iterator[None]:
     """Inside ``torch.inference_mode``: run CPU float32 linear layers through oneDNN when
-    :func:`cpu_linear_backend` chose it; a no-op on other devices."""
-    if torch.device(device).type != "cpu" or cpu_linear_backend() != "onednn":
+    :func:`cpu_linear_decision` chose it for ``shapes`` (the workload's products, see :func:`linear_shapes`);
+    a no-op on other devices."""
+    if torch.device(device).type != "cpu" or cpu_linear_backend(shapes) != "onednn":
         yield
         return
     with _OneDNNLinearMode():
@@ -136,7 +228,7 @@ class TextTokens:
 
     @classmethod
     def from_texts(cls, ids: Sequence[str], texts: Sequence[str], tokenizer, max_length: int,
-                   chunk: int = 4096, progress: bool = False) -> "TextTokens":
+                   chunk: int = 4096, progress: bool = False) -> TextTokens:
         """Tokenise ``texts`` as ``tokenizer(text, truncation=True, max_length=max_length)`` does."""
         if len(ids) != len(texts):
             raise DanceError(f"{len(ids)} ids but {len(texts)} texts (expected one id per text)")
@@ -239,7 +331,10 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
     torch_dtype = torch.float16 if dtype == np.float16 else torch.float32
     bar = tqdm(total=n, desc=f"encode {side}", unit=side, disable=None if progress else True)
     try:
-        with target_array as result, torch.inference_mode(), autocast(target), fast_cpu_kernels(target):
+        # The kernel check times this model's linear layers at a typical batch of this workload.
+        kernels = fast_cpu_kernels(target, workload_linear_shapes(model, batch_size, lengths)
+                                   if target.type == "cpu" else None)
+        with target_array as result, torch.inference_mode(), autocast(target), kernels:
             for start in range(0, n, batch_size):
                 positions = order[start:start + batch_size]
                 input_ids, attention_mask = cache.batch(rows[positions])

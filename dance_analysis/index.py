@@ -29,8 +29,8 @@ index ``-1`` and score ``-inf``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -114,7 +114,7 @@ class Rankings:
         keep = indices >= 0
         return [(str(d), float(s)) for d, s in zip(self.doc_ids[indices[keep]], scores[keep])]
 
-    def subset(self, query_ids: Sequence[str]) -> "Rankings":
+    def subset(self, query_ids: Sequence[str]) -> Rankings:
         """The rows of ``query_ids``, in that order (DanceError naming the first one that is not ranked)."""
         row = {q: i for i, q in enumerate(self.query_ids.tolist())}
         try:
@@ -296,7 +296,7 @@ class _FaissCPU:
     def default_block_rows(self, dim: int) -> int:
         return max(1, _CPU_BLOCK_BYTES // (4 * dim))
 
-    def scorer(self, block: np.ndarray) -> "_FaissScorer":
+    def scorer(self, block: np.ndarray) -> _FaissScorer:
         import faiss
 
         return _FaissKnn(faiss, block)
@@ -319,7 +319,7 @@ class _FaissGPU:
     def default_block_rows(self, dim: int) -> int:
         return max(1, _GPU_BLOCK_BYTES // (4 * dim))
 
-    def scorer(self, block: np.ndarray) -> "_FaissScorer":
+    def scorer(self, block: np.ndarray) -> _FaissScorer:
         faiss = self.faiss
         cpu_index = faiss.IndexFlatIP(block.shape[1])
         cpu_index.add(block)
@@ -384,7 +384,7 @@ class _TorchCUDA:
     def default_block_rows(self, dim: int) -> int:
         return max(1, _GPU_BLOCK_BYTES // (4 * dim))
 
-    def scorer(self, block: np.ndarray) -> "_TorchScorer":
+    def scorer(self, block: np.ndarray) -> _TorchScorer:
         import warnings
 
         with warnings.catch_warnings():  # a read-only memory map: it is only copied to the device

@@ -38,8 +38,8 @@ Rows must not repeat a document (search never does; :func:`~dance_analysis.runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 

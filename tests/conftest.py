@@ -39,7 +39,7 @@ def tiny_model_dir(tmp_path_factory, minilm_tokenizer):
     import torch
     from transformers import BertConfig, BertModel
 
-    from dance_analysis.model import DualEncoder, EncoderConfig
+    from dance_analysis.model import DualEncoder
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny-model")

@@ -110,7 +110,7 @@ def check_run_files(report: Path, qrels: dict[str, dict[str, int]]) -> int:
     pooled levels of metrics.json: nDCG@10 and R@100 with ir-measures, MRR@10 as trec_eval's recip_rank cut at rank
     10 (ir-measures' own RR@k breaks score ties another way). Returns the number of run files checked."""
     import ir_measures
-    from ir_measures import R, RR, nDCG
+    from ir_measures import RR, R, nDCG
 
     metrics = json.loads((report / "metrics.json").read_text())
     min_rel = metrics["collection"]["min_relevance"]

@@ -216,10 +216,10 @@ def test_nearest_document_ratio_matches_sorted_cosines(rng, monkeypatch):
             if i != 5:
                 per_q[i] = np.sort(ud[good] @ uq[i])[::-1][:k].mean()
         per_d = np.full(33, np.nan)
-        for l in range(33):
-            if good[l]:
-                others = [ud[j] @ ud[l] for j in range(33) if good[j] and j != l]
-                per_d[l] = np.mean(sorted(others, reverse=True)[:k])
+        for m in range(33):
+            if good[m]:
+                others = [ud[j] @ ud[m] for j in range(33) if good[j] and j != m]
+                per_d[m] = np.mean(sorted(others, reverse=True)[:k])
         np.testing.assert_allclose(out["per_query"], per_q, rtol=1e-10, atol=0)
         np.testing.assert_allclose(out["per_document"], per_d, rtol=1e-10, atol=0)
         assert out["query_level"] == pytest.approx(np.nanmean(per_q), rel=1e-10)
@@ -257,8 +257,8 @@ def test_judged_margin_matches_pair_loops(rng):
         margin.append(np.mean(cp) - np.mean(cn) if cp and cn else np.nan)
         wins = 0.0
         for j in P[i]:
-            for l in N[i]:
-                sj, sl = q[i] @ d[j], q[i] @ d[l]
+            for m in N[i]:
+                sj, sl = q[i] @ d[j], q[i] @ d[m]
                 wins += 1.0 if sj > sl else 0.5 if sj == sl else 0.0
         auc.append(wins / (len(P[i]) * len(N[i])))
     assert out["queries"].tolist() == both == [0, 1, 2, 5, 7]

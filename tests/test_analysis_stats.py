@@ -406,14 +406,14 @@ def test_verdict_alpha_and_bad_input():
         S.verdict(0.3, 0.2, 0.01, "higher")
 
 
-R, C, I, N = "reproduced", "contradicted", "inconclusive", "not measurable here"
+R, C, INC, N = "reproduced", "contradicted", "inconclusive", "not measurable here"
 
 
 @pytest.mark.parametrize("verdicts,expected", [
     ([], N), ([N], N), ([N, N], N),
     ([R], R), ([R, N], R), ([R, R, N], R),
-    ([C], C), ([C, N], C), ([C, I], C), ([C, C], C), ([I, C, N], C),
-    ([I], I), ([I, N], I), ([I, I], I), ([R, I], I), ([R, C], I), ([R, C, I, N], I),
+    ([C], C), ([C, N], C), ([C, INC], C), ([C, C], C), ([INC, C, N], C),
+    ([INC], INC), ([INC, N], INC), ([INC, INC], INC), ([R, INC], INC), ([R, C], INC), ([R, C, INC, N], INC),
 ])
 def test_claim_verdict_truth_table(verdicts, expected):
     for perm in itertools.permutations(verdicts):

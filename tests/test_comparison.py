@@ -13,10 +13,10 @@ import pytest
 from dance_analysis.analysis import claim_metrics as cm
 from dance_analysis.analysis.align_uniform import uniformity
 from dance_analysis.analysis.geometry import mean_pairwise_cosine
-from dance_analysis.data.collection import Collection, InMemoryCorpus
-from dance_analysis.embeddings import Embeddings
 from dance_analysis.comparison import measures as M
 from dance_analysis.comparison.spaces import build_space, d2q_reciprocal_ranks, fold_units
+from dance_analysis.data.collection import Collection, InMemoryCorpus
+from dance_analysis.embeddings import Embeddings
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_set_statistics_at_the_full_sample_equal_the_analysis_functions(space):
     q, d = s.test_queries, s.corpus
     sample = d[M.doc_sample(s)]
     by_key = M.METRIC_BY_KEY
-    assert by_key["queries.mean_cosine"].compute(s, full) == pytest.approx(mean_pairwise_cosine(q), abs=1e-6)  # float32 products
+    assert by_key["queries.mean_cosine"].compute(s, full) == pytest.approx(mean_pairwise_cosine(q), abs=1e-6)
     assert by_key["qd.mmd2"].compute(s, full) == pytest.approx(cm.mmd2_linear_unbiased(q, d), abs=1e-6)
     assert by_key["qd.energy"].compute(s, full) == pytest.approx(cm.energy_distance(q, sample)["value"], abs=1e-6)
     assert by_key["queries.uniformity"].compute(s, full) == pytest.approx(uniformity(q, t=2.0)["value"], abs=1e-5)

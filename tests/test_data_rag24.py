@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dance_analysis.data import load_collection, seeded_splits
-from dance_analysis.data import rag24
+from dance_analysis.data import load_collection, rag24, seeded_splits
 from dance_analysis.errors import DanceError
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from dance_analysis.data import Collection, InMemoryCorpus, TokenCache, build_token_cache, cached_tokens
-from dance_analysis.data import load_collection
+from dance_analysis.data import (
+    Collection,
+    InMemoryCorpus,
+    TokenCache,
+    build_token_cache,
+    cached_tokens,
+    load_collection,
+)
 from dance_analysis.data.tokens import cache_key
 from dance_analysis.errors import DanceError
 

@@ -222,3 +222,45 @@ def test_device_selection():
     else:
         with pytest.raises(DanceError, match="GPU\\(s\\) are visible"):
             pick_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_cpu_linear_decision_interleaves_rounds_and_logs(monkeypatch, caplog):
+    """The kernel check times both kernels in alternating order, decides on the medians and logs the timings."""
+    import logging
+
+    from dance_analysis import encode
+
+    monkeypatch.setenv("DANCE_CPU_LINEAR", "auto")
+    monkeypatch.setattr(encode, "_CPU_LINEAR", {})
+    monkeypatch.setattr(encode, "_onednn_linear", lambda x, w, b: torch.nn.functional.linear(x, w, b))
+    order = []
+    # default: a slow outlier round then 10 ms; onednn: 6 ms with one slow outlier (another job's burst)
+    fake = {"default": iter([0.5, 0.010, 0.010, 0.010, 0.010]), "onednn": iter([0.006, 0.006, 0.9, 0.006, 0.006])}
+
+    def fake_round(fn, inputs):
+        name = "onednn" if fn is encode._onednn_linear else "default"
+        order.append(name)
+        return next(fake[name]) if len(order) > 2 else 0.0     # the first two calls are the warm-up
+
+    monkeypatch.setattr(encode, "_time_round", fake_round)
+    with caplog.at_level(logging.INFO, logger="dance_analysis.encode"):
+        decision = encode.cpu_linear_decision(((8, 4, 6),), rounds=5)
+    assert order[2:] == ["default", "onednn", "onednn", "default", "default", "onednn", "onednn", "default",
+                         "default", "onednn"]
+    assert decision.backend == "onednn" and decision.reason == "measured"
+    assert decision.medians == {"default": 0.010, "onednn": 0.006}
+    assert decision.timings["onednn"] == (0.006, 0.006, 0.9, 0.006, 0.006)
+    assert "onednn (measured" in caplog.text and "default 10.0 ms, onednn 6.0 ms" in caplog.text
+    assert encode.cpu_linear_decision(((8, 4, 6),)) is decision              # once per process and shapes
+    monkeypatch.setenv("DANCE_CPU_LINEAR", "default")
+    assert encode.cpu_linear_decision(((8, 4, 6),)).reason == "DANCE_CPU_LINEAR=default"
+
+
+def test_the_kernel_check_uses_the_workload_shapes(tiny):
+    from dance_analysis.encode import linear_shapes, workload_linear_shapes
+
+    dims = {(m.in_features, m.out_features) for m in tiny.modules() if isinstance(m, torch.nn.Linear)}
+    shapes = workload_linear_shapes(tiny, 16, [10, 12, 30])
+    assert {(i, o) for _, i, o in shapes} == dims
+    assert {rows for rows, _, _ in shapes} == {32}                     # 3 texts x 12 tokens = 36 -> 32
+    assert {rows for rows, _, _ in linear_shapes(tiny, 100_000)} == {1024}

@@ -11,8 +11,7 @@ import pytest
 from dance_analysis.data import load_collection
 from dance_analysis.errors import DanceError
 from dance_analysis.report.compute import AnalysisSettings, select_items
-from dance_analysis.report.inputs import (check_dims, collection_spec, resolve_inputs, resolve_path,
-                                          subject_embeddings)
+from dance_analysis.report.inputs import check_dims, collection_spec, resolve_inputs, resolve_path, subject_embeddings
 from report_support import write_beir, write_checkpoint, write_embeddings
 
 

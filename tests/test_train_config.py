@@ -8,8 +8,14 @@ import pytest
 
 from dance_analysis.cli.train import main as train_main
 from dance_analysis.errors import DanceError
-from dance_analysis.training.config import (MiningConfig, Recipe, dump_recipe, load_recipe, recipe_differences,
-                                            recipe_from_dict)
+from dance_analysis.training.config import (
+    MiningConfig,
+    Recipe,
+    dump_recipe,
+    load_recipe,
+    recipe_differences,
+    recipe_from_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "train").glob("*.yaml"))
@@ -138,3 +144,39 @@ def test_cli_exits_2_with_the_message(tmp_path, capsys):
                        "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "max_steps: 5" in out and "objective: ance" in out
+
+
+def test_every_recipe_key_carries_its_help():
+    import dataclasses
+
+    from dance_analysis.training.config import SECTIONS
+
+    for cls in (Recipe, *SECTIONS.values()):
+        for item in dataclasses.fields(cls):
+            assert item.metadata.get("help", "").strip(), f"{cls.__name__}.{item.name} has no help text"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train").glob("*.yaml")))
+def test_print_config_shows_the_help_and_loads_back_to_the_same_recipe(name, capsys):
+    import dataclasses
+
+    import yaml
+
+    from dance_analysis.training.config import SECTIONS
+
+    path = REPO / "train" / name
+    assert train_main([str(path), "--set", "optim.max_steps=7", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    recipe = load_recipe(path, ["optim.max_steps=7"])
+    assert recipe_from_dict(yaml.safe_load(out)) == recipe
+    lines = out.splitlines()
+    for section, cls in SECTIONS.items():
+        start = lines.index(f"{section}:")
+        for item in dataclasses.fields(cls):
+            row = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {item.name}:"))
+            comment = []
+            for line in reversed(lines[start + 1:row]):
+                if not line.startswith("  # "):
+                    break
+                comment.insert(0, line[4:])
+            assert " ".join(comment).startswith(item.metadata["help"]), (section, item.name, comment)

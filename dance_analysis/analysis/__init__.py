@@ -24,8 +24,8 @@ statistics logged at every refresh). The claims themselves, with the metric regi
 
 from __future__ import annotations
 
-from .align_uniform import alignment, l2_normalize, uniformity, uniformity_sides
 from . import stats
+from .align_uniform import alignment, l2_normalize, uniformity, uniformity_sides
 from .claim_metrics import (
     balanced_joint_uniformity,
     energy_distance,

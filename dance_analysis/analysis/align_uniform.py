@@ -9,7 +9,7 @@ with nothing left to average is NaN with a :class:`RuntimeWarning`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

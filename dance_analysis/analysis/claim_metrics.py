@@ -19,7 +19,7 @@ direction), as :mod:`.geometry` does; a statistic with nothing left to average i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

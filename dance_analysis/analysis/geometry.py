@@ -14,7 +14,7 @@ Models"; Mu & Viswanath 2018, "All-but-the-Top" (mean vector and dominating prin
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -245,7 +245,8 @@ def centroid_distance(q, d, *, normalize: bool = True, names: tuple[str, str] = 
             return undefined(f"{names[0] if mq == 0 else names[1]}: normalised centroid without a row of "
                              f"non-zero norm")
         return float(np.linalg.norm(sq / mq - sd / md))
-    cq = np.zeros(q.shape[1]); cd = np.zeros(q.shape[1])
+    cq = np.zeros(q.shape[1])
+    cd = np.zeros(q.shape[1])
     for start, stop in row_blocks(q.shape[0]):
         cq += np.asarray(q[start:stop], dtype=np.float64).sum(axis=0)
     for start, stop in row_blocks(d.shape[0]):
@@ -274,12 +275,15 @@ def negatives_to_pairs(negatives, rows=None) -> np.ndarray:
 
 def _pair_cos_dist(q: np.ndarray, d: np.ndarray, pairs: np.ndarray, block: int = 65536):
     """Cosine and Euclidean distance of each pair (float64) and a mask of pairs with two non-zero rows."""
-    cos = np.empty(len(pairs)); dist = np.empty(len(pairs)); ok = np.empty(len(pairs), dtype=bool)
+    cos = np.empty(len(pairs))
+    dist = np.empty(len(pairs))
+    ok = np.empty(len(pairs), dtype=bool)
     for start, stop in row_blocks(len(pairs), block):
         p = pairs[start:stop]
         a = np.asarray(q[p[:, 0]], dtype=np.float64)
         b = np.asarray(d[p[:, 1]], dtype=np.float64)
-        na = np.sqrt(np.einsum("ij,ij->i", a, a)); nb = np.sqrt(np.einsum("ij,ij->i", b, b))
+        na = np.sqrt(np.einsum("ij,ij->i", a, a))
+        nb = np.sqrt(np.einsum("ij,ij->i", b, b))
         dot = np.einsum("ij,ij->i", a, b)
         good = (na > 0) & (nb > 0)
         cos[start:stop] = np.where(good, dot / np.where(good, na * nb, 1.0), np.nan)

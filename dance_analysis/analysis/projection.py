@@ -7,7 +7,7 @@ equal those of the cosine metric on the original vectors (:math:`\\lVert u - v \
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -118,7 +118,7 @@ def aligned_pca(documents: Sequence[np.ndarray], queries: Sequence[np.ndarray], 
     ``documents[m]`` [n, dim_m] and ``queries[m]`` [nq_m, dim_m] are model m's vectors of the same n documents
     (rows in the same order for every model). Each model's PCA (top ``components`` directions, centred on its
     documents) is fitted on its documents, and both documents and queries are projected. Then the orthogonal
-    matrix R that minimises :math:`\lVert D_m R - D_{ref} \rVert_F` over the shared documents (orthogonal
+    matrix R that minimises :math:`\\lVert D_m R - D_{ref} \rVert_F` over the shared documents (orthogonal
     Procrustes, Schönemann 1966; ``scipy.linalg.orthogonal_procrustes``) is applied to model m's coordinates, so the
     panels share axes: a model that differs from the reference only by a rotation of its space gets the same picture,
     and what remains different is what differs between the models. Returns ``[(doc_xy [n, c], query_xy [nq_m, c])]``
@@ -152,7 +152,7 @@ def procrustes_align(coords: Sequence[np.ndarray], *, reference: int = 0,
     reflection), fitted on the corresponding ``rows`` (default: all) of both pictures.
 
     For picture X and reference Y, with the rows' centroids :math:`\bar x, \bar y`, the orthogonal R minimises
-    :math:`\lVert (X_r - \bar x) R - (Y_r - \bar y) \rVert_F` (orthogonal Procrustes, Schönemann 1966;
+    :math:`\\lVert (X_r - \bar x) R - (Y_r - \bar y) \rVert_F` (orthogonal Procrustes, Schönemann 1966;
     ``scipy.linalg.orthogonal_procrustes``) and the picture becomes :math:`(X - \bar x) R + \bar y`. No scaling:
     distances within each picture are kept. Returns new arrays in the order of ``coords``.
     """

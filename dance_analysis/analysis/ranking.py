@@ -7,7 +7,7 @@ queries are its relevant items. Exact, blocked matrix products; no index needed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

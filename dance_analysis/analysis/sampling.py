@@ -66,7 +66,9 @@ def softmax_stats(scores, positive_mask=None, *, temperature: float = 1.0, drop_
     elif drop_positives:
         raise ValueError("drop_positives=True needs positive_mask (which entries are positives)")
     n = s.shape[0]
-    entropy = np.empty(n); max_prob = np.empty(n); k = np.empty(n, dtype=np.int64)
+    entropy = np.empty(n)
+    max_prob = np.empty(n)
+    k = np.empty(n, dtype=np.int64)
     pos = np.empty(n) if mask is not None else None
     bad: list[np.ndarray] = []
     for start, stop in row_blocks(n, 8192):

@@ -20,8 +20,8 @@ probabilities in query retrieval; C5 a smoother, more uniform space and better r
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def _d2q_softmax_entropy(space: Space) -> np.ndarray:
 
 
 def _isotropic(stat: Callable[[np.ndarray], float]) -> Callable[[int, int], float]:
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def reference(n: int, dim: int) -> float:
         return float(cm.isotropic_reference(stat, n, dim, reps=20, seed=0)["mean"])
     return reference

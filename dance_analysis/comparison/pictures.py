@@ -10,7 +10,7 @@ aligned_pca`); ``nearest`` (arm -> (per query, per passage) mean cosine to the 1
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

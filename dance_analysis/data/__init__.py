@@ -15,8 +15,8 @@ This package knows nothing about models: tokenisation takes any Hugging Face tok
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import DanceError
 from .cache import cache_root
@@ -25,6 +25,7 @@ from .splits import cross_validation_splits, seeded_splits
 from .tokens import TokenCache, build_token_cache, cached_tokens
 
 __all__ = [
+    "cross_validation_splits",
     "Collection", "Corpus", "FileCorpus", "InMemoryCorpus", "TokenCache", "build_token_cache", "cache_root",
     "cached_tokens", "load_collection", "seeded_splits",
 ]

@@ -10,15 +10,14 @@ millions of documents never has all its texts in memory.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import logging
 import os
 from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -136,8 +135,7 @@ class InMemoryCorpus(Corpus):
         self._row: dict[str, int] | None = None
 
     def iter_texts(self) -> Iterator[tuple[str, str]]:
-        for doc_id, text in zip(self.ids.tolist(), self._texts):
-            yield doc_id, text
+        yield from zip(self.ids.tolist(), self._texts)
 
     def texts(self, ids: Sequence[str]) -> list[str]:
         if self._row is None:
@@ -191,7 +189,7 @@ class FileCorpus(Corpus):
         self._file = fingerprint
 
     @classmethod
-    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> "FileCorpus":
+    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> FileCorpus:
         """Index ``path`` (one validating pass, or the cached index of an unchanged large file)."""
         if format not in FORMATS:
             raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -210,7 +208,7 @@ class FileCorpus(Corpus):
         return corpus
 
     @classmethod
-    def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> "FileCorpus":
+    def _index(cls, path, format: str, fingerprint: dict, gz: bool, progress: bool | None) -> FileCorpus:
         from tqdm.auto import tqdm
 
         parser = FORMATS[format].corpus
@@ -355,7 +353,7 @@ class Collection:
             raise DanceError(f"unknown split {split!r} of collection {self.name}; expected one of: {valid}")
         return list(self.splits[split])
 
-    def with_splits(self, splits: dict[str, list[str]]) -> "Collection":
+    def with_splits(self, splits: dict[str, list[str]]) -> Collection:
         """The same collection with other named query splits (e.g. a cross-validation fold's)."""
         return dataclasses.replace(self, splits={name: list(qids) for name, qids in splits.items()})
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ..errors import DanceError, InputError
 from .collection import Collection, Corpus, FileCorpus

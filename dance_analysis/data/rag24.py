@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..atomic import building_dir, remove_dir
 from ..errors import DanceError, InputError
+from ..logs import NOTICE
 from .cache import cache_root
 from .collection import Collection, InMemoryCorpus
 from .formats import decode, iter_lines, read_qrels
@@ -127,7 +128,7 @@ def fetch(cache_dir: str | os.PathLike | None = None) -> Path:
             return final
         logger.warning("%s: the cached sample files are incomplete or changed; fetching them again", final)
         remove_dir(final)
-    print(f"fetching the {NAME} data ({REQUIREMENT} source distribution, ~28 MB) into {final}", file=sys.stderr)
+    logger.log(NOTICE, "fetching the %s data (%s source distribution, ~28 MB) into %s", NAME, REQUIREMENT, final)
     with building_dir(final, replace=False) as staging:  # concurrent fetches: the first one published is kept
         with tempfile.TemporaryDirectory(prefix="dance-rag24-") as download_dir:
             sdist = _download_sdist(Path(download_dir))

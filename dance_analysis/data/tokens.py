@@ -23,8 +23,9 @@ import json
 import os
 import re
 from array import array
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class TokenCache:
         self.max_length = int(meta["max_length"])
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "TokenCache":
+    def open(cls, path: str | os.PathLike) -> TokenCache:
         """Open a cache folder (token ids memory-mapped read-only); a damaged folder is a :class:`DanceError`."""
         folder = Path(path)
         meta_path = folder / "meta.json"
@@ -100,7 +101,7 @@ class TokenCache:
         i = int(i) % len(self)
         return self.tokens[int(self.offsets[i]):int(self.offsets[i + 1])]
 
-    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)``: int64 tensors [B, L] padded with ``pad_id`` to the longest row."""
         import torch
 

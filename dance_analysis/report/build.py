@@ -9,12 +9,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
-from .compute import AnalysisSettings, compute_all
 from .comparison_figures import make_comparison_figures, projection_panels
+from .compute import AnalysisSettings, compute_all
 from .figures import make_figures
 from .inputs import RunInput, check_dims, collection_spec, resolve_inputs
 from .render import build_tables, check_replaceable, render_html, write_report
@@ -84,7 +84,7 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     settings = settings or AnalysisSettings()
     runs = resolve_inputs(paths)
     spec = collection_spec(runs, collection)
-    log(f"inputs: " + ", ".join(f"{run.name} ({run.kind}, {len(run.subjects)} checkpoint(s))" for run in runs))
+    log("inputs: " + ", ".join(f"{run.name} ({run.kind}, {len(run.subjects)} checkpoint(s))" for run in runs))
     coll = load_collection(spec, min_relevance=min_relevance)
     dim = check_dims(runs, settings.encoder_overrides)
     log(f"collection: {coll.name} ({len(coll.corpus)} documents, {len(coll.queries)} queries); dimension {dim}")

@@ -11,7 +11,8 @@ analysed queries themselves (a report does not know the training queries of ever
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -52,8 +52,9 @@ def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return encode_figure(fig, f"fig-{claim['claim']}", f"{claim['claim']}: levels of the primary metrics",
-                         "Each arm's value with its 95 % CI (pooled units, or mean over folds with the bootstrap inside "
-                         "folds); dotted: the value of an isotropic Gaussian sample of the same size, where it applies.")
+                         "Each arm's value with its 95 % CI (pooled units, or mean over folds with the bootstrap "
+                         "inside folds); dotted: the value of an isotropic Gaussian sample of the same size, where it "
+                         "applies.")
 
 
 def _short(text: str, width: int = 38) -> str:
@@ -157,7 +158,8 @@ def _contours(ax, points: np.ndarray, color: str) -> None:
         return
     lo, hi = points.min(axis=0), points.max(axis=0)
     pad = 0.1 * (hi - lo + 1e-9)
-    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60))
+    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60),
+                         np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60))
     z = kde(np.vstack([xs.ravel(), ys.ravel()])).reshape(xs.shape)
     ax.contour(xs, ys, z, levels=4, colors=color, linewidths=0.7, alpha=0.8)
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -515,7 +516,7 @@ def enable_umap_compile_cache() -> int:
             import umap.umap_  # noqa: F401  (imports every umap / pynndescent module that UMAP.fit uses)
             from numba.core.caching import NullCache
             from numba.core.registry import CPUDispatcher
-    except Exception:  # noqa: BLE001 - an optimisation only
+    except Exception:  # an optimisation only
         return 0
     for name, module in list(sys.modules.items()):
         if not name.startswith(("umap", "pynndescent")) or module is None:
@@ -525,7 +526,7 @@ def enable_umap_compile_cache() -> int:
                 try:
                     obj.enable_caching()
                     switched += 1
-                except Exception:  # noqa: BLE001 - no writable cache location: compile as usual
+                except Exception:  # no writable cache location: compile as usual
                     pass
     return switched
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

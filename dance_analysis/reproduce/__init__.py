@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..cli.common import user_errors_exit_2
 from .arms import ARMS, TRAINED, ZERO_SHOT, run_dir, train_command

@@ -8,9 +8,9 @@ stages). Stage 1 against ANCE isolates the normalisation, DANCE against stage 1 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import DanceError
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from ..atomic import building_dir, write_json
+from ..comparison import FoldUnits, Space, build_space, compare, fold_units, load_vectors
 from ..errors import DanceError
 from ..training import checkpoint as ckpt
 from ..training.config import load_recipe
 from .arms import ARMS, CONTRASTS, TRAINED, ZERO_SHOT, run_dir
-from ..comparison import FoldUnits, Space, build_space, compare, fold_units, load_vectors
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import building_dir, write_text
+from ..comparison import METRIC_BY_KEY, METRICS, RANKING_KEYS
 from ..errors import DanceError
 from ..index import Rankings
 from ..runs import write_trec_run
 from .arms import ARM_BY_NAME, ARMS
-from ..comparison import METRIC_BY_KEY, METRICS, RANKING_KEYS
 from .timing import Clock, duration
 
 README_START = "<!-- rag24-results:start -->"
@@ -38,8 +38,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-        mem_kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
-                          if l.startswith("MemTotal")))
+        mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")))
         memory = f", {mem_kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
@@ -94,7 +94,8 @@ def ranking_table(results: dict) -> list[str]:
 def difference_table(results: dict) -> list[str]:
     """Markdown: per contrast, each ranking metric's paired difference, CI, p and (MRR@10) the detectable size."""
     keys = [k for k in RANKING_KEYS if k in results["levels"]]
-    lines = ["| difference | " + " | ".join(METRIC_BY_KEY[k].label for k in keys) + " | MRR@10 detectable (80 % power) |",
+    lines = ["| difference | " + " | ".join(METRIC_BY_KEY[k].label for k in keys)
+             + " | MRR@10 detectable (80 % power) |",
              "|---|" + "---|" * (len(keys) + 1)]
     for c in results["contrasts"]:
         cells = []
@@ -184,7 +185,8 @@ def readme(results: dict, clock: Clock, run_files: list[str]) -> str:
             for a in exp["arms"]) + ".",
         f"- {exp['folds']}-fold cross-validation over all {results['collection']['queries']} queries (fold seed "
         f"{exp['fold_seed']}, training seed {exp['seed']}): each fold trains on the other "
-        f"{exp['folds'] - 2} folds, selects the checkpoint with the best dev MRR@10 on the next fold, tests on its own. Tested queries (with a relevant passage, "
+        f"{exp['folds'] - 2} folds, selects the checkpoint with the best dev MRR@10 on the next fold, tests on its "
+        "own. Tested queries (with a relevant passage, "
         f"grade >= {results['collection']['min_relevance']}) per fold: "
         f"{', '.join(str(f['test_queries']) for f in folds)} ({sum(f['test_queries'] for f in folds)} in all); "
         f"whole corpus of {results['collection']['documents']:,} passages.",
@@ -243,9 +245,8 @@ def json_ready(results: dict) -> dict:
 def write_outputs(results: dict, out: Path, project_readme: Path, clock: Clock) -> Path:
     """Write the report folder (atomically) and update the project README; returns ``out``."""
     from ..comparison.pictures import figure_arrays
-    from ..report.experiment import render_experiment
-
     from ..report.build import git_revision, package_versions
+    from ..report.experiment import render_experiment
 
     spaces = results["_spaces"]
     results["provenance"] = {"git": git_revision(), "versions": package_versions(), "machine": machine(),

@@ -1,8 +1,10 @@
 """Training of ANCE / DANCE dual encoders with negatives from a refreshed ANN index (``dance-train``).
 
-Modules: ``config`` (typed recipes), ``loop`` (the trainer), ``refresh`` (encode, search, mine, evaluate),
-``async_refresh`` (the separate miner process), ``checkpoint`` (atomic checkpoints, exact resume state),
-``distributed`` (torchrun / DDP).
+Modules: ``config`` (typed recipes; ``config_help`` prints them with their help), ``loop`` (the trainer's loop),
+``run_folder`` (the run directory), ``run_log`` (metrics log, TensorBoard, messages), ``optim`` (AdamW and the
+schedule), ``instances`` (the instance stream), ``state`` (trainer state for exact resume, committing
+checkpoints), ``refresh`` (encode, search, mine, evaluate), ``async_refresh`` (the separate miner process),
+``checkpoint`` (checkpoint folders, exact resume state), ``distributed`` (torchrun / DDP).
 
     from dance_analysis.training import load_recipe, train
     result = train(load_recipe("train/demo-dance.yaml"), "runs/demo-dance")

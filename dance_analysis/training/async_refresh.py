@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,8 +39,11 @@ from typing import Any
 
 from ..atomic import building_dir, publish_dir, replace_dir, write_json
 from ..errors import DanceError
+from ..logs import NOTICE, show_messages
 from . import checkpoint as ckpt
 from .faults import fault_point
+
+logger = logging.getLogger("dance_analysis.training.async_refresh")  # __name__ is __main__ in the miner
 
 REFRESH_DIR = "refresh"
 STOP_FILE = "STOP"
@@ -110,7 +114,7 @@ class MinerHandle:
     def revive(self) -> bool:
         """Restart the miner if it has died; returns whether it did.
 
-        Prints one warning per death on stderr (training goes on with the set in use meanwhile); raises
+        Logs one warning per death (training goes on with the set in use meanwhile); raises
         :class:`DanceError` when the miner dies again after :data:`MAX_RESTARTS` restarts.
         """
         if self.proc is None or self.proc.poll() is None:
@@ -121,8 +125,8 @@ class MinerHandle:
                              f"restart(s); see {self.log_path}")
         self.restarts += 1
         using = f"the negatives of step {self.using}" if self.using is not None else "no negatives yet"
-        print(f"warning: the negative miner stopped (exit status {code}, see {self.log_path}); training goes on "
-              f"with {using} and the miner is restarted", file=sys.stderr, flush=True)
+        logger.warning("warning: the negative miner stopped (exit status %s, see %s); training goes on with %s "
+                       "and the miner is restarted", code, self.log_path, using)
         self.start()
         return True
 
@@ -270,7 +274,7 @@ class Miner:
             return None
 
     def _say(self, text: str) -> None:
-        print(f"[miner {time.strftime('%H:%M:%S')}] {text}", flush=True)
+        logger.log(NOTICE, text)
 
     def run(self) -> int:
         """Watch and refresh until asked to stop; returns the exit status."""
@@ -337,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override mining.device")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    show_messages(stream="stdout", fmt="[miner %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         return Miner(args.run_dir, args.parent_pid, args.device).run()
     except DanceError as exc:

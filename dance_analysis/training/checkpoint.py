@@ -119,7 +119,7 @@ def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DanceError(f"{path}: file missing from the checkpoint") from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+    except Exception as exc:  # a corrupt or foreign file
         raise DanceError(f"{path}: not a loadable checkpoint file ({type(exc).__name__}: {exc})") from None
 
 

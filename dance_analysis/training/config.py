@@ -49,17 +49,37 @@ class ModelConfig:
     (the Linear starts as the identity, so training starts at the backbone's own vectors).
     """
 
-    backbone: str = "minilm"
-    select: str = field(default="best", metadata=_choices("best", "last"))
-    pooling: str | None = field(default=None, metadata=_choices("cls", "mean"))
-    head: str | None = field(default=None, metadata=_choices("none", "linear", "linear+layernorm"))
-    normalize: bool | None = None
-    doc_layernorm: bool | None = None
-    temperature: float | None = None
-    shared: bool | None = None
-    query_max_length: int | None = None
-    doc_max_length: int | None = None
-    head_init: str = field(default="normal", metadata=_choices("normal", "identity"))
+    backbone: str = field(default="minilm", metadata={"help": "the starting encoder: an alias (minilm), a model "
+                                                              "folder, a hub name, a released ANCE checkpoint, a "
+                                                              "checkpoint-<step> folder or a run directory"})
+    select: str = field(default="best", metadata={"help": "which checkpoint of a run directory given as backbone: "
+                                                          "best by checkpoint.best_metric, or last",
+                                                  **_choices("best", "last")})
+    pooling: str | None = field(default=None, metadata={"help": "pooling of the token vectors: cls (first token) or "
+                                                                "mean; null keeps the backbone's",
+                                                        **_choices("cls", "mean")})
+    head: str | None = field(default=None, metadata={"help": "head on the pooled vector: none, linear, or "
+                                                             "linear+layernorm (ANCE); null keeps the backbone's",
+                                                     **_choices("none", "linear", "linear+layernorm")})
+    normalize: bool | None = field(default=None, metadata={"help": "L2-normalise the output vectors (DANCE's "
+                                                                   "representation normalisation); null keeps the "
+                                                                   "backbone's"})
+    doc_layernorm: bool | None = field(default=None, metadata={"help": "false: the document side skips the head's "
+                                                                       "LayerNorm (the DANCE reference code with "
+                                                                       "normalize); null keeps the backbone's"})
+    temperature: float | None = field(default=None, metadata={"help": "scores are (q . d) / temperature in the "
+                                                                      "losses (DANCE: 0.01 with normalize); null "
+                                                                      "keeps the backbone's"})
+    shared: bool | None = field(default=None, metadata={"help": "one tower for queries and documents (true) or two "
+                                                                "towers (false); null keeps the backbone's"})
+    query_max_length: int | None = field(default=None, metadata={"help": "tokens per query (the paper: 64); null "
+                                                                         "keeps the backbone's"})
+    doc_max_length: int | None = field(default=None, metadata={"help": "tokens per document, FirstP (the paper: "
+                                                                       "512); null keeps the backbone's"})
+    head_init: str = field(default="normal", metadata={"help": "how a new head's Linear starts: normal (ANCE/BERT's "
+                                                               "N(0, 0.02^2)) or identity (training starts at the "
+                                                               "backbone's own vectors)",
+                                                       **_choices("normal", "identity")})
 
     def overrides(self) -> dict[str, Any]:
         """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
@@ -82,29 +102,45 @@ class DataConfig:
     those parts.
     """
 
-    collection: Union[str, dict] = "rag24-sample"
-    min_relevance: int | None = None
-    train_split: str = "train"
-    dev_split: str | None = "dev"
-    max_train_queries: int | None = None
-    max_dev_queries: int | None = None
-    cache_dir: str | None = None
-    folds: int | None = None
-    fold: int = 0
-    fold_seed: int = 13
+    collection: str | dict = field(default="rag24-sample", metadata={"help": "the collection: rag24-sample, "
+                                                                             "irds:<id>, a BEIR folder, a YAML "
+                                                                             "manifest path, or a manifest mapping"})
+    min_relevance: int | None = field(default=None, metadata={"help": "the grade that counts as relevant; null: the "
+                                                                      "collection's (2 for rag24-sample, else 1)"})
+    train_split: str = field(default="train", metadata={"help": "query split to train on"})
+    dev_split: str | None = field(default="dev", metadata={"help": "query split evaluated at every refresh "
+                                                                   "(checkpoint selection); null: none"})
+    max_train_queries: int | None = field(default=None, metadata={"help": "keep a seeded random subset of this many "
+                                                                          "training queries; null: all"})
+    max_dev_queries: int | None = field(default=None, metadata={"help": "keep a seeded random subset of this many "
+                                                                        "dev queries; null: all"})
+    cache_dir: str | None = field(default=None, metadata={"help": "folder of the token caches; null: <cache "
+                                                                  "root>/tokens ($DANCE_CACHE or the user cache)"})
+    folds: int | None = field(default=None, metadata={"help": "k-fold cross-validation over all queries (fold = test, "
+                                                              "next fold = dev, the rest = train); null: the "
+                                                              "collection's own splits"})
+    fold: int = field(default=0, metadata={"help": "which fold is the test part (0 .. folds - 1)"})
+    fold_seed: int = field(default=13, metadata={"help": "seed of the query shuffle that makes the folds"})
 
 
 @dataclass
 class LossConfig:
-    """The objective: ``ance`` = w_q2d * L_q2d; ``dance`` = w_q2d * L_q2d + w_d2q * L_d2q (PAPER.md section 2)."""
+    """The objective: ``ance`` = w_q2d * L_q2d; ``dance`` = w_q2d * L_q2d + w_d2q * L_d2q (Li et al., DANCE,
+    ICTIR 2021, section 3); built into :class:`~dance_analysis.losses.DanceObjective`."""
 
-    objective: str = field(default="ance", metadata=_choices("ance", "dance"))
-    w_q2d: float = 1.0
-    w_d2q: float = 0.1
-    in_batch: bool = False
-    w_align: float = 0.0
-    w_uniform: float = 0.0
-    uniform_t: float = 2.0
+    objective: str = field(default="ance", metadata={"help": "ance: the document-retrieval loss only; dance: adds "
+                                                             "the dual query-retrieval loss",
+                                                     **_choices("ance", "dance")})
+    w_q2d: float = field(default=1.0, metadata={"help": "weight of the document-retrieval loss L_q2d (q -> d)"})
+    w_d2q: float = field(default=0.1, metadata={"help": "weight of the dual query-retrieval loss L_d2q (d -> q; "
+                                                        "objective dance only; the paper: 0.1)"})
+    in_batch: bool = field(default=False, metadata={"help": "also use the other instances of the batch as negatives"})
+    w_align: float = field(default=0.0, metadata={"help": "weight of the alignment regulariser on (q, d+) pairs "
+                                                          "(Wang & Isola; 0: off)"})
+    w_uniform: float = field(default=0.0, metadata={"help": "weight of the uniformity regulariser on queries and "
+                                                            "documents (Wang & Isola; 0: off)"})
+    uniform_t: float = field(default=2.0, metadata={"help": "t of the uniformity regulariser, log mean exp(-t ||x_i "
+                                                            "- x_j||^2) (the DANCE code: 5)"})
 
 
 @dataclass
@@ -116,26 +152,36 @@ class OptimConfig:
     ``precision`` ``auto`` is fp16 autocast on CUDA and fp32 on the CPU. ``grad_clip`` 0 turns clipping off.
     """
 
-    optimizer: str = field(default="adamw", metadata=_choices("adamw"))
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    max_steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "fp16", "bf16"))
-    seed: int = 42
-    device: str = "auto"
-    deterministic: bool = True
+    optimizer: str = field(default="adamw", metadata={"help": "the optimiser (AdamW; biases and 1-d parameters "
+                                                              "without weight decay)",
+                                                      **_choices("adamw")})
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0 at "
+                                                           "max_steps"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
+    batch_size: int = field(default=32, metadata={"help": "training instances (q, d+, d-, q-) per optimizer step "
+                                                          "over all processes and accumulation steps"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (batch_size must be a "
+                                                         "multiple)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this value; 0: no clipping"})
+    precision: str = field(default="auto", metadata={"help": "autocast precision: auto is fp16 on CUDA and fp32 on "
+                                                             "the CPU",
+                                                     **_choices("auto", "fp32", "fp16", "bf16")})
+    seed: int = field(default=42, metadata={"help": "seed of the initial head, the instance order, mining and "
+                                                    "dropout"})
+    device: str = field(default="auto", metadata={"help": "training device: auto (CUDA when present), cpu or "
+                                                          "cuda[:N]"})
+    deterministic: bool = field(default=True, metadata={"help": "deterministic CUDA kernels (slower, reproducible)"})
 
 
 @dataclass
 class MiningConfig:
-    """Negatives from the ANN index, refreshed every ``refresh_every`` optimizer steps (PAPER.md section 3).
+    """Negatives from the ANN index, refreshed every ``refresh_every`` optimizer steps (Xiong et al., ANCE, ICLR
+    2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
     ``mode`` ``sync`` pauses training for the refresh; ``async`` runs it in a separate miner process that watches
     for new checkpoints (on ``device``; ``auto`` = the last CUDA device when there are several, else the CPU) while
@@ -159,61 +205,88 @@ class MiningConfig:
     or every query is a candidate of every document (the paper: 200 of about 367,000).
     """
 
-    refresh_every: int = 1000
-    mode: str = field(default="sync", metadata=_choices("sync", "async"))
-    top_k: int = 200
-    query_top_k: int | None = None
-    n: int = 20
-    fraction: float = 1.0
-    final_refresh: bool = True
-    encode_batch_size: int = 64
-    device: str = "auto"
-    embeddings_dtype: str = field(default="float32", metadata=_choices("float32", "float16"))
-    save_embeddings: bool = True
-    dev_k: int = 100
-    poll_seconds: float = 1.0
-    max_staleness: int | None = None
-    cache_initial_embeddings: bool = False
-    index: str = "Flat"
-    index_params: str = ""
+    refresh_every: int = field(default=1000, metadata={"help": "refresh the negatives (and write a checkpoint) "
+                                                               "every this many optimizer steps"})
+    mode: str = field(default="sync", metadata={"help": "sync: training pauses for each refresh; async: a separate "
+                                                        "miner process refreshes while training goes on",
+                                                **_choices("sync", "async")})
+    top_k: int = field(default=200, metadata={"help": "candidates retrieved per query (and per positive document "
+                                                      "for query negatives) to draw negatives from"})
+    query_top_k: int | None = field(default=None, metadata={"help": "candidate queries each positive document "
+                                                                    "retrieves for the DANCE query negatives; keep "
+                                                                    "it well below the training queries; null: "
+                                                                    "top_k"})
+    n: int = field(default=20, metadata={"help": "negatives drawn at random from the candidates per training line"})
+    fraction: float = field(default=1.0, metadata={"help": "share of the training queries mined per refresh, "
+                                                           "rotating (the reference code's chunk factor)"})
+    final_refresh: bool = field(default=True, metadata={"help": "also refresh at the last step when it is not a "
+                                                                "multiple of refresh_every"})
+    encode_batch_size: int = field(default=64, metadata={"help": "batch size of the corpus and query encoding at a "
+                                                                 "refresh"})
+    device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the last CUDA device "
+                                                          "when there are several, else the CPU"})
+    embeddings_dtype: str = field(default="float32", metadata={"help": "dtype of the embeddings saved in "
+                                                                       "checkpoints",
+                                                               **_choices("float32", "float16")})
+    save_embeddings: bool = field(default=True, metadata={"help": "keep each refresh's corpus and query embeddings "
+                                                                  "in its checkpoint (for analysis)"})
+    dev_k: int = field(default=100, metadata={"help": "documents retrieved per dev query for the dev metrics (at "
+                                                      "least 10)"})
+    poll_seconds: float = field(default=1.0, metadata={"help": "how often the async miner looks for new checkpoints"})
+    max_staleness: int | None = field(default=None, metadata={"help": "async: wait for the miner when the negatives "
+                                                                      "in use are this many steps old; null: never "
+                                                                      "wait (ANCE)"})
+    cache_initial_embeddings: bool = field(default=False, metadata={"help": "keep the initial refresh's embeddings "
+                                                                            "in the cache, so runs from the same "
+                                                                            "model encode the collection once"})
+    index: str = field(default="Flat", metadata={"help": "faiss index_factory description of the document-mining "
+                                                         "search; Flat: exact (the paper)"})
+    index_params: str = field(default="", metadata={"help": "search-time parameters of index, e.g. nprobe=32 or "
+                                                            "efSearch=128; empty: faiss' defaults"})
 
 
 @dataclass
 class CheckpointConfig:
     """Which checkpoints to keep: the last ``keep_last`` (``None``: all) plus the best by ``best_metric``."""
 
-    keep_last: int | None = None
-    keep_best: bool = True
-    best_metric: str = "MRR@10"
+    keep_last: int | None = field(default=None, metadata={"help": "keep the last this many checkpoints (plus the "
+                                                                  "best); null: keep all"})
+    keep_best: bool = field(default=True, metadata={"help": "never delete the checkpoint with the best dev "
+                                                            "best_metric"})
+    best_metric: str = field(default="MRR@10", metadata={"help": "dev metric that picks the best checkpoint"})
 
 
 @dataclass
 class LogConfig:
     """Feedback: a JSONL line every ``every`` steps, TensorBoard events, a progress bar (``None``: when a TTY)."""
 
-    every: int = 1
-    tensorboard: bool = True
-    progress: bool | None = None
+    every: int = field(default=1, metadata={"help": "write a metrics.jsonl line every this many steps"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events into <run>/tensorboard"})
+    progress: bool | None = field(default=None, metadata={"help": "show a progress bar; null: when stderr is a "
+                                                                  "terminal"})
 
 
 @dataclass
 class Recipe:
     """A whole training recipe."""
 
-    name: str = "run"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    name: str = field(default="run", metadata={"help": "the run's name (default output directory runs/<name>)"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the encoder to start from"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the collection and its query splits"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the training objective"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimisation: AdamW, schedule, "
+                                                                               "batch, precision, seed"})
+    mining: MiningConfig = field(default_factory=MiningConfig, metadata={"help": "negatives from the refreshed "
+                                                                                 "ANN index"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "which checkpoints "
+                                                                                             "to keep"})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"help": "metrics log, TensorBoard, progress bar"})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able dict of every field."""
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         """Check values that the types alone do not (ranges, divisibility); raise :class:`DanceError`."""
         checks = [
             (self.optim.lr > 0, "optim.lr must be > 0"),

@@ -48,11 +48,28 @@ from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
 from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, run_refresh, summary_line
-from .run_folder import (BEST_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, check_run_dir,
-                         init_run_dir, resolve_backbone, truncate_metrics)
+from .run_folder import (
+    BEST_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    check_run_dir,
+    init_run_dir,
+    resolve_backbone,
+    truncate_metrics,
+)
 from .run_log import RunLog
-from .state import (checkpoint_meta, commit, find_negatives, gather_rng, read_trainer_state, restore_optimisation,
-                    restore_rng, save_trainer_state)
+from .state import (
+    checkpoint_meta,
+    commit,
+    find_negatives,
+    gather_rng,
+    read_trainer_state,
+    restore_optimisation,
+    restore_rng,
+    save_trainer_state,
+)
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "InstanceStream", "TrainResult", "Trainer",
@@ -102,7 +119,7 @@ class _Towers(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, q_ids, q_mask, d_ids, d_mask):  # noqa: D401 - nn.Module API
+    def forward(self, q_ids, q_mask, d_ids, d_mask):
         return self.model.encode(q_ids, q_mask, "query"), self.model.encode(d_ids, d_mask, "doc")
 
 
@@ -138,7 +155,7 @@ class Trainer:
             yield
         except DanceError:
             raise
-        except Exception as exc:  # noqa: BLE001 - only write failures are translated, the rest is re-raised
+        except Exception as exc:  # only write failures are translated, the rest is re-raised
             cause = ckpt.write_failure(exc)
             if cause is None:
                 raise

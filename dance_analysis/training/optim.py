@@ -6,7 +6,7 @@ followed by a linear decay to 0 at ``optim.max_steps``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

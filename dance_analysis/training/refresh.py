@@ -3,7 +3,8 @@
 With the current weights: encode the corpus and every query of the collection from the token cache (split over
 the ranks of a distributed job and gathered on rank 0), search the training queries' top-K documents, mine
 document negatives (and, for DANCE, query negatives from an index over the training queries), evaluate the dev
-queries, and write embeddings / negatives / dev metrics into a checkpoint folder (PAPER.md section 3).
+queries, and write embeddings / negatives / dev metrics into a checkpoint folder (the ANCE loop: Xiong et al.,
+ANCE, ICLR 2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
 Search runs on the GPU when there is one (see :func:`dance_analysis.index.search`), on the CPU otherwise.
 """
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..analysis.snapshot import refresh_geometry
 from ..atomic import building_dir, write_json
 from ..errors import DanceError
-from ..analysis.snapshot import refresh_geometry
 from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs, rotation_slice
 from ..mining import summary as negatives_summary
 from .config import Recipe

@@ -1,15 +1,18 @@
 """What a training run reports: the metrics log (``metrics.jsonl``), TensorBoard scalars, and one-line
-messages for the user (through the progress bar when one is shown, so that it is not torn)."""
+messages for the user (logged at :data:`~dance_analysis.logs.NOTICE`; ``dance-train`` prints them on stderr)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
+from ..logs import NOTICE
 from .run_folder import METRICS_FILE, TENSORBOARD_DIR
+
+logger = logging.getLogger(__name__)
 
 
 def finite(value: Any) -> Any:
@@ -26,7 +29,7 @@ def finite(value: Any) -> Any:
 class RunLog:
     """The metrics log and the messages of one run; every method is a no-op on ranks other than the main one.
 
-    ``bar`` is the loop's progress bar while it is shown (messages then go through it).
+    ``bar`` is the loop's progress bar while it is shown.
     """
 
     def __init__(self, run_dir: Path, *, is_main: bool = True):
@@ -67,13 +70,10 @@ class RunLog:
                         self.writer.add_scalar(f"{section}/{key}", value, step)
 
     def say(self, text: str) -> None:
-        """A message for the user on stderr, through the progress bar when it is shown."""
-        if not self.is_main:
-            return
-        if self.bar is not None and not self.bar.disable:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        """A message for the user (:data:`~dance_analysis.logs.NOTICE`; the command prints it without tearing
+        the progress bar)."""
+        if self.is_main:
+            logger.log(NOTICE, text)
 
     def close(self) -> None:
         """Close the progress bar, TensorBoard and the metrics file."""
