@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli.common import user_errors_exit_2
+from ..logs import messages_shown
 from .arms import ARMS, TRAINED, ZERO_SHOT, run_dir, train_command
 from .timing import Clock
 from .write import README_END, README_START
@@ -61,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
 
 @user_errors_exit_2
 def main(argv: Sequence[str] | None = None) -> int:
+    with messages_shown():
+        return _run(_parser().parse_args(argv), argv)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from ..cli import train
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = _parser().parse_args(argv)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock(runs_dir / "reproduce-timings.json")
