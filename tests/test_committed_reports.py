@@ -21,9 +21,10 @@ from dance_analysis import reproduce
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "rag24"
 
-pytestmark = pytest.mark.skipif(not (REPORT / "metrics.json").is_file(), reason="reports/rag24 is not committed")
+committed = pytest.mark.skipif(not (REPORT / "metrics.json").is_file(), reason="reports/rag24 is not committed")
 
 
+@committed
 def test_readme_tables_match_metrics_json():
     rs.check_readme_tables(REPORT, [REPORT / "README.md", ROOT / "README.md"])
     rs.check_claims_table(REPORT)
@@ -31,6 +32,7 @@ def test_readme_tables_match_metrics_json():
     assert section.count(reproduce.README_START) == 1 and section.count(reproduce.README_END) == 1
 
 
+@committed
 def test_committed_run_files_score_like_metrics_json_on_the_real_qrels():
     from dance_analysis.data import load_collection
 
@@ -41,12 +43,22 @@ def test_committed_run_files_score_like_metrics_json_on_the_real_qrels():
     assert rs.check_run_files(REPORT, qrels) == len(rs.ARMS)
 
 
+@committed
 def test_main_contrast_agrees_with_scipy_on_the_committed_values():
     rs.check_main_contrast_with_scipy(REPORT)
 
 
+@committed
 def test_report_records_how_it_was_made():
     metrics = json.loads((REPORT / "metrics.json").read_text())
     assert metrics["experiment"]["command"] == reproduce.COMMAND
     assert "+dirty" not in metrics["provenance"]["git"], "reports/rag24 must be made from committed code"
     assert metrics["experiment"]["folds"] == reproduce.FOLDS
+
+
+@pytest.mark.parametrize("folder", ["rag24", "demo"])
+def test_committed_report_pages_stay_under_6_mb(folder):
+    page = ROOT / "reports" / folder / "index.html"
+    if not page.is_file():
+        pytest.skip(f"reports/{folder} is not committed")
+    assert page.stat().st_size < 6 * 2**20, f"{page}: {page.stat().st_size / 2**20:.1f} MB"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .columns import trajectory_columns
+
 #: Resolution of the embedded PNGs.
 DPI = 100
 
@@ -243,17 +245,6 @@ def lorenz_curves(results: dict) -> Figure | None:
                    "spread.")
 
 
-TRAJECTORY_PANELS = (
-    ("q2d MRR@10", lambda s: s["ranking"]["q2d"].get("MRR@10")),
-    ("d2q MRR@10", lambda s: s["ranking"]["d2q"].get("MRR@10")),
-    ("alignment", lambda s: s["alignment_uniformity"]["alignment"]),
-    ("uniformity (q+d)", lambda s: s["alignment_uniformity"]["uniformity"]["both"]["value"]),
-    ("query mean cosine", lambda s: s["geometry"]["queries"]["mean_cosine"]),
-    ("query IsoScore", lambda s: s["geometry"]["queries"]["isoscore"]),
-    ("q-d centroid distance", lambda s: s["geometry"]["qd"]["centroid_distance"]),
-    ("d2q softmax entropy", lambda s: (s["sampling"].get("d2q_softmax") or {}).get("entropy_norm_mean")),
-)
-
 
 def trajectories(results: dict) -> Figure | None:
     """Metrics over the checkpoints of each run (runs with at least two checkpoints)."""
@@ -263,9 +254,8 @@ def trajectories(results: dict) -> Figure | None:
     if not runs:
         return None
     colors = _colors(len(results["runs"]))
-    panels = list(TRAJECTORY_PANELS)
-    if any(s.get("dev_metrics") and "MRR@10" in s["dev_metrics"] for _, run in runs for s in run["subjects"]):
-        panels.insert(1, ("dev MRR@10 (trainer)", lambda s: (s.get("dev_metrics") or {}).get("MRR@10")))
+    panels = [(c.trajectory, c.value) for c in trajectory_columns()
+              if any(c.value(s) is not None for _, run in runs for s in run["subjects"])]
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.9 * rows), squeeze=False)

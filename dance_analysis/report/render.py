@@ -23,6 +23,7 @@ from typing import Any
 
 from ..atomic import building_dir
 from ..errors import DanceError
+from .columns import SIDES, TABLES, table_columns
 
 TEMPLATE = "report.html"
 #: Files a report folder may contain; an existing --out folder with anything else is not replaced.
@@ -83,23 +84,21 @@ def _get(d: Any, *keys: str) -> Any:
 
 
 def build_tables(results: dict) -> dict[str, Table]:
-    """Every table of the report (each also written as ``<name>.csv``)."""
-    from .compute import D2Q_KS, Q2D_MEASURES
-
+    """The report's tables (one CSV each): the per-checkpoint tables from the registry
+    :data:`~dance_analysis.report.columns.COLUMNS` (one row per subject; the geometry table one per subject and
+    side), and the claims table from the comparison."""
     tables: dict[str, Table] = {}
-
-    t = Table("ranking", "Ranking metrics",
-              ["run", "subject", "step", "embeddings", "queries"] + [f"q2d {m}" for m in Q2D_MEASURES]
-              + ["d2q MRR@10"] + [f"d2q R@{k}" for k in D2Q_KS] + ["d2q documents", "dev MRR@10 (trainer)"])
-    for run, s, rep in _subject_rows(results):
-        q2d, d2q = s["ranking"]["q2d"], s["ranking"]["d2q"]
-        t.rows.append([run["name"], s["label"], s["step"], s["embeddings_source"], q2d.get("queries")]
-                      + [q2d.get(m) for m in Q2D_MEASURES] + [d2q.get("MRR@10")]
-                      + [d2q.get(f"R@{k}") for k in D2Q_KS]
-                      + [d2q.get("n_docs"), _get(s, "dev_metrics", "MRR@10")])
-        t.highlight.append(rep)
-    tables["ranking"] = t
-
+    for name, title in TABLES.items():
+        columns = table_columns(name)
+        sides = SIDES if name == "geometry" else (None,)
+        t = Table(name, title, ["run", "subject", "step"] + (["side"] if name == "geometry" else [])
+                  + [c.label for c in columns])
+        for run, s, rep in _subject_rows(results):
+            for side in sides:
+                t.rows.append([run["name"], s["label"], s["step"]] + ([side] if side else [])
+                              + [c.value(s, side) for c in columns])
+                t.highlight.append(rep)
+        tables[name] = t
     cmp = results["comparison"]
     treatment, control = cmp["claims_from"] or ("", "")
     t = Table("claims", "Claims C1-C5",
@@ -114,69 +113,8 @@ def build_tables(results: dict) -> dict[str, Table]:
                            claim["verdict"]])
             t.highlight.append(bool(row["primary"]))
     tables["claims"] = t
-
-    t = Table("geometry", "Anisotropy and isotropy",
-              ["run", "subject", "step", "side", "rows", "mean pairwise cosine", "PC1 share", "PC10 share",
-               "PC50 share", "|mean| / mean norm", "IsoScore", "effective rank", "I(W)", "norm mean",
-               "norm std"])
-    for run, s, rep in _subject_rows(results):
-        for side in ("queries", "documents", "both"):
-            g = s["geometry"][side]
-            t.rows.append([run["name"], s["label"], s["step"], side, g.get("rows"), g.get("mean_cosine"),
-                           g.get("pc1"), g.get("pc10"), g.get("pc50"), g.get("mean_vector_norm_ratio"),
-                           g.get("isoscore"), g.get("effective_rank"), g.get("partition_ratio"),
-                           _get(g, "norm", "mean"), _get(g, "norm", "std")])
-            t.highlight.append(rep)
-    tables["geometry"] = t
-
-    t = Table("query_document", "Query-document geometry",
-              ["run", "subject", "step", "centroid distance (unit)", "centroid distance (raw)",
-               "mean q-d cosine", "cos positive", "cos negative", "cos random", "dist positive",
-               "dist negative", "dist random"])
-    for run, s, rep in _subject_rows(results):
-        qd = s["geometry"]["qd"]
-        t.rows.append([run["name"], s["label"], s["step"], qd.get("centroid_distance"),
-                       qd.get("centroid_distance_raw"), qd.get("cross_mean_cosine")]
-                      + [_get(qd, g, "cosine_mean") for g in ("positive", "negative", "random")]
-                      + [_get(qd, g, "distance_mean") for g in ("positive", "negative", "random")])
-        t.highlight.append(rep)
-    tables["query_document"] = t
-
-    t = Table("alignment_uniformity", "Alignment and uniformity",
-              ["run", "subject", "step", "alignment", "uniformity queries", "uniformity documents",
-               "uniformity both", "method", "pairs"])
-    for run, s, rep in _subject_rows(results):
-        au = s["alignment_uniformity"]
-        u = au["uniformity"]
-        t.rows.append([run["name"], s["label"], s["step"], au.get("alignment"), _get(u, "queries", "value"),
-                       _get(u, "documents", "value"), _get(u, "both", "value"),
-                       "/".join(str(_get(u, side, "method")) for side in ("queries", "documents", "both")),
-                       _get(u, "both", "pairs")])
-        t.highlight.append(rep)
-    tables["alignment_uniformity"] = t
-
-    t = Table("sampling", "Negative sampling",
-              ["run", "subject", "step", "temperature", "top K", "q2d softmax entropy (norm.)",
-               "q2d max prob", "q2d positive mass", "d2q softmax entropy (norm.)", "d2q max prob",
-               "doc draws entropy (norm.)", "doc draws Gini", "docs never drawn", "query draws entropy (norm.)",
-               "query draws Gini", "queries never drawn", "refresh doc Gini", "refresh query entropy (norm.)",
-               "refresh query Gini", "refresh queries never drawn"])
-    for run, s, rep in _subject_rows(results):
-        sm = s["sampling"]
-        q2d, d2q = sm.get("q2d_softmax") or {}, sm.get("d2q_softmax") or {}
-        split = sm["split_counts"]
-        trainer = sm.get("trainer_counts") or {}
-        t.rows.append([run["name"], s["label"], s["step"], sm.get("temperature"), sm.get("top_k"),
-                       q2d.get("entropy_norm_mean"), q2d.get("max_prob_mean"), q2d.get("positive_mass_mean"),
-                       d2q.get("entropy_norm_mean"), d2q.get("max_prob_mean"),
-                       _get(split, "documents", "entropy_norm"), _get(split, "documents", "gini"),
-                       _get(split, "documents", "never_share"), _get(split, "queries", "entropy_norm"),
-                       _get(split, "queries", "gini"), _get(split, "queries", "never_share"),
-                       _get(trainer, "documents", "gini"), _get(trainer, "queries", "entropy_norm"),
-                       _get(trainer, "queries", "gini"), _get(trainer, "queries", "never_share")])
-        t.highlight.append(rep)
-    tables["sampling"] = t
     return tables
+
 
 
 # ----------------------------------------------------------------------------------------------- HTML
