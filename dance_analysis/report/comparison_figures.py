@@ -45,7 +45,7 @@ def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure
         ref = [lv.get("isotropic_reference") for lv in levels.values() if lv.get("isotropic_reference") is not None]
         if ref:
             ax.axhline(float(np.mean(ref)), color="#555", ls=":", lw=1, label="isotropic sample")
-            ax.legend(fontsize=7, loc="best", frameon=False)
+            ax.legend(fontsize=7, loc="upper right", frameon=False)
         ax.set_xticks(range(len(arms)), [labels[a].split(" (")[0].replace("DANCE stage 1", "stage 1")
                                          for a in arms], fontsize=7, rotation=20)
         ax.set_title(_short(row["label"]), fontsize=8)
@@ -107,7 +107,7 @@ def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) ->
     ax2.plot([0, 1], [0, 1], color="#999", ls=":", lw=1)
     ax2.set_xlabel("share of queries (least drawn first)", fontsize=8)
     ax2.set_ylabel("share of draws", fontsize=8)
-    ax2.legend(fontsize=7, frameon=False)
+    ax2.legend(fontsize=7, loc="upper left", frameon=False)
     for ax in (ax1, ax2):
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -188,7 +188,7 @@ def _distribution_figure(nearest: dict[str, tuple[np.ndarray, np.ndarray]],
         ax.tick_params(labelsize=6)
     axes[0][0].set_ylabel("mean cosine to the 10 nearest passages", fontsize=7)
     axes[1][0].set_ylabel("vector norm", fontsize=7)
-    axes[0][0].legend(fontsize=6, frameon=False)
+    axes[0][0].legend(fontsize=6, loc="upper left", frameon=False)
     fig.tight_layout()
     return encode_figure(fig, "fig-distributions", "Queries against passages: nearest-passage cosine and norms",
                          "Top: each test query's mean cosine to its 10 nearest passages against each passage's own "

@@ -119,7 +119,7 @@ def alignment_uniformity_plane(results: dict) -> Figure | None:
     ax.set_xlabel("alignment  (mean ||f(q) - f(d+)||², lower = better aligned)")
     ax.set_ylabel(f"uniformity  (log E exp(-{t:g}||u-v||²), lower = more uniform)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper right")
     return encode_figure(fig, "fig-au-plane", "Alignment-uniformity plane",
                    "One point per checkpoint (numbers: steps) and run; a star marks the checkpoint that stands "
                    "for a run. Lower-left is better on both axes (Wang & Isola 2020). Uniformity over queries "
@@ -144,7 +144,7 @@ def pca_spectra(results: dict) -> Figure | None:
     ax.set_xlabel("principal component")
     ax.set_ylabel("share of variance")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return encode_figure(fig, "fig-spectrum", "PCA spectra",
                    "Share of the variance on each of the first principal components (solid: queries, dashed: "
                    "documents). A steep drop means a few dominant directions (anisotropy).")
@@ -169,7 +169,7 @@ def cosine_histograms(results: dict) -> Figure | None:
         ax.set_xlabel("cosine(q, d)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of pairs")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="upper left")
     return encode_figure(fig, "fig-cosines", "Query-document cosines",
                    "Cosine between each query and its relevant documents (positive), the documents the ANCE "
                    "sampler draws from its top-K (negative) and random documents.")
@@ -204,7 +204,7 @@ def sampling_entropy(results: dict) -> Figure | None:
         ax.set_xlabel("normalised entropy of the softmax (1 = uniform)")
         ax.grid(alpha=0.3)
         if any_drawn:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper right")
     axes[0][0].set_ylabel("share of rows")
     return encode_figure(fig, "fig-softmax", "Negative-sampling softmax",
                    "Per row, the softmax over its top-K retrieval scores at the training temperature: a "
@@ -238,7 +238,7 @@ def lorenz_curves(results: dict) -> Figure | None:
         ax.set_xlabel(f"share of {side} (least drawn first)")
         ax.set_ylabel("share of draws")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     return encode_figure(fig, "fig-lorenz", "Lorenz curves of negative draws",
                    "Solid: the samplers applied to the analysed split; dashed: the trainer's counts at the "
                    "checkpoint's refresh (negatives/). The closer to the diagonal, the more evenly negatives are "
@@ -246,36 +246,45 @@ def lorenz_curves(results: dict) -> Figure | None:
 
 
 
+def _over_steps(results: dict, runs: list, panels: list, fig_id: str, title: str, caption: str) -> Figure:
+    """A grid of panels, one line per run over training steps; ``panels``: (title, run -> (steps, values))."""
+    plt = pyplot()
+    colors = _colors(len(results["runs"]))
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.8 * rows), squeeze=False)
+    for k, (panel, series) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        for i, run in runs:
+            steps, values = series(run)
+            if len(steps):
+                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    return encode_figure(fig, fig_id, title, caption)
+
+
 def trajectories(results: dict) -> Figure | None:
     """Metrics over the checkpoints of each run (runs with at least two checkpoints)."""
-    plt = pyplot()
     runs = [(i, run) for i, run in enumerate(results["runs"])
             if len(run["subjects"]) > 1 and all(s["step"] is not None for s in run["subjects"])]
     if not runs:
         return None
-    colors = _colors(len(results["runs"]))
-    panels = [(c.trajectory, c.value) for c in trajectory_columns()
+
+    def series(column):
+        return lambda run: ([s["step"] for s in run["subjects"]], [_num(column.value(s)) for s in run["subjects"]])
+
+    panels = [(c.trajectory, series(c)) for c in trajectory_columns()
               if any(c.value(s) is not None for _, run in runs for s in run["subjects"])]
-    cols = 3
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.9 * rows), squeeze=False)
-    for k, (title, getter) in enumerate(panels):
-        ax = axes[k // cols][k % cols]
-        for i, run in runs:
-            steps = [s["step"] for s in run["subjects"]]
-            values = [_num(getter(s)) for s in run["subjects"]]
-            ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    for k in range(len(panels), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.tight_layout()
-    return encode_figure(fig, "fig-trajectory", "Trajectories over checkpoints",
-                   "Each point is one checkpoint of a run, in step order; all numbers are computed on the "
-                   "analysed split, except the trainer's dev metric.")
+    return _over_steps(results, runs, panels, "fig-trajectory", "Trajectories over checkpoints",
+                       "Each point is one checkpoint of a run, in step order; all numbers are computed on the "
+                       "analysed split, except the trainer's dev metric.")
 
 
 def training_loss(results: dict) -> Figure | None:
@@ -297,7 +306,7 @@ def training_loss(results: dict) -> Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return encode_figure(fig, "fig-training-loss", "Training loss",
                    "The loss logged by the trainer (metrics.jsonl); dotted lines mark the analysed checkpoints.")
 
@@ -312,34 +321,21 @@ REFRESH_PANELS = (
 def refresh_trajectories(results: dict) -> Figure | None:
     """The space statistics the trainer logged at every refresh (metrics.jsonl), per run: how the space moved
     while training, also where no checkpoint kept its embeddings."""
-    plt = pyplot()
     runs = [(i, run) for i, run in enumerate(results["runs"]) if len(run.get("refresh_log") or []) > 1]
     if not runs:
         return None
-    colors = _colors(len(results["runs"]))
-    panels = [(key, title) for key, title in REFRESH_PANELS
+
+    def series(key):
+        def points(run):
+            rows = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
+            return ([r[0] for r in rows], [r[1] for r in rows])
+        return points
+
+    panels = [(title, series(key)) for key, title in REFRESH_PANELS
               if any(key in row for _, run in runs for row in run["refresh_log"])]
-    cols = 3
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.7 * rows), squeeze=False)
-    for k, (key, title) in enumerate(panels):
-        ax = axes[k // cols][k % cols]
-        for i, run in runs:
-            points = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    for k in range(len(panels), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.tight_layout()
-    return encode_figure(fig, "fig-refresh", "The space at every refresh, as the trainer logged it",
-                         "Training and dev queries against the whole corpus, computed by the trainer when it "
-                         "re-encoded the collection (metrics.jsonl); no embeddings need to be kept.")
+    return _over_steps(results, runs, panels, "fig-refresh", "The space at every refresh, as the trainer logged it",
+                       "Training and dev queries against the whole corpus, computed by the trainer when it "
+                       "re-encoded the collection (metrics.jsonl); no embeddings need to be kept.")
 
 
 def make_figures(results: dict, arrays: dict) -> dict[str, Figure]:
