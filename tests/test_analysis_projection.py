@@ -19,9 +19,9 @@ def runs():
 
 def test_stacked_shares_one_fit_and_is_deterministic(runs):
     a, b = runs
-    out = P.umap_project([a, b], seed=1)
+    out = P.umap_project([a, b], fit="stacked", seed=1)
     assert [o.shape for o in out] == [(120, 2), (120, 2)] and all(np.isfinite(o).all() for o in out)
-    again = P.umap_project([a, b], seed=1)
+    again = P.umap_project([a, b], fit="stacked", seed=1)
     np.testing.assert_array_equal(out[0], again[0])
     np.testing.assert_array_equal(out[1], again[1])
     # nearly identical runs share axes: each point lands near its counterpart
@@ -33,6 +33,32 @@ def test_stacked_shares_one_fit_and_is_deterministic(runs):
     within = max(np.linalg.norm(out[0][labels == k] - cent[k], axis=1).mean() for k in range(3))
     between = min(np.linalg.norm(cent[i] - cent[j]) for i in range(3) for j in range(i + 1, 3))
     assert between > 2 * within
+
+
+def test_procrustes_align_undoes_a_rotation_reflection_and_shift_over_the_chosen_rows():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(50, 2))
+    angle = 0.7
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.diag([1.0, -1.0])
+    moved = ref @ turn + np.array([5.0, -2.0])
+    moved[:10] += rng.normal(size=(10, 2))          # rows outside the fitted ones may differ
+    out = P.procrustes_align([ref, moved], rows=slice(10, None))
+    np.testing.assert_allclose(out[0], ref, atol=1e-12)
+    np.testing.assert_allclose(out[1][10:], ref[10:], atol=1e-10)
+    assert np.abs(out[1][:10] - ref[:10]).max() > 0.1
+    with pytest.raises(ValueError, match="align"):
+        P.procrustes_align([ref, moved[:20]])
+
+
+def test_aligned_umap_is_each_run_fitted_then_moved_onto_the_first(runs):
+    a, b = runs
+    aligned = P.umap_project([a, b], seed=1, align_rows=slice(40, None))
+    each = P.umap_project([a, b], fit="each", seed=1)
+    for got, want in zip(aligned, P.procrustes_align(each, rows=slice(40, None))):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    # the second picture moved: its shared rows are closer to the first picture's than before
+    before = np.linalg.norm(each[1][40:] - each[0][40:])
+    assert np.linalg.norm(aligned[1][40:] - aligned[0][40:]) <= before + 1e-9
 
 
 def test_each_mode_and_errors(runs):
