@@ -66,7 +66,7 @@ def test_each_mode_and_errors(runs):
     each = P.umap_project([a, b[:, :8]], fit="each", seed=0)
     assert each[0].shape == (120, 2) and each[1].shape == (120, 2)
     with pytest.raises(ValueError, match="dimension"):
-        P.umap_project([a, b[:, :8]])
+        P.umap_project([a, b[:, :8]], fit="stacked")
     with pytest.raises(ValueError, match="fit"):
         P.umap_project([a], fit="first")
 
