@@ -34,7 +34,7 @@ from .mining import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplitNegatives", "mine_split", "saved_embeddings_folder", "summary_table"]
+__all__ = ["SplitNegatives", "mine_split", "save_vectors", "saved_embeddings_folder", "summary_table"]
 
 
 @dataclass
@@ -123,16 +123,30 @@ def _vectors(model: str, collection, query_ids: list[str], *, reencode: bool, ba
     return np.asarray(queries.vectors), corpus.vectors, "encoded"
 
 
+def save_vectors(folder: str | os.PathLike, corpus_ids, corpus_vectors, query_ids, query_vectors) -> Path:
+    """Write a folder of saved embeddings (``corpus.npy``, ``corpus.ids.npy``, ``queries.npy``,
+    ``queries.ids.npy``) atomically: what ``dance-mine`` and ``dance-analyze`` accept as MODEL."""
+    from .atomic import building_dir
+    from .embeddings import Embeddings
+
+    with building_dir(folder) as tmp:
+        Embeddings(np.asarray(corpus_ids).astype(str), np.asarray(corpus_vectors)).save(tmp / "corpus")
+        Embeddings(np.asarray(query_ids).astype(str), np.asarray(query_vectors)).save(tmp / "queries")
+    return Path(folder)
+
+
 def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20, top_k: int = 200,
                rules: CandidateRules | None = None, seed: int = 0, exclude_grade: int | None = None,
                reencode: bool = False, batch_size: int = 64, device: str = "auto",
                overrides: dict | None = None, progress: bool = True,
-               vectors: tuple[np.ndarray, np.ndarray] | None = None) -> SplitNegatives:
+               vectors: tuple[np.ndarray, np.ndarray] | None = None,
+               save_embeddings: str | os.PathLike | None = None) -> SplitNegatives:
     """Mine ``n`` document negatives for every query of ``split`` that has a relevant document.
 
     ``model``: a checkpoint (its saved embeddings are used when they cover the collection, unless ``reencode``
     or encoder ``overrides`` are given), a folder of saved embeddings, or anything :func:`dance_analysis.pipeline
     .load_model` loads. ``vectors`` (query vectors in split order, corpus vectors in corpus order) skips both.
+    ``save_embeddings``: a folder to keep the vectors in (:func:`save_vectors`), to mine again without encoding.
     Candidates: the exact top ``top_k`` documents, minus documents judged with a grade >= ``exclude_grade``
     (``None``: 1, as the trainer), narrowed by ``rules``; drawn with ``numpy.random.default_rng(seed)``.
     """
@@ -157,6 +171,8 @@ def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20,
                                                          overrides=dict(overrides or {}), progress=progress)
     else:
         query_vectors, corpus_vectors = vectors
+    if save_embeddings is not None:
+        save_vectors(save_embeddings, corpus_ids, corpus_vectors, query_ids, query_vectors)
     k = min(top_k, len(corpus_ids))
     rankings = search(query_vectors, corpus_vectors, k, query_ids=query_ids, doc_ids=corpus_ids,
                       device="cpu" if device == "cpu" else "auto")

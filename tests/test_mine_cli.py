@@ -184,10 +184,14 @@ def test_a_model_is_encoded_as_the_pipeline_encodes(tmp_path, one_torch_thread, 
     queries = embed_queries(model, collection, qids, progress=False)
     folder = write_embeddings(tmp_path / "emb", corpus.ids, corpus.vectors, queries.ids, queries.vectors)
     outs = []
-    for source in (encoder, folder):
+    kept = tmp_path / "kept"
+    for source in (encoder, folder, kept):
         out = tmp_path / f"{source.name}.jsonl"
+        extra = ["--save-embeddings", str(kept)] if source == encoder else []
         assert mine_main([str(source), "--collection", str(manifest), "--split", "train", "--top-k", "10", "--n",
-                          "3", "--out", str(out)]) == 0
+                          "3", "--out", str(out), *extra]) == 0
         outs.append([json.loads(line) for line in out.read_text().splitlines()])
     assert [r["negative_ids"] for r in outs[0]] == [r["negative_ids"] for r in outs[1]]
+    assert [r["negative_ids"] for r in outs[0]] == [r["negative_ids"] for r in outs[2]]   # the kept vectors
     assert len(outs[0]) == len(qids)
+    assert np.array_equal(np.load(kept / "queries.ids.npy"), np.asarray(qids))

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--seed", type=int, default=0, help="seed of the random draw (default: %(default)s)")
     encoding = parser.add_argument_group("encoding (when MODEL has no saved embeddings)")
     encoding.add_argument("--reencode", action="store_true", help="encode even when saved embeddings exist")
+    encoding.add_argument("--save-embeddings", type=Path, default=None, metavar="DIR",
+                          help="keep the corpus and query vectors in DIR (a folder MODEL can name next time: "
+                               "mining again skips encoding)")
     encoding.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     encoding.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
     encoding.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
     result = mine_split(args.model, collection, args.split, n=args.n, top_k=args.top_k, rules=rules, seed=args.seed,
                         exclude_grade=args.exclude_grade, reencode=args.reencode, batch_size=args.batch_size,
-                        device=args.device, overrides=overrides)
+                        device=args.device, overrides=overrides, save_embeddings=args.save_embeddings)
     written = FORMATS[args.format](output_path(args.out), result, collection)
     s = result.settings
     print(f"{Path(str(args.model).rstrip('/')).name} on {collection.name} / {args.split}: {s['queries']} queries, "
