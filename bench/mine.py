@@ -225,14 +225,15 @@ def main(argv: list[str] | None = None) -> int:
                    "project, encoding": project_encode, "sentence-transformers, encoding": st_encode}
         times: dict[str, list[float]] = {name: [] for name in methods}
         for rep in range(max(args.reps, args.encode_reps)):
+            ran = []
             for name, fn in methods.items():
                 if rep >= (args.encode_reps if "encoding" in name else args.reps):
                     continue
                 started = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - started)
-            print(f"repetition {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if v),
-                  flush=True)
+                ran.append(name)
+            print(f"repetition {rep + 1}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in ran), flush=True)
         med = {name: statistics.median(v) for name, v in times.items() if v}
         print(f"\n{'path':<34} {'median s':>9}  per repetition")
         for name, value in med.items():
