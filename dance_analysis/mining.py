@@ -9,10 +9,20 @@ The rankings are any object with the fields of :class:`dance_analysis.index.Rank
 ``doc_ids`` (str [N]), ``indices`` (int64 [nq, k], -1 = no hit) and ``scores``. The mined negatives and the counts
 of how often each document / query was drawn are kept in a :class:`NegativeSet`, saved as the checkpoint's
 ``negatives/`` folder.
+
+Which candidates may be drawn, and how, is set by :class:`CandidateRules` (the defaults are the paper's: every
+retrieved candidate but the judged positives, drawn uniformly at random): a rank window (``range_min`` /
+``range_max``, as sentence-transformers' ``mine_hard_negatives`` and FlagEmbedding's ``--range_for_sampling``),
+margins against the positive's score (a candidate is skipped when its score exceeds ``pos - absolute_margin`` or
+``pos - |pos| * relative_margin``), a maximum score, and ``top`` instead of ``random`` sampling. NV-Retriever
+(Moreira et al., arXiv 2407.15831, 2024, the section on positive-aware mining methods) compares these rules; its
+best setting is the relative margin with the top candidates ("TopK-PercPos", 95 %). How many candidates each rule
+skipped is counted in a :class:`MiningStats`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,10 +37,15 @@ from .atomic import building_dir
 from .errors import DanceError, InputError
 
 __all__ = [
+    "CandidateRules",
+    "MiningStats",
     "mine_document_negatives",
     "mine_query_negatives",
     "rotation_slice",
     "positive_pairs",
+    "document_positive_scores",
+    "pair_scores",
+    "negative_grades",
     "NegativeSet",
     "summary",
     "summary_line",
@@ -86,6 +101,17 @@ def _check_rankings(rankings: Any, what: str) -> tuple[np.ndarray, np.ndarray, n
     return query_ids, doc_ids, indices.astype(np.int64, copy=False)
 
 
+def _ranking_scores(rankings: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The first ``shape[1]`` score columns of ``rankings`` (float64), checked against the indices' shape."""
+    scores = getattr(rankings, "scores", None)
+    if scores is None:
+        raise DanceError("the margin / max_score rules need rankings with scores")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != shape[0] or scores.shape[1] < shape[1]:
+        raise DanceError(f"expected scores of shape [{shape[0]}, >= {shape[1]}], got {scores.shape}")
+    return scores[:, :shape[1]]
+
+
 def _top_columns(indices: np.ndarray, top_k: int | None) -> np.ndarray:
     if top_k is None:
         return indices
@@ -94,31 +120,220 @@ def _top_columns(indices: np.ndarray, top_k: int | None) -> np.ndarray:
     return indices[:, :top_k]     # rankings with fewer than top_k columns: all of them are within the top_k
 
 
-def _sample_rows(candidates: np.ndarray, excluded: np.ndarray, n: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Draw up to n valid entries of each row uniformly without replacement; -1 padding at the end of the row.
+SAMPLINGS = ("random", "top")
+#: What range_min / range_max count: positions in the retrieved list, or among the candidates left by the rules.
+RANK_WINDOWS = ("retrieved", "candidates")
+#: The rules that skip candidates, in the order they are applied (``rank_window`` last when it counts candidates).
+RULES = ("rank_window", "absolute_margin", "relative_margin", "max_score")
 
-    Valid = not -1, not ``excluded``, and the first occurrence of its value in the row (duplicates dropped).
-    Uniform random keys per entry, the n smallest keys among the valid ones: a uniformly random n-subset
-    in a uniformly random order.
+
+@dataclass(frozen=True)
+class CandidateRules:
+    """Which retrieved candidates may be drawn as negatives, and how N of them are drawn.
+
+    The candidates of a row are its retrieved entries (the first ``top_k`` columns of the rankings) minus empty
+    places (-1), repeated entries and the judged positives. Then, in this order:
+
+    - ``range_min`` / ``range_max`` (0-based, half-open ``[range_min, range_max)``; ``range_max`` None = every
+      retrieved column): with ``rank_window="retrieved"`` they are positions in the retrieved list, positives
+      and skipped candidates included (FlagEmbedding's ``--range_for_sampling 2-200`` is ``range_min=2,
+      range_max=200``); with ``rank_window="candidates"`` they are positions among the candidates that are left
+      after the positives and the score rules below, as sentence-transformers' ``mine_hard_negatives`` counts
+      them (``range_min=5`` then always skips the five best remaining candidates).
+    - ``absolute_margin``: skip a candidate whose score s > pos - absolute_margin.
+    - ``relative_margin``: skip a candidate whose score s > pos - |pos| * relative_margin, which is
+      pos * (1 - relative_margin) for pos >= 0. The absolute value keeps the threshold below the positive when
+      its score is negative (there pos * (1 - m) would lie above it); sentence-transformers uses the same form.
+    - ``max_score``: skip a candidate whose score s > max_score.
+
+    ``pos`` is the positive's score: for document negatives the LOWEST score among the query's positive pairs
+    (the query's negatives serve every one of its positive pairs, so a negative must pass against each; the same
+    choice as sentence-transformers), for query negatives the score s(q, d+) of the pair itself. A row without a
+    positive score (NaN) has nothing skipped by the margins. Scores are those of the rankings (inner products).
+
+    ``sampling``: ``random`` draws min(N, #left) of the remaining candidates uniformly without replacement (the
+    paper); ``top`` takes the first N in rank order (NV-Retriever's TopK-* methods). The defaults are the paper's
+    (Xiong et al., ANCE, ICLR 2021, section 3: the top 200 minus the positives, N drawn at random).
+    """
+
+    range_min: int = 0
+    range_max: int | None = None
+    rank_window: str = "retrieved"
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    max_score: float | None = None
+    sampling: str = "random"
+
+    def __post_init__(self) -> None:
+        def fail(message: str) -> None:
+            raise DanceError(f"mining rules: {message}")
+
+        if isinstance(self.range_min, bool) or not isinstance(self.range_min, (int, np.integer)) \
+                or self.range_min < 0:
+            fail(f"range_min must be an integer >= 0, got {self.range_min!r}")
+        if self.range_max is not None and (isinstance(self.range_max, bool)
+                                           or not isinstance(self.range_max, (int, np.integer))
+                                           or self.range_max <= self.range_min):
+            fail(f"range_max must be an integer > range_min ({self.range_min}), or None, got {self.range_max!r}")
+        if self.rank_window not in RANK_WINDOWS:
+            fail(f"rank_window must be one of {', '.join(RANK_WINDOWS)}, got {self.rank_window!r}")
+        if self.sampling not in SAMPLINGS:
+            fail(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        for name in ("absolute_margin", "relative_margin", "max_score"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                fail(f"{name} must be a finite number or None, got {value!r}")
+
+    @property
+    def needs_scores(self) -> bool:
+        """True when a rule reads the candidates' scores."""
+        return any(v is not None for v in (self.absolute_margin, self.relative_margin, self.max_score))
+
+    @property
+    def needs_positive_scores(self) -> bool:
+        """True when a margin rule compares the candidates with the positive's score."""
+        return self.absolute_margin is not None or self.relative_margin is not None
+
+    @property
+    def is_default(self) -> bool:
+        """True for the paper's rules (the whole retrieved list minus the positives, drawn at random)."""
+        return self == CandidateRules()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rules as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MiningStats:
+    """What the rules did to the candidates of one or more mining calls (counts add up over calls).
+
+    ``rows`` mined rows (queries, or positive pairs for query negatives); ``retrieved`` retrieved entries (not -1);
+    ``repeated`` entries dropped as repeats of an earlier entry of the row; ``judged`` entries dropped as judged
+    positives (or, for query negatives, queries judged on d+ and q itself); ``candidates`` what was left;
+    ``skipped`` candidates skipped by each rule (each counted by the first rule that skips it, in the order of
+    :data:`RULES`); ``eligible`` candidates left to draw from; ``drawn`` negatives drawn; ``rows_short`` rows with
+    fewer than N negatives drawn (``rows_empty`` of them with none); ``n`` the N asked for.
+    """
+
+    rows: int = 0
+    retrieved: int = 0
+    repeated: int = 0
+    judged: int = 0
+    candidates: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULES, 0))
+    eligible: int = 0
+    drawn: int = 0
+    rows_short: int = 0
+    rows_empty: int = 0
+    n: int = 0
+
+    def add(self, other: MiningStats) -> MiningStats:
+        """Add the counts of ``other`` to these (in place); returns self."""
+        for name in ("rows", "retrieved", "repeated", "judged", "candidates", "eligible", "drawn", "rows_short",
+                     "rows_empty"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for rule in RULES:
+            self.skipped[rule] = self.skipped.get(rule, 0) + other.skipped.get(rule, 0)
+        self.n = max(self.n, other.n)
+        return self
+
+    def to_dict(self, prefix: str = "") -> dict[str, int]:
+        """Flat JSON-able counts: ``{prefix}candidates``, ``{prefix}skipped.<rule>``, ... ."""
+        out = {f"{prefix}{name}": int(getattr(self, name)) for name in
+               ("rows", "retrieved", "repeated", "judged", "candidates", "eligible", "drawn", "rows_short",
+                "rows_empty")}
+        out.update({f"{prefix}skipped.{rule}": int(self.skipped.get(rule, 0)) for rule in RULES})
+        return out
+
+
+def _duplicates(candidates: np.ndarray) -> np.ndarray:
+    """True where an entry repeats an earlier entry of its row (in a stable sort of each row, an entry equal to
+    its predecessor is a later occurrence)."""
+    order = np.argsort(candidates, axis=1, kind="stable")
+    sorted_vals = np.take_along_axis(candidates, order, axis=1)
+    dup_sorted = np.zeros(candidates.shape, dtype=bool)
+    dup_sorted[:, 1:] = sorted_vals[:, 1:] == sorted_vals[:, :-1]
+    duplicate = np.zeros(candidates.shape, dtype=bool)
+    np.put_along_axis(duplicate, order, dup_sorted, axis=1)
+    return duplicate
+
+
+def _eligible(candidates: np.ndarray, excluded: np.ndarray, scores: np.ndarray | None,
+              positive_scores: np.ndarray | None, rules: CandidateRules,
+              stats: MiningStats | None) -> np.ndarray:
+    """The entries of each row that may be drawn (bool, same shape as ``candidates``), counting what each rule
+    skipped into ``stats``. See :class:`CandidateRules` for the order of the rules."""
+    rows, k = candidates.shape
+    retrieved = candidates >= 0
+    repeated = retrieved & _duplicates(candidates)
+    judged = retrieved & ~repeated & excluded
+    keep = retrieved & ~repeated & ~excluded
+    skipped = dict.fromkeys(RULES, 0)
+    n_candidates = int(keep.sum())
+
+    def apply(rule: str, hit: np.ndarray) -> None:
+        nonlocal keep
+        hit = keep & hit
+        skipped[rule] += int(hit.sum())
+        keep = keep & ~hit
+
+    columns = np.arange(k)
+    range_max = k if rules.range_max is None else rules.range_max
+    if rules.rank_window == "retrieved" and (rules.range_min > 0 or range_max < k):
+        apply("rank_window", ((columns < rules.range_min) | (columns >= range_max))[None, :])
+    if rules.needs_scores:
+        if scores is None:
+            raise DanceError("the margin / max_score rules need the rankings' scores")
+        score = np.asarray(scores, dtype=np.float64)
+        if score.shape != candidates.shape:
+            raise DanceError(f"scores of shape {score.shape} do not match the candidates {candidates.shape}")
+        if rules.needs_positive_scores:
+            if positive_scores is None:
+                raise DanceError("the margin rules need the positive's score of every row (positive_scores=)")
+            pos = np.asarray(positive_scores, dtype=np.float64).reshape(-1)
+            if len(pos) != rows:
+                raise DanceError(f"expected {rows} positive scores (one per row), got {len(pos)}")
+            with np.errstate(invalid="ignore"):
+                if rules.absolute_margin is not None:
+                    apply("absolute_margin", score > (pos - rules.absolute_margin)[:, None])
+                if rules.relative_margin is not None:
+                    apply("relative_margin", score > (pos - np.abs(pos) * rules.relative_margin)[:, None])
+        if rules.max_score is not None:
+            apply("max_score", score > rules.max_score)
+    if rules.rank_window == "candidates" and (rules.range_min > 0 or range_max < k):
+        position = np.cumsum(keep, axis=1) - 1        # rank among the candidates left, at the kept entries
+        apply("rank_window", (position < rules.range_min) | (position >= range_max))
+    if stats is not None:
+        stats.add(MiningStats(rows=rows, retrieved=int(retrieved.sum()), repeated=int(repeated.sum()),
+                              judged=int(judged.sum()), candidates=n_candidates, skipped=skipped,
+                              eligible=int(keep.sum())))
+    return keep
+
+
+def _sample_rows(candidates: np.ndarray, eligible: np.ndarray, n: int, rng: np.random.Generator,
+                 sampling: str = "random") -> np.ndarray:
+    """Draw up to n eligible entries of each row without replacement; -1 padding at the end of the row.
+
+    ``random``: uniform random keys per entry, the n smallest keys among the eligible ones: a uniformly random
+    n-subset in a uniformly random order. ``top``: the first n eligible entries in column (rank) order; no random
+    numbers are drawn.
     """
     rows, k = candidates.shape
     out = np.full((rows, n), -1, dtype=np.int64)
     if rows == 0 or k == 0 or n == 0:
         return out
     take = min(n, k)
+    if sampling == "top":
+        order = np.argsort(~eligible, axis=1, kind="stable")[:, :take]
+        picked = np.take_along_axis(candidates, order, axis=1)
+        out[:, :take] = np.where(np.take_along_axis(eligible, order, axis=1), picked, -1)
+        return out
     for start in range(0, rows, _ROW_CHUNK):
         stop = min(rows, start + _ROW_CHUNK)
         cand = candidates[start:stop]
-        valid = (cand >= 0) & ~excluded[start:stop]
-        # Duplicates: in a stable sort of each row, an entry equal to its predecessor is a later occurrence.
-        order = np.argsort(cand, axis=1, kind="stable")
-        sorted_vals = np.take_along_axis(cand, order, axis=1)
-        dup_sorted = np.zeros_like(valid)
-        dup_sorted[:, 1:] = sorted_vals[:, 1:] == sorted_vals[:, :-1]
-        duplicate = np.zeros_like(valid)
-        np.put_along_axis(duplicate, order, dup_sorted, axis=1)
-        valid &= ~duplicate
+        valid = eligible[start:stop]
         keys = rng.random(cand.shape)
         keys[~valid] = 2.0
         if take < k:
@@ -133,6 +348,23 @@ def _sample_rows(candidates: np.ndarray, excluded: np.ndarray, n: int,
     return out
 
 
+def _draw(candidates: np.ndarray, excluded: np.ndarray, scores: np.ndarray | None,
+          positive_scores: np.ndarray | None, n: int, rng: np.random.Generator | int | None,
+          rules: CandidateRules | None, stats: MiningStats | None) -> np.ndarray:
+    rules = rules or CandidateRules()
+    own = MiningStats()
+    eligible = _eligible(candidates, excluded, scores, positive_scores, rules, own)
+    negatives = _sample_rows(candidates, eligible, n, _as_rng(rng), rules.sampling)
+    if stats is not None:
+        drawn = (negatives >= 0).sum(axis=1)
+        own.drawn = int(drawn.sum())
+        own.rows_short = int((drawn < n).sum())
+        own.rows_empty = int((drawn == 0).sum()) if n else 0
+        own.n = n
+        stats.add(own)
+    return negatives
+
+
 def _counts(negatives: np.ndarray, size: int) -> np.ndarray:
     drawn = negatives[negatives >= 0]
     return np.bincount(drawn, minlength=size).astype(np.int64)
@@ -140,7 +372,9 @@ def _counts(negatives: np.ndarray, size: int) -> np.ndarray:
 
 def mine_document_negatives(rankings: Any, positives: Positives, n: int,
                             rng: np.random.Generator | int | None, top_k: int | None = None, *,
-                            min_grade: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                            min_grade: int = 1, rules: CandidateRules | None = None,
+                            positive_scores: np.ndarray | None = None,
+                            stats: MiningStats | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Draw document negatives for every query of ``rankings`` (the ANCE negatives).
 
     Candidates of query i: its top_k retrieved documents (all columns of ``rankings.indices`` when top_k is None
@@ -149,6 +383,10 @@ def mine_document_negatives(rankings: Any, positives: Positives, n: int,
     ``positives`` maps a query id to a set of doc ids, or to {doc id: grade}, where grade >= ``min_grade`` counts
     as a labelled positive (default 1: any positively judged document is never used as a negative). Queries
     absent from ``positives`` have none excluded.
+    ``rules`` (:class:`CandidateRules`; None = the paper's) narrow the candidates and choose random or top
+    sampling; the margin rules need ``positive_scores`` (float [nq]: per query the lowest score of its positive
+    pairs, NaN for none; :func:`document_positive_scores`), the score rules read ``rankings.scores``. ``stats``
+    (a :class:`MiningStats`) receives the counts of what each rule skipped.
     ``rng`` is a numpy Generator or a seed; the result is deterministic for a given seed.
     Returns (negatives int64 [nq, n]: indices into rankings.doc_ids, -1 padding at the end of the row;
     counts int64 [N]: how many times each document was drawn).
@@ -169,14 +407,16 @@ def mine_document_negatives(rankings: Any, positives: Positives, n: int,
     positive_codes = np.asarray(rows, dtype=np.int64)[keep] * num_docs + doc_index[keep]
     codes = np.arange(len(query_ids), dtype=np.int64)[:, None] * num_docs + candidates
     excluded = np.isin(codes, positive_codes) if len(positive_codes) else np.zeros(candidates.shape, dtype=bool)
-    negatives = _sample_rows(candidates, excluded, n, _as_rng(rng))
+    scores = _ranking_scores(rankings, candidates.shape) if rules is not None and rules.needs_scores else None
+    negatives = _draw(candidates, excluded, scores, positive_scores, n, rng, rules, stats)
     return negatives, _counts(negatives, len(doc_ids))
 
 
 def mine_query_negatives(rankings_doc_to_query: Any, pairs: Any, query_positives: Positives, n: int,
                          rng: np.random.Generator | int | None, top_k: int | None = None, *,
-                         corpus_ids: np.ndarray | None = None,
-                         min_grade: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                         corpus_ids: np.ndarray | None = None, min_grade: int = 1,
+                         rules: CandidateRules | None = None, positive_scores: np.ndarray | None = None,
+                         stats: MiningStats | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Draw query negatives for every positive pair (q, d+) (the DANCE dual-task negatives).
 
     ``rankings_doc_to_query`` ranks TRAINING QUERIES for documents: its ``query_ids`` are the ids of the anchor
@@ -188,6 +428,8 @@ def mine_query_negatives(rankings_doc_to_query: Any, pairs: Any, query_positives
     Candidates of pair (q, d+): the top_k queries of d+, minus -1 entries, minus repeated queries, minus every
     query whose labelled positives (``query_positives``: qid -> set of doc ids or {doc id: grade >= min_grade})
     include d+, and minus q itself. ``min(n, #candidates)`` are drawn uniformly at random without replacement.
+    ``rules``, ``positive_scores`` (float [np]: s(q, d+) of each pair; :func:`pair_scores`) and ``stats`` as in
+    :func:`mine_document_negatives`; a candidate query q- scores s(q-, d+) (the rankings' scores).
     Returns (negatives int64 [np, n]: indices into the training query id array, -1 padding at the end;
     counts int64 [nq]: how many times each training query was drawn).
     """
@@ -233,7 +475,10 @@ def mine_query_negatives(rankings_doc_to_query: Any, pairs: Any, query_positives
     codes = anchor_rows[:, None] * num_q + candidates
     excluded = np.isin(codes, excluded_codes) if len(excluded_codes) else np.zeros(candidates.shape, dtype=bool)
     excluded |= (candidates == pair_q[:, None]) & (pair_q[:, None] >= 0)
-    negatives = _sample_rows(candidates, excluded, n, _as_rng(rng))
+    scores = None
+    if rules is not None and rules.needs_scores:
+        scores = _ranking_scores(rankings_doc_to_query, candidates_all.shape)[anchor_rows]
+    negatives = _draw(candidates, excluded, scores, positive_scores, n, rng, rules, stats)
     return negatives, _counts(negatives, len(train_qids))
 
 
@@ -273,6 +518,62 @@ def positive_pairs(train_query_ids: Iterable[str], corpus_ids: Iterable[str], po
     pairs = pairs[pairs[:, 1] >= 0]
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     return pairs[order].astype(np.int64)
+
+
+def pair_scores(query_vectors: np.ndarray, corpus_vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """s(q, d+) = q . d+ (float64 [np]) of each pair (query row, corpus row) of ``pairs``, in blocks (no
+    [np, dim] float32 copy of a float16 corpus)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros(len(pairs), dtype=np.float64)
+    for start in range(0, len(pairs), 8192):
+        block = pairs[start:start + 8192]
+        q = np.asarray(query_vectors[block[:, 0]], dtype=np.float32)
+        d = np.asarray(corpus_vectors[block[:, 1]], dtype=np.float32)
+        out[start:start + len(block)] = np.einsum("ij,ij->i", q, d)
+    return out
+
+
+def document_positive_scores(query_vectors: np.ndarray, corpus_vectors: np.ndarray, pairs: np.ndarray,
+                             n_queries: int) -> np.ndarray:
+    """Per query row, the LOWEST score of its positive pairs (float64 [n_queries], NaN for a query without
+    one): the ``pos`` of the document-side margin rules (:class:`CandidateRules`)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.full(n_queries, np.inf)
+    np.minimum.at(out, pairs[:, 0], pair_scores(query_vectors, corpus_vectors, pairs))
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def negative_grades(negatives: np.ndarray, row_ids: np.ndarray, negative_ids: np.ndarray,
+                    qrels: Mapping[str, Mapping[str, int]]) -> np.ndarray:
+    """The judged grade of every drawn negative for its row's query: int64 like ``negatives``, 0 for an unjudged
+    negative, -1 at empty places. ``negatives`` [rows, n] index ``negative_ids``; row i belongs to query
+    ``row_ids[i]``; ``qrels`` is qid -> {doc id: grade}."""
+    negatives = np.asarray(negatives, dtype=np.int64)
+    out = np.where(negatives >= 0, 0, -1).astype(np.int64)
+    row_ids = np.asarray(row_ids).astype(str)
+    negative_ids = np.asarray(negative_ids).astype(str)
+    rows, wanted, grades = [], [], []
+    for row, qid in enumerate(row_ids.tolist()):
+        for docid, grade in (qrels.get(qid) or {}).items():
+            rows.append(row)
+            wanted.append(str(docid))
+            grades.append(int(grade))
+    if not rows or negatives.size == 0:
+        return out
+    index = _lookup(negative_ids, wanted)
+    keep = index >= 0
+    width = max(len(negative_ids), 1)
+    codes = np.asarray(rows, dtype=np.int64)[keep] * width + index[keep]
+    grade_of = np.asarray(grades, dtype=np.int64)[keep]
+    order = np.argsort(codes, kind="stable")
+    codes, grade_of = codes[order], grade_of[order]
+    drawn = negatives >= 0
+    lookup = np.arange(len(negatives), dtype=np.int64)[:, None] * width + np.maximum(negatives, 0)
+    pos = np.minimum(np.searchsorted(codes, lookup), len(codes) - 1)
+    found = drawn & (codes[pos] == lookup)
+    out[found] = grade_of[pos[found]]
+    return out
 
 
 _META_KEYS = ("step", "top_k", "n", "seed")

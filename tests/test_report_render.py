@@ -124,3 +124,26 @@ def test_cell_formatting():
     assert fmt(0.123456) == "0.1235" and fmt(1.5e-6) == "1.500e-06" and fmt(3) == "3"
     assert fmt([0.5, None]) == "0.5000, \u2013" and fmt(True) == "yes"
     assert render_module.REPORT_FILES == ("index.html", "metrics.json")
+
+
+def test_refresh_figure_shows_the_false_negative_diagnostics(tmp_path):
+    """The refresh log of a run (as read from metrics.jsonl) gives the margin panel (median with its 10-90 % band)
+    and the partly-relevant panel; a run without them shows neither."""
+    from dance_analysis.report.figures import refresh_panels, refresh_trajectories
+    from dance_analysis.report.inputs import read_refresh_log
+
+    lines = [{"step": s, "dev": {"MRR@10": 0.3}, "negatives": {"doc_negatives_drawn": 10},
+              "geometry": {"negatives.above_positive": 0.1 * s, "negatives.margin_q10": -0.5,
+                           "negatives.margin_q50": -0.2, "negatives.margin_q90": 0.01 * s,
+                           "negatives.partly_relevant": 0.05}} for s in (0, 5, 10)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    log = read_refresh_log(tmp_path / "metrics.jsonl")
+    assert [row["negatives.margin_q90"] for row in log] == [0.0, 0.05, 0.1]
+    results = {"runs": [{"name": "run", "refresh_log": log, "subjects": []}]}
+    keys = [key for key, _, _ in refresh_panels(results)]
+    assert "negatives.margin_q50" in keys and "negatives.partly_relevant" in keys
+    figure = refresh_trajectories(results)
+    assert figure is not None and png_size(base64.b64decode(figure.data_uri.split(",", 1)[1]))[0] > 0
+    plain = [{k: v for k, v in row.items() if not k.startswith("negatives.")} for row in log]
+    keys = [key for key, _, _ in refresh_panels({"runs": [{"name": "run", "refresh_log": plain}]})]
+    assert "negatives.margin_q50" not in keys and "negatives.partly_relevant" not in keys

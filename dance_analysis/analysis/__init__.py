@@ -60,7 +60,7 @@ from .sampling import (
     sampling_uniformity,
     softmax_stats,
 )
-from .snapshot import negative_score_margins, refresh_geometry
+from .snapshot import negative_score_margins, partly_relevant_share, refresh_geometry
 
 __all__ = [
     "stats",
@@ -75,5 +75,5 @@ __all__ = [
     "d2q_metrics", "d2q_ranks",
     "count_distribution_stats", "gini", "lorenz_curve", "negative_sampling_marginals", "sampling_uniformity",
     "softmax_stats",
-    "negative_score_margins", "refresh_geometry",
+    "negative_score_margins", "partly_relevant_share", "refresh_geometry",
 ]

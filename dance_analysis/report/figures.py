@@ -311,11 +311,22 @@ def training_loss(results: dict) -> Figure | None:
                    "The loss logged by the trainer (metrics.jsonl); dotted lines mark the analysed checkpoints.")
 
 
-REFRESH_PANELS = (
-    ("dev MRR@10", "dev MRR@10 (trainer)"), ("queries.mean_cosine", "query mean cosine"),
-    ("documents.mean_cosine", "document mean cosine"), ("documents.uniformity", "document uniformity (t = 2)"),
-    ("qd.mmd2", "query-document MMD²"), ("negatives.above_positive", "negatives scoring >= the positive"),
+#: (key, title, band): a panel per statistic of the refresh log; ``band`` names the keys of a shaded range.
+REFRESH_PANELS: tuple[tuple[str, str, tuple[str, str] | None], ...] = (
+    ("dev MRR@10", "dev MRR@10 (trainer)", None), ("queries.mean_cosine", "query mean cosine", None),
+    ("documents.mean_cosine", "document mean cosine", None),
+    ("documents.uniformity", "document uniformity (t = 2)", None), ("qd.mmd2", "query-document MMD²", None),
+    ("negatives.above_positive", "negatives scoring >= the positive", None),
+    ("negatives.margin_q50", "s(q, d-) - s(q, d+): median, 10-90 % band",
+     ("negatives.margin_q10", "negatives.margin_q90")),
+    ("negatives.partly_relevant", "drawn negatives judged partly relevant", None),
 )
+
+
+def refresh_panels(results: dict) -> list[tuple[str, str, tuple[str, str] | None]]:
+    """The :data:`REFRESH_PANELS` that some run's refresh log (two refreshes or more) has values for."""
+    rows = [row for run in results["runs"] if len(run.get("refresh_log") or []) > 1 for row in run["refresh_log"]]
+    return [(key, title, band) for key, title, band in REFRESH_PANELS if any(key in row for row in rows)]
 
 
 def refresh_trajectories(results: dict) -> Figure | None:
@@ -324,18 +335,41 @@ def refresh_trajectories(results: dict) -> Figure | None:
     runs = [(i, run) for i, run in enumerate(results["runs"]) if len(run.get("refresh_log") or []) > 1]
     if not runs:
         return None
-
-    def series(key):
-        def points(run):
-            rows = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
-            return ([r[0] for r in rows], [r[1] for r in rows])
-        return points
-
-    panels = [(title, series(key)) for key, title in REFRESH_PANELS
-              if any(key in row for _, run in runs for row in run["refresh_log"])]
-    return _over_steps(results, runs, panels, "fig-refresh", "The space at every refresh, as the trainer logged it",
-                       "Training and dev queries against the whole corpus, computed by the trainer when it "
-                       "re-encoded the collection (metrics.jsonl); no embeddings need to be kept.")
+    plt = pyplot()
+    colors = _colors(len(results["runs"]))
+    panels = refresh_panels(results)
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.7 * rows), squeeze=False)
+    for k, (key, title, band) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        for i, run in runs:
+            points = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+            if band is not None:
+                rows_band = [(row["step"], row[band[0]], row[band[1]]) for row in run["refresh_log"]
+                             if band[0] in row and band[1] in row]
+                if rows_band:
+                    steps, low, high = zip(*rows_band)
+                    ax.fill_between(steps, low, high, color=colors[i], alpha=0.15, linewidth=0)
+        if key.startswith("negatives.margin"):
+            ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    return encode_figure(fig, "fig-refresh", "The space at every refresh, as the trainer logged it",
+                         "Training and dev queries against the whole corpus, computed by the trainer when it "
+                         "re-encoded the collection (metrics.jsonl); no embeddings need to be kept. False "
+                         "negatives show as negatives scoring at or above their positive (margin >= 0, above the "
+                         "dashed line) and, where the judgments grade below the relevance threshold, as drawn "
+                         "negatives judged partly relevant.")
 
 
 def make_figures(results: dict, arrays: dict) -> dict[str, Figure]:

@@ -11,7 +11,8 @@ A recipe has seven sections (every key optional, defaults below)::
     optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
     mining:     {refresh_every, mode, top_k, query_top_k, n, fraction, final_refresh, encode_batch_size, device,
-                 embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
+                 embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params, range_min, range_max,
+                 rank_window, absolute_margin, relative_margin, max_score, sampling, exclude_grade}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
 
@@ -203,6 +204,21 @@ class MiningConfig:
     dev evaluation stay exact. ``query_top_k`` (``None``: ``top_k``) is the number of candidate queries each
     positive document retrieves for the DANCE query negatives; keep it well below the number of training queries,
     or every query is a candidate of every document (the paper: 200 of about 367,000).
+
+    Which candidates may be drawn (:class:`~dance_analysis.mining.CandidateRules`, where each rule is defined):
+    ``range_min`` / ``range_max`` (a rank window; ``rank_window`` says whether it counts retrieved positions, as
+    FlagEmbedding, or the candidates left after the positives and the score rules, as sentence-transformers),
+    ``absolute_margin`` / ``relative_margin`` (skip a candidate scoring above pos - margin, or
+    pos - |pos| * margin), ``max_score``, and ``sampling`` (``random``: the paper; ``top``: the first ``n``).
+    The defaults are the paper's: the top ``top_k`` minus the judged positives, ``n`` drawn at random.
+    One set of keys serves both sides. The query side (DANCE) scores a candidate query q- by s(q-, d+) against
+    the pair's own s(q, d+): the same inner product and the same meaning of "too close to the positive" (a query
+    to which d+ may be relevant), so a recipe states its false-negative policy once, as the paper uses the same
+    top-200 / 20 on both sides. Only the depth differs, because the query side searches a far smaller pool (the
+    training queries): ``query_top_k``, and ``range_max`` is cut to it there. ``exclude_grade`` (``None``: 1)
+    is the lowest judged grade never drawn as a negative: the default keeps every positively judged document
+    out; set it to the relevance threshold (2 on rag24-sample) to keep only the relevant ones out, and the
+    refresh diagnostics show how often partly relevant documents are then drawn (``negatives.partly_relevant``).
     """
 
     refresh_every: int = field(default=1000, metadata={"help": "refresh the negatives (and write a checkpoint) "
@@ -243,6 +259,48 @@ class MiningConfig:
                                                          "search; Flat: exact (the paper)"})
     index_params: str = field(default="", metadata={"help": "search-time parameters of index, e.g. nprobe=32 or "
                                                             "efSearch=128; empty: faiss' defaults"})
+    range_min: int = field(default=0, metadata={"help": "first rank (0-based) of the window negatives are drawn "
+                                                    "from; FlagEmbedding's --range_for_sampling 2-200 is range_min 2, "
+                                                    "range_max 200"})
+    range_max: int | None = field(default=None, metadata={"help": "end (exclusive) of the rank window, at most "
+                                                                  "top_k; null: top_k (query side: query_top_k)"})
+    rank_window: str = field(default="retrieved", metadata={"help": "what range_min / range_max count: retrieved "
+                                                                    "positions (positives and skipped included, "
+                                                                    "as FlagEmbedding), or candidates left after "
+                                                                    "the positives and the score rules (as "
+                                                                    "sentence-transformers)",
+                                                            **_choices("retrieved", "candidates")})
+    absolute_margin: float | None = field(default=None, metadata={"help": "skip a candidate scoring above pos - "
+                                                                          "absolute_margin (pos: the positive's "
+                                                                          "score); null: off"})
+    relative_margin: float | None = field(default=None, metadata={"help": "skip a candidate scoring above pos - "
+                                                                          "|pos| * relative_margin (pos * (1 - m) "
+                                                                          "for pos >= 0); null: off"})
+    max_score: float | None = field(default=None, metadata={"help": "skip a candidate scoring above this; null: "
+                                                                    "off"})
+    sampling: str = field(default="random", metadata={"help": "random: n drawn uniformly from the candidates left "
+                                                              "(the paper); top: the first n in rank order",
+                                                      **_choices("random", "top")})
+    exclude_grade: int | None = field(default=None, metadata={"help": "judged documents with at least this grade "
+                                                                      "are never negatives; null: 1 (every "
+                                                                      "positive judgement); the relevance "
+                                                                      "threshold keeps only relevant ones out"})
+
+    def rules(self, side: str = "doc") -> Any:
+        """The :class:`~dance_analysis.mining.CandidateRules` of ``side`` (``doc`` or ``query``: its
+        ``range_max`` is cut to ``query_top_k``)."""
+        from ..mining import CandidateRules
+
+        range_max = self.range_max
+        if side == "query":
+            depth = self.top_k if self.query_top_k is None else self.query_top_k
+            if self.range_min >= depth:
+                raise DanceError(f"recipe: mining.range_min ({self.range_min}) leaves no query candidate: "
+                                 f"mining.query_top_k is {depth}")
+            range_max = None if range_max is None else min(range_max, depth)
+        return CandidateRules(range_min=self.range_min, range_max=range_max, rank_window=self.rank_window,
+                              absolute_margin=self.absolute_margin, relative_margin=self.relative_margin,
+                              max_score=self.max_score, sampling=self.sampling)
 
 
 @dataclass
@@ -303,6 +361,13 @@ class Recipe:
             (self.mining.top_k >= 1, "mining.top_k must be >= 1"),
             (self.mining.query_top_k is None or self.mining.query_top_k >= 1,
              "mining.query_top_k must be >= 1, or null (= mining.top_k)"),
+            (self.mining.range_min >= 0, "mining.range_min must be >= 0"),
+            (self.mining.range_max is None or self.mining.range_min < self.mining.range_max <= self.mining.top_k,
+             f"mining.range_max must lie in (mining.range_min, mining.top_k] = ({self.mining.range_min}, "
+             f"{self.mining.top_k}], or be null (= mining.top_k): only top_k candidates are retrieved"),
+            (self.mining.range_min < self.mining.top_k, "mining.range_min must be < mining.top_k"),
+            (self.mining.exclude_grade is None or self.mining.exclude_grade >= 1,
+             "mining.exclude_grade must be >= 1, or null (= 1)"),
             (self.data.folds is None or self.data.folds >= 3,
              "data.folds must be >= 3 (train, dev and test folds), or null (the collection's own splits)"),
             (self.data.folds is None or 0 <= self.data.fold < self.data.folds,
@@ -326,6 +391,9 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise DanceError(f"recipe: {message}")
+        self.mining.rules("doc")
+        if self.loss.objective == "dance":
+            self.mining.rules("query")
         from ..ann import check_index_spec
 
         try:  # the embedding dimension is not known yet: the description must build for a common one

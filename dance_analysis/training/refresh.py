@@ -24,7 +24,17 @@ import torch
 from ..analysis.snapshot import refresh_geometry
 from ..atomic import building_dir, write_json
 from ..errors import DanceError
-from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives, positive_pairs, rotation_slice
+from ..mining import (
+    MiningStats,
+    NegativeSet,
+    document_positive_scores,
+    mine_document_negatives,
+    mine_query_negatives,
+    negative_grades,
+    pair_scores,
+    positive_pairs,
+    rotation_slice,
+)
 from ..mining import summary as negatives_summary
 from .config import Recipe
 from .distributed import DistContext
@@ -124,6 +134,8 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     if missing:
         raise DanceError(f"query {missing[0]!r} is missing from the query token cache")
     exclude_grade = 1 if collection.min_relevance >= 1 else int(collection.min_relevance)
+    if recipe.mining.exclude_grade is not None:
+        exclude_grade = int(recipe.mining.exclude_grade)
     exclude = {q: dict(collection.qrels.get(q, {})) for q in train_qids}
     relevant = {q: set(collection.relevant(q)) for q in train_qids}
     pairs = positive_pairs(train_qids, corpus_ids, relevant)
@@ -445,8 +457,15 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
                                                device=search_device)
     timings["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    doc_rules = mining.rules("doc")
+    doc_stats = MiningStats()
+    positive_scores = None
+    if doc_rules.needs_positive_scores:
+        chunk_pairs = data.pairs[np.isin(data.pairs[:, 0], mined_rows)]
+        positive_scores = document_positive_scores(train_vectors, corpus, chunk_pairs, nq)[mined_rows]
     mined_negatives, doc_counts = mine_document_negatives(doc_rankings, data.exclude, n, rng, mining.top_k,
-                                                          min_grade=data.exclude_grade)
+                                                          min_grade=data.exclude_grade, rules=doc_rules,
+                                                          positive_scores=positive_scores, stats=doc_stats)
     doc_negatives = np.full((nq, n), -1, dtype=np.int64)
     doc_negatives[mined_rows] = mined_negatives
     timings["mine"] = time.perf_counter() - t0
@@ -454,6 +473,7 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
     query_negatives = None
     query_counts = np.zeros(nq, dtype=np.int64)
     query_top_k = mining.top_k if mining.query_top_k is None else mining.query_top_k
+    query_stats = MiningStats()
     if objective == "dance":
         query_negatives = np.full((len(data.pairs), n), -1, dtype=np.int64)
         in_slice = np.isin(data.pairs[:, 0], mined_rows)
@@ -466,16 +486,25 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
                                     device=search_device)
             timings["search"] += time.perf_counter() - t0
             t0 = time.perf_counter()
+            query_rules = mining.rules("query")
+            pair_pos = (pair_scores(train_vectors, corpus, slice_pairs) if query_rules.needs_positive_scores
+                        else None)
             mined_q, query_counts = mine_query_negatives(query_rankings, slice_pairs, data.exclude, n, rng,
                                                          query_top_k, corpus_ids=data.corpus_ids,
-                                                         min_grade=data.exclude_grade)
+                                                         min_grade=data.exclude_grade, rules=query_rules,
+                                                         positive_scores=pair_pos, stats=query_stats)
             query_negatives[in_slice] = mined_q
             timings["mine"] += time.perf_counter() - t0
 
+    meta = {"step": int(step), "top_k": int(mining.top_k), "query_top_k": int(query_top_k), "n": int(n),
+            "seed": int(seed), "objective": objective, "refresh_index": int(refresh_index),
+            "fraction": float(mining.fraction)}
+    if not doc_rules.is_default:
+        meta["rules"] = doc_rules.to_dict()
+    if data.exclude_grade != 1:
+        meta["exclude_grade"] = int(data.exclude_grade)
     negatives = NegativeSet(
-        meta={"step": int(step), "top_k": int(mining.top_k), "query_top_k": int(query_top_k), "n": int(n),
-              "seed": int(seed),
-              "objective": objective, "refresh_index": int(refresh_index), "fraction": float(mining.fraction)},
+        meta=meta,
         corpus_ids=data.corpus_ids, train_query_ids=data.train_qids, doc_negatives=doc_negatives,
         pairs=data.pairs, query_negatives=query_negatives, doc_counts=doc_counts, query_counts=query_counts)
 
@@ -496,12 +525,27 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
     t0 = time.perf_counter()
     # The space as it moves (training and dev queries only: the test queries of a split never inform training).
     seen = np.concatenate([data.train_query_rows, data.dev_query_rows])
+    grades = negative_grades(doc_negatives, data.train_qids, data.corpus_ids, data.exclude)
     geometry = refresh_geometry(queries[seen], corpus, train_rows=np.arange(len(data.train_query_rows)),
-                                pairs=data.pairs, doc_negatives=doc_negatives, seed=seed)
+                                pairs=data.pairs, doc_negatives=doc_negatives, seed=seed,
+                                negative_grades=grades, min_relevance=data.collection.min_relevance)
     timings["geometry"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
+    stats = negatives_summary(negatives)
+    stats.update(_rule_counts(doc_stats, "candidates."))
+    if objective == "dance":
+        stats.update(_rule_counts(query_stats, "query_candidates."))
     return RefreshResult(step=step, negatives=negatives, dev_metrics=dev_metrics, timings=timings,
-                         stats=negatives_summary(negatives), geometry=geometry)
+                         stats=stats, geometry=geometry)
+
+
+def _rule_counts(stats: MiningStats, prefix: str) -> dict[str, int]:
+    """The candidates of a refresh and what each rule in effect skipped (``<prefix>total``,
+    ``<prefix>skipped.<rule>``, ``<prefix>short``)."""
+    out = {f"{prefix}total": stats.candidates, f"{prefix}eligible": stats.eligible,
+           f"{prefix}short": stats.rows_short}
+    out.update({f"{prefix}skipped.{rule}": count for rule, count in stats.skipped.items() if count})
+    return out
 
 
 def write_refresh(result: RefreshResult, out_dir: Path) -> None:

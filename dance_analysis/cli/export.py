@@ -1,0 +1,64 @@
+"""dance-export: a trained encoder as a folder other tools load.
+
+    dance-export runs/demo-dance/checkpoint-40 --format sentence-transformers exported/demo-dance
+    dance-export minilm --format sentence-transformers exported/minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import user_errors_exit_2
+
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+EPILOG = """\
+CHECKPOINT is a checkpoint folder written by dance-train, a folder written by DualEncoder.save, a Hugging Face
+model folder or hub name, or the alias `minilm`.
+
+--format sentence-transformers writes a folder that SentenceTransformer(OUT) loads with sentence-transformers'
+own modules only (Transformer, Pooling, Dense, LayerNorm, Normalize; no custom code, no trust_remote_code).
+Encode queries with model.encode_query(...) and documents with model.encode_document(...) (or encode): the
+vectors equal the project's within 1e-5, which the export checks on probe texts before it writes anything.
+Documents are truncated at the model's doc_max_length, queries (encode_query) at its query_max_length.
+Separate query and document towers, or a head whose LayerNorm the documents skip (doc_layernorm: false), are
+written as a query / document Router (sentence-transformers >= 5). Scores are dot products
+(similarity_fn_name "dot"); the training temperature is not part of the folder. OUT is replaced as a whole.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dance-export", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder, model folder, hub name or "
+                                                                 "'minilm'")
+    parser.add_argument("out", metavar="OUT", type=Path, help="the folder to write")
+    parser.add_argument("--format", required=True, choices=("sentence-transformers",),
+                        help="what to write (sentence-transformers: a SentenceTransformer folder)")
+    parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
+    parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    return parser
+
+
+@user_errors_exit_2
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..interop.sentence_transformers import export_sentence_transformers
+
+    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
+                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = export_sentence_transformers(args.checkpoint, args.out, overrides=overrides)
+    layout = "query / document Router" if report.router else "one pipeline for both sides"
+    print(f"wrote {report.path} ({args.format}: {layout}, {report.dim}-d vectors)")
+    print(f"max lengths: queries {report.query_max_length} (encode_query), documents {report.doc_max_length} "
+          f"(encode_document / encode)")
+    print(f"checked: max |difference| to the project's vectors {report.max_abs_diff:.1e} on probe texts")
+    print(f"use: SentenceTransformer({str(report.path)!r}).encode_query([...]) / .encode_document([...])")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
