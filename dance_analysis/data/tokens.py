@@ -31,6 +31,7 @@ import numpy as np
 
 from ..atomic import building_dir
 from ..errors import DanceError
+from ..faults import fault_point
 from .cache import cache_root
 from .collection import Collection, _IdAccumulator
 
@@ -258,6 +259,7 @@ def cached_tokens(collection: Collection, side: str, tokenizer: Any, max_length:
     else:
         items = _query_items(collection)
         total = len(items)
+    fault_point("token-cache", 0)
     cache = build_token_cache(items, tokenizer, max_length, folder, total=total,
                               desc=f"tokenize {collection.name} {side}s", progress=progress,
                               overwrite=folder.exists())

@@ -1,6 +1,6 @@
 """Training recipes: typed dataclasses read from YAML, with ``--set section.key=value`` overrides.
 
-A recipe has seven sections (every key optional, defaults below)::
+A recipe has eight sections (every key optional, defaults below)::
 
     name: demo-dance
     model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
@@ -14,6 +14,7 @@ A recipe has seven sections (every key optional, defaults below)::
                  embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
+    distributed: {timeout_minutes}
 
 An unknown key or a value of the wrong type stops loading with a :class:`~dance_analysis.errors.DanceError` that
 names the key and lists the valid ones.
@@ -267,6 +268,17 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """The process group of a multi-process run (``torchrun``).
+
+    ``timeout_minutes`` is the process-group timeout: a collective that waits longer than this fails.
+    """
+
+    timeout_minutes: float = field(default=60.0, metadata={"help": "process-group timeout in minutes: a "
+                                                                   "collective that waits longer fails"})
+
+
+@dataclass
 class Recipe:
     """A whole training recipe."""
 
@@ -281,6 +293,8 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "which checkpoints "
                                                                                              "to keep"})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "metrics log, TensorBoard, progress bar"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig,
+                                           metadata={"help": "the process group of a multi-process (torchrun) run"})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able dict of every field."""
@@ -316,6 +330,7 @@ class Recipe:
             (self.checkpoint.keep_last is None or self.checkpoint.keep_last >= 1,
              "checkpoint.keep_last must be >= 1, or null to keep every checkpoint"),
             (self.log.every >= 1, "log.every must be >= 1"),
+            (self.distributed.timeout_minutes > 0, "distributed.timeout_minutes must be > 0"),
             (self.loss.w_q2d >= 0 and self.loss.w_d2q >= 0, "loss weights must be >= 0"),
             (self.model.temperature is None or self.model.temperature > 0, "model.temperature must be > 0"),
             (self.data.max_train_queries is None or self.data.max_train_queries >= 1,
@@ -337,7 +352,7 @@ class Recipe:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig,
-    "mining": MiningConfig, "checkpoint": CheckpointConfig, "log": LogConfig,
+    "mining": MiningConfig, "checkpoint": CheckpointConfig, "log": LogConfig, "distributed": DistributedConfig,
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -512,7 +527,7 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=False)
 
 
-def recipe_differences(a: Recipe, b: Recipe, ignore: tuple[str, ...] = ("log",)) -> list[str]:
+def recipe_differences(a: Recipe, b: Recipe, ignore: tuple[str, ...] = ("log", "distributed")) -> list[str]:
     """``section.key`` names whose values differ between two recipes (sections in ``ignore`` skipped)."""
     da, db = a.to_dict(), b.to_dict()
     out = []

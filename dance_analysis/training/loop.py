@@ -170,7 +170,7 @@ class Trainer:
         from ..model import DualEncoder
 
         recipe = self.recipe
-        self.dist = self.dist or init_distributed(recipe.optim.device)
+        self.dist = self.dist or init_distributed(recipe.optim.device, recipe.distributed.timeout_minutes)
         dist = self.dist
         self.device = dist.device
         opt = recipe.optim
