@@ -365,6 +365,14 @@ class DualEncoder(nn.Module):
                     raise DanceError(f"{side}_max_length={self.config.max_length(side)} is longer than the "
                                      f"backbone allows ({limit} positions)")
 
+    def unused_parameters(self) -> list[str]:
+        """Names (as in ``named_parameters()``) of the parameters that :meth:`encode` never uses, so they never get
+        a gradient: with separate towers and ``doc_layernorm=False``, the document tower's LayerNorm. The trainer
+        freezes them, since DistributedDataParallel expects a gradient for every trainable parameter."""
+        if self.config.shared or self.config.doc_layernorm or self.towers["doc"].head.norm is None:
+            return []
+        return [f"towers.doc.head.norm.{name}" for name, _ in self.towers["doc"].head.norm.named_parameters()]
+
     def gradient_checkpointing_enable(self) -> None:
         """Turn on activation checkpointing in every backbone (less memory, slower training)."""
         for tower in dict.fromkeys(self.towers.values()):

@@ -332,3 +332,16 @@ def test_ance_layout_errors_name_the_file(tmp_path, minilm_tokenizer):
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
     with pytest.raises(DanceError, match=str(weights)):
         DualEncoder.load(str(folder))
+
+
+@pytest.mark.parametrize("shared,doc_layernorm", [(True, True), (True, False), (False, True), (False, False)])
+def test_unused_parameters_are_exactly_those_without_a_gradient(bert_dir, shared, doc_layernorm):
+    model = load(bert_dir, head="linear+layernorm", shared=shared, doc_layernorm=doc_layernorm, normalize=True)
+    loss = 0.0
+    for side in ("query", "doc"):
+        batch = model.tokenize(TEXTS, side)
+        loss = loss + model.encode(batch["input_ids"], batch["attention_mask"], side).sum()
+    loss.backward()
+    no_grad = sorted(name for name, p in model.named_parameters() if p.grad is None)
+    assert sorted(model.unused_parameters()) == no_grad
+    assert bool(no_grad) == (not shared and not doc_layernorm)

@@ -26,6 +26,7 @@ names are re-exported here, so ``from dance_analysis.training.loop import ...`` 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -70,6 +71,8 @@ from .state import (
     restore_rng,
     save_trainer_state,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "InstanceStream", "TrainResult", "Trainer",
@@ -208,6 +211,14 @@ class Trainer:
         check_index_spec(recipe.mining.index, recipe.mining.index_params, dim=model.dim)
         self.model = model.to(self.device)
         self.model.train()
+        # Parameters that no forward pass uses get no gradient; DDP (built without find_unused_parameters) would
+        # stop on the second step waiting for them, and the optimiser has nothing to do with them: frozen.
+        unused = set(model.unused_parameters())
+        for name, param in self.model.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
+        if unused and dist.is_main:
+            logger.info("frozen (no forward pass uses them): %s", ", ".join(sorted(unused)))
         torch.manual_seed(opt.seed + dist.rank)  # dropout differs between ranks
 
         self.data: TrainingData = prepare_data(recipe, model.tokenizer, model.config.query_max_length,

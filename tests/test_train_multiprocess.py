@@ -1,0 +1,79 @@
+"""Failure modes of the multi-process (torchrun) path, reproduced on the CPU with 2 gloo processes and a tiny model.
+
+Each test here failed on the code before its fix (the commit that added it names how):
+
+- two towers (``shared: false``) whose document side skips the LayerNorm (``doc_layernorm: false``): the document
+  tower's LayerNorm gets no gradient, and DDP stopped on the second step ("Expected to have finished reduction in
+  the prior iteration"); now those parameters are frozen before DDP is built, and the run equals one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train_support as ts
+from dance_analysis.training.config import recipe_from_dict
+from dance_analysis.training.loop import train
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiprocess")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    old = os.environ.get("DANCE_CACHE")
+    os.environ["DANCE_CACHE"] = str(root / "cache")
+    manifest = ts.write_tiny_collection(root / "collection")
+    encoder = ts.tiny_encoder(root / "model", dropout=0.0, pooling="mean")
+    yield {"root": root, "manifest": manifest, "encoder": encoder}
+    torch.set_num_threads(threads)
+    if old is None:
+        os.environ.pop("DANCE_CACHE", None)
+    else:
+        os.environ["DANCE_CACHE"] = old
+
+
+def torchrun(recipe_path, run_dir, cache, *extra, env=None, timeout=600):
+    """``torchrun --nproc_per_node=2 -m dance_analysis.cli.train RECIPE --output-dir RUN_DIR`` on the CPU (gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "dance_analysis.cli.train", str(recipe_path), "--output-dir", str(run_dir), *extra]
+    return subprocess.run(command, env={**ts.subprocess_env(cache), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def losses(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return np.array([r["loss"] for r in lines if "loss" in r])
+
+
+def test_two_towers_without_document_layernorm_train_under_ddp(setup):
+    root = setup["root"]
+    recipe = ts.recipe_dict(setup["manifest"], setup["encoder"], root / "cache",
+                            model={"backbone": str(setup["encoder"]), "temperature": 0.5, "shared": False,
+                                   "normalize": True, "doc_layernorm": False},
+                            optim={"max_steps": 3, "batch_size": 8}, mining={"refresh_every": 100},
+                            log={"tensorboard": False, "progress": False})
+    single = root / "towers-single"
+    train(recipe_from_dict(recipe), single)
+    ddp = root / "towers-ddp"
+    done = torchrun(ts.write_recipe(root / "towers.yaml", recipe), ddp, root / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    np.testing.assert_allclose(losses(ddp), losses(single), rtol=RTOL, atol=ATOL)
+    assert len(losses(ddp)) == 3
+    start = ts.encoder_state(single / "checkpoint-0")
+    for run in (single, ddp):
+        state = ts.encoder_state(run / "checkpoint-3")
+        # The document tower's LayerNorm is never used: it stays as it started; the query tower's moves.
+        norm = [k for k in state if k.startswith("encoder/doc/head") and ":norm." in k]
+        assert norm and all(np.array_equal(state[k], start[k]) for k in norm)
+        assert not np.array_equal(state["encoder/query/head.safetensors:norm.weight"],
+                                  start["encoder/query/head.safetensors:norm.weight"])
