@@ -243,6 +243,17 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
         pass  # the trainer pruned the checkpoint meanwhile
 
 
+def _next_index(set_dir: Path) -> int:
+    """The refresh count after the set in ``set_dir`` (its ``refresh_index`` + 1; 0 when unreadable)."""
+    from .refresh import NEGATIVES_DIR, next_refresh_index
+
+    try:
+        meta = json.loads((set_dir / NEGATIVES_DIR / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return next_refresh_index(meta) if isinstance(meta, dict) else 0
+
+
 class Miner:
     """The miner loop (runs in its own process)."""
 
@@ -256,6 +267,9 @@ class Miner:
         self.data = None
         found = list_sets(self.run_dir)
         self.last_done = found[-1][0] if found else -1
+        # The chunk of queries a refresh mines follows the count of refreshes (refresh_index), which a restarted
+        # miner reads from the newest set on disk.
+        self.next_index = _next_index(found[-1][1]) if found else 0
 
     def _parent_alive(self) -> bool:
         if self.parent_pid is None:
@@ -324,10 +338,12 @@ class Miner:
         search_device = str(self.device) if self.device.type == "cuda" else "cpu"
         result = run_refresh(model, self.data, self.recipe, step, out_dir=tmp, device=self.device,
                              search_device=search_device,
-                             reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings)
+                             reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings,
+                             refresh_index=self.next_index)
         _attach(tmp, checkpoint_dir)
         replace_dir(tmp, root / f"step-{step}")
         self.last_done = step
+        self.next_index += 1
         self._say(summary_line(result.record(), self.recipe.checkpoint.best_metric,
                                f"| {time.perf_counter() - started:.1f}s in all"))
 

@@ -48,7 +48,7 @@ from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
-from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, run_refresh, summary_line
+from .refresh import NEGATIVES_DIR, TrainingData, next_refresh_index, prepare_data, run_refresh, summary_line
 from .run_folder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -316,7 +316,8 @@ class Trainer:
             result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
                                  device=self.device, progress=self._progress_enabled(),
                                  reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
-                                 start=self.start)
+                                 start=self.start,
+                                 refresh_index=next_refresh_index(self.stream.negatives if self.stream else None))
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
             rng = gather_rng(self.dist)
             self.refresh_seconds += time.perf_counter() - started

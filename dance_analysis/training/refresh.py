@@ -337,7 +337,7 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tu
 def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
                 dist: DistContext | None = None, device=None, progress: bool = False,
                 search_device: str | None = None, reuse_cache: bool = False,
-                start: Path | None = None) -> RefreshResult:
+                start: Path | None = None, refresh_index: int | None = None) -> RefreshResult:
     """Refresh at optimizer step ``step`` with ``model``'s current weights; every rank must call it.
 
     Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
@@ -349,6 +349,10 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     them there otherwise; used for the initial refresh, which runs start from the same model share. With
     ``reuse_cache``, ``start`` (the ``encoder/`` folder of the checkpoint the model was loaded from) supplies the
     vectors when :func:`vectors_of_start` finds them exact.
+    ``refresh_index`` counts the refreshes of the run (0 for the first): with ``mining.fraction`` < 1 it picks the
+    chunk of training queries that is mined (:func:`dance_analysis.mining.rotation_slice`), so that a miner that
+    skips checkpoints still walks through every chunk, as the reference code rotates by its count of generated
+    negative sets (Xiong et al., ANCE, ICLR 2021). ``None``: ``step // mining.refresh_every``.
     """
     from ..index import search
 
@@ -396,7 +400,7 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
         # As encoded (float16 or float32, a memory map when written to out_dir): the searches upcast one block
         # at a time, so no float32 copy of the corpus is made (9.9 GB for MS MARCO documents at 768-d).
         result = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
-                                    search_device or _search_device(device))
+                                    search_device or _search_device(device), refresh_index)
         result.embeddings_from_cache = cached is not None
         if out_dir is not None:
             write_refresh(result, Path(out_dir))
@@ -428,12 +432,14 @@ def _doc_search(search, mining):
 
 
 def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
-                       timings: dict[str, float], search, search_device: str) -> RefreshResult:
+                       timings: dict[str, float], search, search_device: str,
+                       refresh_index: int | None = None) -> RefreshResult:
     mining = recipe.mining
     objective = recipe.loss.objective
     seed = recipe.optim.seed
     nq, ndocs, n = len(data.train_qids), data.num_docs, mining.n
-    refresh_index = step // mining.refresh_every
+    if refresh_index is None:
+        refresh_index = step // mining.refresh_every
     mined_rows = rotation_slice(nq, mining.fraction, refresh_index, seed)
     train_vectors = queries[data.train_query_rows]
     rng = np.random.default_rng([seed, step])
@@ -502,6 +508,18 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
     timings = {k: round(v, 3) for k, v in timings.items()}
     return RefreshResult(step=step, negatives=negatives, dev_metrics=dev_metrics, timings=timings,
                          stats=negatives_summary(negatives), geometry=geometry)
+
+
+def next_refresh_index(negatives) -> int:
+    """The count of the refresh after the one that mined ``negatives`` (a NegativeSet or its meta dict): its
+    ``refresh_index`` + 1; 0 when there is none (``None``, or a meta without a count)."""
+    if negatives is None:
+        return 0
+    meta = negatives if isinstance(negatives, dict) else negatives.meta
+    value = meta.get("refresh_index")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value + 1
+    return 0
 
 
 def write_refresh(result: RefreshResult, out_dir: Path) -> None:
