@@ -5,6 +5,13 @@ Each test here failed on the code before its fix (the commit that added it names
 - two towers (``shared: false``) whose document side skips the LayerNorm (``doc_layernorm: false``): the document
   tower's LayerNorm gets no gradient, and DDP stopped on the second step ("Expected to have finished reduction in
   the prior iteration"); now those parameters are frozen before DDP is built, and the run equals one process.
+- ``mode: async`` with a miner slower than the process-group timeout (slowed with ``DANCE_FAULT_SLOW``): rank 0
+  waited for the miner (the first negatives, ``max_staleness``, ``miner.finish`` at the end) while rank 1 waited
+  in a collective, which timed out; now rank 0 only polls, and every rank meets in a small collective at least
+  every ``distributed.poll_seconds``.
+
+Timeouts: the process group's is a few seconds (``distributed.timeout_minutes``); the slowed stages take several
+times that. Nothing here asserts a duration.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 
 import train_support as ts
 from dance_analysis.training.config import recipe_from_dict
+from dance_analysis.training.faults import SLOW_ENV
 from dance_analysis.training.loop import train
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -77,3 +85,28 @@ def test_two_towers_without_document_layernorm_train_under_ddp(setup):
         assert norm and all(np.array_equal(state[k], start[k]) for k in norm)
         assert not np.array_equal(state["encoder/query/head.safetensors:norm.weight"],
                                   start["encoder/query/head.safetensors:norm.weight"])
+
+
+TIMEOUT_MINUTES = 0.12   # 7.2 s
+SLOW = 18                # seconds: a stage that outlasts the process-group timeout
+
+
+def test_async_miner_slower_than_the_process_group_timeout(setup):
+    root = setup["root"]
+    recipe = ts.recipe_dict(setup["manifest"], setup["encoder"], root / "cache",
+                            optim={"max_steps": 4, "batch_size": 8},
+                            mining={"mode": "async", "refresh_every": 2, "max_staleness": 2, "poll_seconds": 0.2},
+                            distributed={"timeout_minutes": TIMEOUT_MINUTES},
+                            log={"tensorboard": False, "progress": False})
+    run = root / "async-slow"
+    # The miner is slow on the first negatives (start-up), on checkpoint-2 (max_staleness makes the trainer wait
+    # for it) and on the final checkpoint (the trainer waits for it to finish).
+    slow = ",".join(f"miner-refresh@{step}={SLOW}" for step in (0, 2, 4))
+    done = torchrun(ts.write_recipe(root / "async.yaml", recipe), run, root / "cache", env={SLOW_ENV: slow})
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    used = [r["negatives_step"] for r in records if "loss" in r]
+    assert used == [0, 0, 2, 2]           # step 3 waited for the negatives of checkpoint-2 (max_staleness 2)
+    assert [r["step"] for r in records if "dev" in r and "swapped_at" not in r] == [4]   # the final refresh
+    log = (run / "miner.log").read_text()
+    assert all(f"fault-slow miner-refresh@{step}" in log for step in (0, 2, 4))

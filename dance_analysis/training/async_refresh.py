@@ -81,6 +81,7 @@ class MinerHandle:
         self._log_handle = None
         self.restarts = 0
         self.using: int | None = None
+        self._final_step: int | None = None
 
     def start(self) -> None:
         """Start the miner process (its output goes to ``RUN_DIR/miner.log``)."""
@@ -130,29 +131,21 @@ class MinerHandle:
         self.start()
         return True
 
-    def wait_for(self, step: int) -> tuple[int, Path]:
-        """Block until a set of at least ``step`` exists (restarting a dead miner, see :meth:`revive`)."""
-        delay = min(0.05, self.recipe.mining.poll_seconds)
-        while True:
-            newest = self.newest()
-            if newest is not None and newest[0] >= step:
-                return newest
-            self.revive()
-            time.sleep(delay)
-            delay = min(delay * 2, self.recipe.mining.poll_seconds)
-
-    def poll(self, current: int, wait_for: int | None = None) -> tuple[Path | None, float]:
-        """The folder of a complete set newer than step ``current``, or ``None``; with ``wait_for``, block until
-        a set of at least that step exists. Restarts a dead miner (:meth:`revive`). Returns ``(folder, seconds
-        spent)``."""
-        started = time.perf_counter()
+    def ready(self, step: int) -> Path | None:
+        """The folder of the newest complete set when its step is at least ``step``, else ``None``; never blocks
+        (restarts a dead miner, see :meth:`revive`). The trainer polls it (every rank meets in a small collective
+        between two polls, so no rank waits in a collective for the miner)."""
+        newest = self.newest()
+        if newest is not None and newest[0] >= step:
+            return newest[1]
         self.revive()
-        if wait_for is not None:
-            found = self.wait_for(wait_for)
-        else:
-            newest = self.newest()
-            found = newest if newest is not None and newest[0] > current else None
-        return (found[1] if found is not None else None), time.perf_counter() - started
+        return None
+
+    def newer_than(self, current: int) -> Path | None:
+        """The folder of a complete set newer than step ``current``, or ``None`` (restarts a dead miner)."""
+        self.revive()
+        newest = self.newest()
+        return newest[1] if newest is not None and newest[0] > current else None
 
     def read_set(self, set_dir: Path):
         """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
@@ -178,19 +171,27 @@ class MinerHandle:
 
         return read_refresh_record(self.set_dir(step))
 
-    def finish(self, final_step: int | None) -> float:
-        """Ask the miner to stop (after mining ``final_step`` when given) and wait for it; returns seconds waited."""
-        started = time.perf_counter()
-        if self.proc is None:
-            return 0.0
-        self.revive()
-        while True:
+    def request_stop(self, final_step: int | None) -> None:
+        """Ask the miner to stop, after mining ``final_step`` when given (writes ``refresh/STOP``)."""
+        self._final_step = final_step
+        if self.proc is not None:
+            self.revive()
             write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
-            if self.proc.wait() == 0:
-                break
-            self.revive()  # died before handling the final step: once more (or an error after MAX_RESTARTS)
-        self.proc = None
-        return time.perf_counter() - started
+
+    def stopped(self) -> bool | None:
+        """After :meth:`request_stop`: ``True`` once the miner has exited cleanly, else ``None``; never blocks.
+        A miner that died before handling the final step is restarted (:meth:`revive`) and asked again."""
+        if self.proc is None:
+            return True
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if code == 0:
+            self.proc = None
+            return True
+        self.revive()   # died before handling the final step: once more (or an error after MAX_RESTARTS)
+        write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": self._final_step})
+        return None
 
     def close(self) -> None:
         """Stop the miner if it still runs (on errors)."""

@@ -14,7 +14,7 @@ A recipe has eight sections (every key optional, defaults below)::
                  embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
-    distributed: {timeout_minutes}
+    distributed: {timeout_minutes, poll_seconds}
 
 An unknown key or a value of the wrong type stops loading with a :class:`~dance_analysis.errors.DanceError` that
 names the key and lists the valid ones.
@@ -271,11 +271,17 @@ class LogConfig:
 class DistributedConfig:
     """The process group of a multi-process run (``torchrun``).
 
-    ``timeout_minutes`` is the process-group timeout: a collective that waits longer than this fails.
+    ``timeout_minutes`` is the process-group timeout: a collective that waits longer than this fails. No rank
+    waits in a collective for work that can take longer (the async miner, the search and mining of a refresh on
+    rank 0, a checkpoint write): meanwhile every rank meets in a small collective at least every ``poll_seconds``
+    (:meth:`dance_analysis.training.distributed.DistContext.poll_until`), so the timeout only has to exceed
+    ``poll_seconds`` and one balanced step (a training step, or encoding one rank's share at a refresh).
     """
 
     timeout_minutes: float = field(default=60.0, metadata={"help": "process-group timeout in minutes: a "
                                                                    "collective that waits longer fails"})
+    poll_seconds: float = field(default=2.0, metadata={"help": "while rank 0 works or waits alone, every rank "
+                                                               "meets in a small collective at least this often"})
 
 
 @dataclass
@@ -331,6 +337,8 @@ class Recipe:
              "checkpoint.keep_last must be >= 1, or null to keep every checkpoint"),
             (self.log.every >= 1, "log.every must be >= 1"),
             (self.distributed.timeout_minutes > 0, "distributed.timeout_minutes must be > 0"),
+            (0 < self.distributed.poll_seconds < 60 * self.distributed.timeout_minutes,
+             "distributed.poll_seconds must be > 0 and shorter than distributed.timeout_minutes"),
             (self.loss.w_q2d >= 0 and self.loss.w_d2q >= 0, "loss weights must be >= 0"),
             (self.model.temperature is None or self.model.temperature > 0, "model.temperature must be > 0"),
             (self.data.max_train_queries is None or self.data.max_train_queries >= 1,

@@ -305,6 +305,17 @@ class Trainer:
             protect += (self.stream.step,)
         return commit(tmp, self.run_dir, step, meta, self.recipe, protect)
 
+    def _write_checkpoint(self, tmp: Path | None, rng: tuple[list, list], with_negatives: bool) -> Path | None:
+        """Rank 0 writes the trainer state (and the negatives in use) into ``tmp`` and commits it, while the other
+        ranks meet it in small collectives (a large encoder takes a while to write)."""
+        def write() -> Path | None:
+            self._write_state(tmp, rng)
+            if with_negatives and self.stream is not None:
+                self.stream.negatives.save(tmp / NEGATIVES_DIR)
+            return self._commit(tmp, self.step)
+
+        return self.dist.on_main(write, self._poll_seconds())
+
     # ------------------------------------------------------------------------------------------------ refresh
     def _sync_refresh(self) -> Path | None:
         """Refresh with the current weights and write checkpoint-<step> with everything (sync mode)."""
@@ -321,9 +332,7 @@ class Trainer:
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
             rng = gather_rng(self.dist)
             self.refresh_seconds += time.perf_counter() - started
-            if self.dist.is_main:
-                self._write_state(tmp, rng)
-            final = self._commit(tmp, self.step)
+            final = self._write_checkpoint(tmp, rng, with_negatives=False)
         self.dist.barrier()
         if self.dist.is_main:
             self.last_dev = result.dev_metrics
@@ -341,11 +350,7 @@ class Trainer:
             tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
         with self._writing(target, tmp):
             rng = gather_rng(self.dist)
-            if self.dist.is_main:
-                self._write_state(tmp, rng)
-                if with_negatives and self.stream is not None:
-                    self.stream.negatives.save(tmp / NEGATIVES_DIR)
-            final = self._commit(tmp, self.step)
+            final = self._write_checkpoint(tmp, rng, with_negatives)
         self.dist.barrier()
         self.refresh_seconds += time.perf_counter() - started
         return final
@@ -369,17 +374,34 @@ class Trainer:
                                        + (f" after waiting {waited:.1f}s" if waited > 0.05 else "")))
 
     def _async_poll(self, wait_for: int | None = None) -> None:
-        """Adopt the newest complete negative set; with ``wait_for``, block until one of at least that step."""
-        decision = None
-        waited = 0.0
-        if self.dist.is_main:
-            current = self.stream.step if self.stream is not None else -1
-            found, waited = self.miner.poll(current, wait_for)
-            decision = str(found) if found is not None else None
-            self.refresh_seconds += waited
-        decision = self.dist.broadcast_object(decision)
+        """Adopt the newest complete negative set; with ``wait_for``, wait until one of at least that step exists.
+
+        Waiting never happens inside a collective: rank 0 checks the miner without blocking and every rank meets
+        it in a small broadcast after each check (:meth:`DistContext.poll_until`), however long the miner takes.
+        """
+        started = time.perf_counter()
+        if wait_for is None:
+            decision = None
+            if self.dist.is_main:
+                found = self.miner.newer_than(self.stream.step if self.stream is not None else -1)
+                decision = str(found) if found is not None else None
+            decision = self.dist.broadcast_object(decision)
+        else:
+            def check():
+                found = self.miner.ready(wait_for)
+                return str(found) if found is not None else None
+
+            decision = self.dist.poll_until(check, self._poll_seconds(self.recipe.mining.poll_seconds))
+        waited = time.perf_counter() - started if wait_for is not None else 0.0
+        self.refresh_seconds += waited
         if decision is not None or not self.dist.enabled:
             self._adopt(Path(decision) if decision else None, waited)
+
+    def _poll_seconds(self, wanted: float | None = None) -> float:
+        """How long all ranks sleep between two polls: ``wanted`` (e.g. mining.poll_seconds), at most
+        ``distributed.poll_seconds``."""
+        limit = self.recipe.distributed.poll_seconds
+        return limit if wanted is None else min(wanted, limit)
 
     # --------------------------------------------------------------------------------------------- training
     def _progress_enabled(self) -> bool:
@@ -537,11 +559,17 @@ class Trainer:
                 final_checkpoint = self._sync_refresh()
             elif last:
                 final_checkpoint = self._plain_checkpoint(with_negatives=True)
+        if is_async:
+            started = time.perf_counter()
+            if dist.is_main:
+                self.log.bar.close()
+                self.log.bar = None
+                self.miner.request_stop(self.step if mining.final_refresh else None)
+            # Every rank waits for the miner's last set by polling, not in a barrier.
+            dist.poll_until(self.miner.stopped if dist.is_main else None,
+                            self._poll_seconds(mining.poll_seconds))
+            self.refresh_seconds += time.perf_counter() - started
         if is_async and dist.is_main:
-            self.log.bar.close()
-            self.log.bar = None
-            waited = self.miner.finish(self.step if mining.final_refresh else None)
-            self.refresh_seconds += waited
             record = self.miner.record(self.step) if mining.final_refresh else None
             if record is not None:
                 self.last_dev = record.get("dev")

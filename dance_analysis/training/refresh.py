@@ -392,18 +392,20 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     timings["encode"] = time.perf_counter() - started
     if was_training:
         model.train()
-    if dist.is_main:
-        fault_point("refresh", step)
 
-    result = None
-    if dist.is_main:
+    def mine_on_rank_0() -> RefreshResult:
+        fault_point("refresh", step)
         # As encoded (float16 or float32, a memory map when written to out_dir): the searches upcast one block
         # at a time, so no float32 copy of the corpus is made (9.9 GB for MS MARCO documents at 768-d).
-        result = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
-                                    search_device or _search_device(device), refresh_index)
-        result.embeddings_from_cache = cached is not None
+        mined = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
+                                   search_device or _search_device(device), refresh_index)
+        mined.embeddings_from_cache = cached is not None
         if out_dir is not None:
-            write_refresh(result, Path(out_dir))
+            write_refresh(mined, Path(out_dir))
+        return mined
+
+    # The other ranks meet rank 0 in small collectives while it searches (no collective waits for the search).
+    result = dist.on_main(mine_on_rank_0, recipe.distributed.poll_seconds)
     negatives = dist.broadcast_object(result.negatives if result is not None else None)
     if result is None:
         result = RefreshResult(step=step, negatives=negatives)
