@@ -48,6 +48,7 @@ from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
+from .prepare import prepared_checkpoint, publish_prepared_set, require_prepared
 from .refresh import NEGATIVES_DIR, TrainingData, next_refresh_index, prepare_data, run_refresh, summary_line
 from .run_folder import (
     BEST_FILE,
@@ -58,6 +59,7 @@ from .run_folder import (
     check_run_dir,
     init_run_dir,
     resolve_backbone,
+    start_model,
     truncate_metrics,
 )
 from .run_log import RunLog
@@ -173,6 +175,10 @@ class Trainer:
         from ..model import DualEncoder
 
         recipe = self.recipe
+        if self.dist is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Before the process group exists: the caches and the step-0 negatives must not be built by rank 0
+            # while the others wait in a collective.
+            require_prepared(self.run_dir, recipe)
         self.dist = self.dist or init_distributed(recipe.optim.device, recipe.distributed.timeout_minutes)
         dist = self.dist
         self.device = dist.device
@@ -188,10 +194,15 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
         self.log = RunLog(self.run_dir, is_main=dist.is_main)
-        resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume,
-                                    overwrite=self.overwrite) if dist.is_main else None
-        resume_from = dist.broadcast_object(str(resume_from) if resume_from else None)
+        found = None
+        if dist.is_main:
+            resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite)
+            prepared = prepared_checkpoint(self.run_dir, recipe) if resume_from is None else None
+            found = [str(resume_from) if resume_from else None, str(prepared) if prepared else None]
+        resume_from, prepared = dist.broadcast_object(found)
         self.resume_from = Path(resume_from) if resume_from else None
+        # A folder prepared by --prepare: training starts from its checkpoint-0 (weights and step-0 negatives).
+        self.prepared = Path(prepared) if prepared else None
 
         # Identical initial weights on every rank (a new head is drawn from the torch generator).
         torch.manual_seed(opt.seed)
@@ -200,11 +211,11 @@ class Trainer:
         self.start = None  # the checkpoint's encoder/ folder the weights come from, when they do
         if self.resume_from is not None:
             model = DualEncoder.load(str(self.resume_from / "encoder"))
+        elif self.prepared is not None:
+            self.start = self.prepared / "encoder"
+            model = DualEncoder.load(str(self.start))
         else:
-            source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
-            if (Path(source).parent / "checkpoint.json").is_file():
-                self.start = Path(source)
-            model = DualEncoder.load(source, head_init=recipe.model.head_init, **recipe.model.overrides())
+            model, self.start = start_model(recipe)
         from ..ann import check_index_spec
 
         # Now that the embedding size is known, before the first refresh encodes the whole corpus.
@@ -225,8 +236,8 @@ class Trainer:
                                                model.config.doc_max_length, dist)
         if dist.is_main:
             with self._writing(self.run_dir):
-                init_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite,
-                             fresh=self.resume_from is None)
+                init_run_dir(self.run_dir, recipe, resume=self.resume or self.prepared is not None,
+                             overwrite=self.overwrite and self.prepared is None, fresh=self.resume_from is None)
         dist.barrier()
         self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
 
@@ -403,6 +414,25 @@ class Trainer:
         limit = self.recipe.distributed.poll_seconds
         return limit if wanted is None else min(wanted, limit)
 
+    def _start_prepared(self, is_async: bool) -> None:
+        """Train on the step-0 negatives of the prepared ``checkpoint-0`` (``dance-train --prepare``)."""
+        from ..mining import NegativeSet
+        from .refresh import read_refresh_record
+
+        if is_async:
+            if self.dist.is_main:   # the miner goes on from the set of step 0 (its count of refreshes included)
+                publish_prepared_set(self.prepared, self.miner.set_dir(0))
+                self.miner.start()
+            self._async_poll(wait_for=0)
+            return
+        negatives = NegativeSet.load(self.prepared / NEGATIVES_DIR) if self.dist.is_main else None
+        self.stream = InstanceStream(self.dist.broadcast_object(negatives), self.recipe.optim.seed)
+        if self.dist.is_main:
+            record = read_refresh_record(self.prepared) or {"step": 0}
+            self.last_dev = record.get("dev")
+            self.log.log(record)
+            self._say(summary_line(record, self.recipe.checkpoint.best_metric, "| prepared by --prepare"))
+
     # --------------------------------------------------------------------------------------------- training
     def _progress_enabled(self) -> bool:
         setting = self.recipe.log.progress
@@ -522,7 +552,9 @@ class Trainer:
                       f"{len(self.data.dev_qids)} dev queries, {self.data.num_docs} documents; "
                       f"{max_steps} steps of {recipe.optim.batch_size} instances on {dist.world_size} x "
                       f"{self.device}; output {self.run_dir}")
-            if is_async:
+            if self.prepared is not None:
+                self._start_prepared(is_async)
+            elif is_async:
                 if dist.is_main:
                     self.miner.start()
                 self._plain_checkpoint(with_negatives=False)

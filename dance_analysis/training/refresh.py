@@ -72,12 +72,16 @@ def _subset(qids: list[str], limit: int | None, seed: int, salt: int) -> list[st
 
 
 def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_length: int,
-                 dist: DistContext | None = None, collection=None) -> TrainingData:
+                 dist: DistContext | None = None, collection=None, *, workers: int = 1,
+                 build: bool | None = None) -> TrainingData:
     """Load the collection, pick the training / dev queries and open (building once) the token caches.
 
     Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
     keeps a seeded subset); likewise for the dev split; with ``data.folds`` set, the splits are those of the
-    cross-validation fold ``data.fold``. Rank 0 builds the token caches first, the others wait.
+    cross-validation fold ``data.fold``. ``workers`` processes tokenise a cache that has to be built. ``build``
+    (default: only in a single-process run) allows building the caches; the ranks of a multi-process run only
+    open those that ``dance-train --prepare`` built before the process group existed (a missing one is a
+    :class:`DanceError`), so that no rank waits in a collective for a cache build.
     """
     from ..data import cross_validation_splits, load_collection
     from ..data.tokens import cached_tokens
@@ -104,14 +108,13 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
         raise DanceError(f"the training split {data_cfg.train_split!r} and the dev split {data_cfg.dev_split!r} "
                          f"share {len(overlap)} queries, e.g. {sorted(overlap)[0]!r}")
 
-    def build(side: str, length: int):
-        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir)
+    allowed = (not dist.enabled) if build is None else build
 
-    if dist.is_main:
-        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
-    dist.barrier()
-    if not dist.is_main:
-        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
+    def tokens(side: str, length: int):
+        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir, workers=workers,
+                             build=allowed)
+
+    doc_tokens, query_tokens = tokens("doc", doc_max_length), tokens("query", query_max_length)
 
     corpus_ids = np.asarray(collection.corpus.ids).astype(str)
     if len(doc_tokens.ids) != len(corpus_ids) or not np.array_equal(np.asarray(doc_tokens.ids).astype(str),
