@@ -3,9 +3,9 @@
 The trainer (rank 0) starts the miner (``python -m dance_analysis.training.async_refresh RUN_DIR``), then goes on
 training and writes ``checkpoint-<step>/`` folders. The miner watches the run directory; whenever a complete
 checkpoint newer than the last one it handled appears, it takes the newest (skipping any it fell behind on), loads
-its encoder on its own device (``mining.device``; ``auto`` = the last GPU when there are several, the only GPU when
-there is one, else the CPU), re-encodes the corpus and the queries, searches, mines and evaluates
-(:func:`.refresh.run_refresh`) and then:
+its encoder on its own device (``mining.device``, placed by the trainer with :func:`place_miner`: ``auto`` = the
+first GPU that no training process uses; the miner process sees only that GPU), re-encodes the corpus and the
+queries, searches, mines and evaluates (:func:`.refresh.run_refresh`) and then:
 
 1. writes everything into ``RUN_DIR/refresh/.tmp-step-<step>-<pid>/``;
 2. adds ``embeddings/``, ``negatives/`` and ``dev_metrics.json`` to the checkpoint folder, each published
@@ -73,9 +73,10 @@ def list_sets(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 class MinerHandle:
     """The trainer's side: start the miner, find / wait for complete negative sets, stop the miner."""
 
-    def __init__(self, run_dir: str | os.PathLike, recipe):
+    def __init__(self, run_dir: str | os.PathLike, recipe, device: str = "cpu"):
         self.run_dir = Path(run_dir)
         self.recipe = recipe
+        self.device = device      # where the miner runs: "cpu" or "cuda:N" of this process (see place_miner)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.run_dir / LOG_FILE
         self._log_handle = None
@@ -93,15 +94,27 @@ class MinerHandle:
                 shutil.rmtree(child, ignore_errors=True)
         if self._log_handle is not None:
             self._log_handle.close()
+        env, device = self.environment()
+        self._log_handle = open(self.log_path, "a", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dance_analysis.training.async_refresh", str(self.run_dir),
+             "--parent-pid", str(os.getpid()), "--device", device],
+            stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+    def environment(self) -> tuple[dict[str, str], str]:
+        """The miner's environment and ``--device``: without torchrun's variables, and on a GPU restricted to
+        that one GPU (``CUDA_VISIBLE_DEVICES`` = its physical id, ``--device cuda:0``), so neither its encoding
+        nor its search opens a context or allocates on another GPU."""
         env = dict(os.environ)
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             env.pop(key, None)
-        self._log_handle = open(self.log_path, "a", encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dance_analysis.training.async_refresh", str(self.run_dir),
-             "--parent-pid", str(os.getpid())],
-            stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        if not self.device.startswith("cuda"):
+            return env, "cpu"
+        index = int(self.device.split(":", 1)[1]) if ":" in self.device else 0
+        ids = _visible_device_ids()
+        env["CUDA_VISIBLE_DEVICES"] = ids[index] if index < len(ids) else str(index)
+        return env, "cuda:0"
 
     def set_dir(self, step: int) -> Path:
         """The folder of the set mined from checkpoint ``step``."""
@@ -210,17 +223,66 @@ class MinerHandle:
 
 # ------------------------------------------------------------------------------------------------ miner side
 
+def place_miner(requested: str, training_gpus: int, visible_gpus: int) -> str:
+    """Where the async miner runs, decided by the trainer before it starts the miner: ``"cpu"`` or ``"cuda:N"``.
+
+    ``training_gpus``: how many GPUs the training processes of this machine use (torchrun's ``LOCAL_WORLD_SIZE``
+    on CUDA: ``cuda:0`` .. ``cuda:<training_gpus - 1>``; 0 when training runs on the CPU); ``visible_gpus``: how
+    many this process sees. ``auto`` takes the first GPU that no training process uses (``cuda:<training_gpus>``);
+    when every GPU trains, a single training process shares its GPU with the miner, and several are refused with
+    a message naming the choices (in lockstep data parallelism every rank would run at the speed of the shared
+    GPU). ``cpu`` and ``cuda:N`` are taken as given (``cuda:N`` of a training process is allowed, with a warning).
+    """
+    requested = str(requested).strip().lower()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        if visible_gpus <= 0:
+            return "cpu"
+        if training_gpus < visible_gpus:
+            return f"cuda:{training_gpus}"
+        if training_gpus <= 1:
+            return "cuda:0"
+        raise DanceError(f"mining.device auto: all {visible_gpus} GPUs run training processes, so the async miner "
+                         f"has no GPU of its own; start one training process fewer (torchrun --nproc_per_node="
+                         f"{visible_gpus - 1}, with optim.batch_size a multiple of {visible_gpus - 1} x "
+                         f"optim.grad_accum) so that it gets cuda:{visible_gpus - 1}, or use mining.mode sync, or "
+                         f"name a GPU to share (mining.device cuda:N)")
+    if requested == "cuda":
+        requested = "cuda:0"
+    if requested.startswith("cuda:") and requested[5:].isdigit():
+        index = int(requested[5:])
+        if index >= visible_gpus:
+            raise DanceError(f"mining.device {requested}: only {visible_gpus} GPU(s) are visible")
+        if index < training_gpus:
+            logger.warning("warning: mining.device %s is also the GPU of training process %d: both share it",
+                           requested, index)
+        return requested
+    raise DanceError(f"mining.device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+
+
 def miner_device(requested: str):
-    """The miner's torch device: ``auto`` = the last CUDA device when there are several, the GPU when there is
-    one, else the CPU."""
+    """The miner process's torch device for ``--device`` / ``mining.device``: ``auto`` = the first visible GPU
+    (the trainer restricts the miner to the one GPU :func:`place_miner` chose), else the CPU."""
     import torch
 
     from ..device import pick_device
 
     if requested == "auto":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return torch.device("cuda", count - 1) if count else torch.device("cpu")
+        return torch.device("cuda", 0) if torch.cuda.is_available() and torch.cuda.device_count() else \
+            torch.device("cpu")
     return pick_device(requested)
+
+
+def _visible_device_ids() -> list[str]:
+    """The physical ids behind ``cuda:0``, ``cuda:1``, ... of this process (``CUDA_VISIBLE_DEVICES`` or 0..n-1)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and listed.strip():
+        return [part.strip() for part in listed.split(",")][:count] if count else []
+    return [str(i) for i in range(count)]
 
 
 def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
@@ -336,7 +398,7 @@ class Miner:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        search_device = str(self.device) if self.device.type == "cuda" else "cpu"
+        search_device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else "cpu"
         result = run_refresh(model, self.data, self.recipe, step, out_dir=tmp, device=self.device,
                              search_device=search_device,
                              reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings,
@@ -347,6 +409,11 @@ class Miner:
         self.next_index += 1
         self._say(summary_line(result.record(), self.recipe.checkpoint.best_metric,
                                f"| {time.perf_counter() - started:.1f}s in all"))
+        del model, result
+        if self.device.type == "cuda":   # the GPU's cached memory is not kept between refreshes
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:

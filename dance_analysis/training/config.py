@@ -185,8 +185,9 @@ class MiningConfig:
     2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
     ``mode`` ``sync`` pauses training for the refresh; ``async`` runs it in a separate miner process that watches
-    for new checkpoints (on ``device``; ``auto`` = the last CUDA device when there are several, else the CPU) while
-    training goes on with the previous negatives. ``fraction`` < 1 mines for a rotating share of the training
+    for new checkpoints (on ``device``; ``auto`` = the first GPU that no training process uses, see
+    :func:`dance_analysis.training.async_refresh.place_miner`) while training goes on with the previous negatives.
+    ``fraction`` < 1 mines for a rotating share of the training
     queries per refresh (the reference code's chunk factor). ``final_refresh`` also refreshes at the last step
     when it is not a multiple of ``refresh_every``, so the final checkpoint carries embeddings and dev metrics.
     ``max_staleness`` (async only; ``None``: never wait, as ANCE) makes the trainer wait for the miner when the
@@ -224,8 +225,9 @@ class MiningConfig:
                                                                 "multiple of refresh_every"})
     encode_batch_size: int = field(default=64, metadata={"help": "batch size of the corpus and query encoding at a "
                                                                  "refresh"})
-    device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the last CUDA device "
-                                                          "when there are several, else the CPU"})
+    device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the first GPU that no "
+                                                          "training process uses (an error when all of several "
+                                                          "train), cpu, or cuda:N"})
     embeddings_dtype: str = field(default="float32", metadata={"help": "dtype of the embeddings saved in "
                                                                        "checkpoints",
                                                                **_choices("float32", "float16")})

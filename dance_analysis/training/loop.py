@@ -258,9 +258,14 @@ class Trainer:
         if recipe.log.tensorboard:
             self.log.open_tensorboard(purge_step=self._resume_step_hint())
         if recipe.mining.mode == "async" and dist.is_main:
-            from .async_refresh import MinerHandle
+            from .async_refresh import MinerHandle, place_miner
 
-            self.miner = MinerHandle(self.run_dir, recipe)
+            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) \
+                if self.device.type == "cuda" else 0
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            placed = place_miner(recipe.mining.device, training_gpus, visible)
+            self._say(f"async miner on {placed} (training on {training_gpus or 'no'} GPU(s) of {visible})")
+            self.miner = MinerHandle(self.run_dir, recipe, device=placed)
 
     def _resume_step_hint(self) -> int | None:
         return ckpt.checkpoint_step(self.resume_from) if self.resume_from is not None else None

@@ -6,7 +6,8 @@ document negatives (and, for DANCE, query negatives from an index over the train
 queries, and write embeddings / negatives / dev metrics into a checkpoint folder (the ANCE loop: Xiong et al.,
 ANCE, ICLR 2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
-Search runs on the GPU when there is one (see :func:`dance_analysis.index.search`), on the CPU otherwise.
+Search runs on the GPU the refresh encodes on (see :func:`dance_analysis.index.search`; no other GPU is touched),
+on the CPU otherwise.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
     ``refresh.json``. Returns the :class:`RefreshResult` with the negatives on every rank. Mining draws from
     ``numpy.random.default_rng([seed, step])``, so a refresh is reproducible from its checkpoint.
-    ``search_device`` defaults to every GPU (faiss, sharded) when ``device`` is CUDA, else the CPU.
+    ``search_device`` defaults to the GPU of ``device`` when it is CUDA (never the other GPUs), else the CPU.
     ``reuse_cache`` (single process only): take the embeddings from ``<cache>/embeddings/<key>`` when an earlier
     refresh stored them for the same weights, options and token caches (:func:`embeddings_cache_key`), and store
     them there otherwise; used for the initial refresh, which runs start from the same model share. With
@@ -416,9 +417,16 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
 
 
 def _search_device(device) -> str:
+    """The search device of a refresh that encodes on ``device``: that very GPU (``cuda:<index>``), or the CPU.
+
+    Never every GPU: at a sync refresh of a multi-process run the other ranks keep their training memory on their
+    GPUs, and the async miner has a GPU of its own; a search touches only the GPU it is given."""
     if device is None:
-        return "auto"
-    return "auto" if torch.device(device).type == "cuda" else "cpu"
+        return "cpu"
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
 
 
 def _doc_search(search, mining):
