@@ -142,6 +142,18 @@ class DistContext:
             raise DanceError(f"rank 0 stopped: {message}")
         return box.get("result")
 
+    def gather_with_grad(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every rank's ``tensor`` (the same shape on each) concatenated along dim 0, in rank order, and the row
+        offset of this rank's rows. The autograd graph is kept: the gradient of the gathered rows flows back to the
+        rank that produced them (``torch.distributed.nn.functional.all_gather``), so a loss over the gathered
+        batch (in-batch negatives across ranks) trains every rank's encoder. One process: ``(tensor, 0)``."""
+        if not self.enabled:
+            return tensor, 0
+        from torch.distributed.nn.functional import all_gather
+
+        parts = all_gather(tensor.contiguous())
+        return torch.cat(parts, dim=0), self.rank * int(tensor.shape[0])
+
     def shard(self, n: int) -> tuple[int, int]:
         """The contiguous block ``[start, end)`` of ``n`` rows this rank handles."""
         bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)

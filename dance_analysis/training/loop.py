@@ -470,7 +470,9 @@ class Trainer:
                 m = len(mine)
                 q, d_pos, d_neg = q_emb[:m].float(), d_emb[:m].float(), d_emb[m:].float()
                 q_neg = q_emb[m:].float() if use_qneg else None
-                loss, parts = self.objective(q, d_pos, d_neg, q_neg)
+                # In-batch negatives come from the global batch: every rank's instances (gathered with gradients).
+                gather = dist.gather_with_grad if self.objective.in_batch and dist.enabled else None
+                loss, parts = self.objective(q, d_pos, d_neg, q_neg, gather=gather)
                 if not torch.isfinite(loss.detach()).item() and nonfinite is None:
                     nonfinite = float(loss.detach())
                 scaled = loss / opt.grad_accum
