@@ -8,7 +8,7 @@ A recipe has eight sections (every key optional, defaults below)::
     data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir,
                  folds, fold, fold_seed}
     loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
-    optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
+    optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, decay_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
     mining:     {refresh_every, mode, top_k, query_top_k, n, fraction, final_refresh, encode_batch_size, device,
                  embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params}
@@ -135,7 +135,9 @@ class LossConfig:
     w_q2d: float = field(default=1.0, metadata={"help": "weight of the document-retrieval loss L_q2d (q -> d)"})
     w_d2q: float = field(default=0.1, metadata={"help": "weight of the dual query-retrieval loss L_d2q (d -> q; "
                                                         "objective dance only; the paper: 0.1)"})
-    in_batch: bool = field(default=False, metadata={"help": "also use the other instances of the batch as negatives"})
+    in_batch: bool = field(default=False, metadata={"help": "also use the other instances of the batch as negatives "
+                                                            "(in a multi-process run: of the global batch, gathered "
+                                                            "from every rank)"})
     w_align: float = field(default=0.0, metadata={"help": "weight of the alignment regulariser on (q, d+) pairs "
                                                           "(Wang & Isola; 0: off)"})
     w_uniform: float = field(default=0.0, metadata={"help": "weight of the uniformity regulariser on queries and "
@@ -146,23 +148,30 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimisation: AdamW with linear warm-up then linear decay to 0 at ``max_steps``.
+    """Optimisation: AdamW or LAMB (:mod:`dance_analysis.training.optim`) with a linear warm-up, then a linear
+    decay to 0 at ``decay_steps`` (``None``: ``max_steps``).
 
     ``batch_size`` counts training instances (q, d+, d-, q-) per optimizer step over all processes and
     accumulation steps; each process runs ``batch_size / (world_size * grad_accum)`` per micro-batch.
     ``precision`` ``auto`` is fp16 autocast on CUDA and fp32 on the CPU. ``grad_clip`` 0 turns clipping off.
     """
 
-    optimizer: str = field(default="adamw", metadata={"help": "the optimiser (AdamW; biases and 1-d parameters "
-                                                              "without weight decay)",
-                                                      **_choices("adamw")})
+    optimizer: str = field(default="adamw", metadata={"help": "the optimiser: adamw, or lamb (the reference runs' "
+                                                              "LAMB: trust ratio with the weight norm clamped at "
+                                                              "10); biases and 1-d parameters without weight decay",
+                                                      **_choices("adamw", "lamb")})
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (AdamW: decoupled; LAMB: added to the "
+                                                               "step before the trust ratio)"})
+    beta1: float = field(default=0.9, metadata={"help": "beta1 of AdamW / LAMB"})
+    beta2: float = field(default=0.999, metadata={"help": "beta2 of AdamW / LAMB"})
+    eps: float = field(default=1e-8, metadata={"help": "epsilon of AdamW / LAMB"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0 at "
-                                                           "max_steps"})
+                                                           "decay_steps"})
+    decay_steps: int | None = field(default=None, metadata={"help": "the step at which the linear decay reaches 0; "
+                                                                    "far beyond max_steps keeps the rate almost "
+                                                                    "constant after the warm-up (the reference "
+                                                                    "runs: 1,000,000); null: max_steps"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
     batch_size: int = field(default=32, metadata={"help": "training instances (q, d+, d-, q-) per optimizer step "
                                                           "over all processes and accumulation steps"})
@@ -314,6 +323,8 @@ class Recipe:
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.optim.max_steps >= 1, "optim.max_steps must be >= 1"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.optim.decay_steps is None or self.optim.decay_steps > self.optim.warmup_steps,
+             "optim.decay_steps must be larger than optim.warmup_steps, or null (= optim.max_steps)"),
             (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
             (self.optim.batch_size % self.optim.grad_accum == 0,
