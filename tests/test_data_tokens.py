@@ -236,3 +236,36 @@ def test_a_tokenizer_saved_elsewhere_keeps_its_caches(sample, minilm_tokenizer, 
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "encoder")
     assert reloaded.name_or_path != minilm_tokenizer.name_or_path
     assert cache_key(sample, "query", reloaded, 32) == cache_key(sample, "query", minilm_tokenizer, 32)
+
+
+def test_the_reference_document_text_url_sep_title_sep_body(minilm_tokenizer, tmp_path):
+    """Manifest (or recipe) ``doc_text: url-title-body``: each document is ``url <sep> title <sep> body`` with the
+    tokenizer's own separator token, as the ANCE / DANCE reference code builds it; its caches are not FirstP's."""
+    import yaml
+
+    from dance_analysis.errors import InputError
+
+    (tmp_path / "docs.tsv").write_text("".join(f"D{i}\thttp://x.org/{i}\tTitle {i}\tbody {i}\n" for i in range(5)))
+    (tmp_path / "q.tsv").write_text("1\tquery\n")
+    manifest = {"format": "msmarco-doc", "corpus": "docs.tsv", "queries": "q.tsv"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({**manifest, "doc_text": "url-title-body"}))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(manifest))
+    reference = load_collection(str(tmp_path / "m.yaml"))
+    overridden = load_collection(str(tmp_path / "plain.yaml"), doc_text="url-title-body")
+    plain = load_collection(str(tmp_path / "plain.yaml"))
+    assert reference.source["doc_text"] == overridden.source["doc_text"] == "url-title-body"
+    assert "doc_text" not in plain.source
+    cache = cached_tokens(reference, "doc", minilm_tokenizer, 32, cache_dir=tmp_path / "tokens")
+    expected = minilm_tokenizer("http://x.org/3[SEP]Title 3[SEP]body 3", truncation=True, max_length=32)
+    assert cache.get(3).tolist() == expected["input_ids"]
+    assert cache.get(3).tolist().count(minilm_tokenizer.sep_token_id) == 3
+    assert cache_key(reference, "doc", minilm_tokenizer, 32) == cache_key(overridden, "doc", minilm_tokenizer, 32)
+    assert cache_key(reference, "doc", minilm_tokenizer, 32) != cache_key(plain, "doc", minilm_tokenizer, 32)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**manifest, "doc_text": "body-only"}))
+    with pytest.raises(InputError, match=r"bad.yaml.*doc_text"):
+        load_collection(str(tmp_path / "bad.yaml"))
+    (tmp_path / "p.tsv").write_text("P1\tsome passage\n")
+    (tmp_path / "passages.yaml").write_text(yaml.safe_dump({"format": "msmarco-passage", "corpus": "p.tsv",
+                                                            "queries": "q.tsv", "doc_text": "url-title-body"}))
+    with pytest.raises(InputError, match="doc_text"):
+        load_collection(str(tmp_path / "passages.yaml"))

@@ -345,3 +345,25 @@ def test_an_async_miner_that_skips_checkpoints_rotates_by_refresh_count(env, tmp
     assert np.array_equal(mined[5], rotation_slice(nq, 0.2, 1, recipe.optim.seed))
     assert not set(mined[0]) & set(mined[5])
     assert NegativeSet.load(run / "refresh" / "step-5" / "negatives").meta["refresh_index"] == 1
+
+
+def test_gradient_checkpointing_trains_the_same_weights(env, tmp_path):
+    """model.gradient_checkpointing recomputes activations in the backward pass (non-reentrant, dropout replayed
+    from the same generator state): the same losses and weights as without it."""
+    sections = dict(optim={"max_steps": 2}, mining={"refresh_every": 100, "final_refresh": False},
+                    log={"tensorboard": False, "progress": False})
+    plain = train(_recipe(env, **sections), tmp_path / "plain")
+    recipe = _recipe(env, model={"backbone": str(env["encoder"]), "temperature": 0.5,
+                                 "gradient_checkpointing": True}, **sections)
+    from dance_analysis.training.loop import Trainer
+
+    trainer = Trainer(recipe, tmp_path / "probe")
+    trainer._setup()
+    assert getattr(trainer.model.backbone, "is_activation_checkpointing", None) is True
+    trainer.log.close()
+    checkpointed = train(recipe, tmp_path / "checkpointed")
+    np.testing.assert_allclose(checkpointed.losses, plain.losses, rtol=1e-6)
+    a, b = ts.encoder_state(tmp_path / "plain" / "checkpoint-2"), ts.encoder_state(tmp_path / "checkpointed" /
+                                                                                   "checkpoint-2")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7)

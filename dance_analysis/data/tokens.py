@@ -11,7 +11,9 @@ A cache is a folder::
 
 It is built in one streaming pass (texts are tokenised in chunks and appended to ``tokens.bin``), so memory
 stays flat whatever the corpus size. Row ``i`` holds exactly
-``tokenizer(text_i, truncation=True, max_length=max_length)["input_ids"]``. The folder is assembled under a
+``tokenizer(text_i, truncation=True, max_length=max_length)["input_ids"]`` (a text whose fields are kept apart,
+``doc_text: url-title-body``, first gets the tokenizer's separator token between them:
+:func:`dance_analysis.data.formats.join_fields`). The folder is assembled under a
 temporary name and renamed into place, so a cache is either complete or absent.
 """
 
@@ -34,6 +36,7 @@ from ..errors import DanceError
 from ..faults import fault_point
 from .cache import cache_root
 from .collection import Collection, _IdAccumulator
+from .formats import join_fields
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +134,9 @@ def token_dtype(tokenizer: Any) -> np.dtype:
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    # A text that keeps its fields apart (doc_text: url-title-body) gets the tokenizer's separator between them.
+    separator = getattr(tokenizer, "sep_token", None)
+    texts = [join_fields(text, separator) for text in texts]
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
                         return_token_type_ids=False)
     return encoded["input_ids"]

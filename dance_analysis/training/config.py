@@ -4,9 +4,9 @@ A recipe has eight sections (every key optional, defaults below)::
 
     name: demo-dance
     model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
-                 query_max_length, doc_max_length, head_init}
-    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir,
-                 folds, fold, fold_seed}
+                 query_max_length, doc_max_length, lowercase, tokenizer, gradient_checkpointing, head_init}
+    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, doc_text,
+                 cache_dir, folds, fold, fold_seed}
     loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
     optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, decay_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
@@ -77,6 +77,14 @@ class ModelConfig:
                                                                          "keeps the backbone's"})
     doc_max_length: int | None = field(default=None, metadata={"help": "tokens per document, FirstP (the paper: "
                                                                        "512); null keeps the backbone's"})
+    lowercase: bool | None = field(default=None, metadata={"help": "lower-case texts before the tokenizer (the "
+                                                                   "released ANCE checkpoints were trained on "
+                                                                   "lower-cased text); null keeps the backbone's"})
+    tokenizer: str | None = field(default=None, metadata={"help": "the tokenizer's folder or hub name when it is not "
+                                                                  "in the backbone's folder; null: the backbone's"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward "
+                                                                          "pass (less GPU memory, ~30% slower "
+                                                                          "steps)"})
     head_init: str = field(default="normal", metadata={"help": "how a new head's Linear starts: normal (ANCE/BERT's "
                                                                "N(0, 0.02^2)) or identity (training starts at the "
                                                                "backbone's own vectors)",
@@ -85,7 +93,7 @@ class ModelConfig:
     def overrides(self) -> dict[str, Any]:
         """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
         names = ("pooling", "head", "normalize", "doc_layernorm", "temperature", "shared", "query_max_length",
-                 "doc_max_length")
+                 "doc_max_length", "lowercase")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -115,6 +123,11 @@ class DataConfig:
                                                                           "training queries; null: all"})
     max_dev_queries: int | None = field(default=None, metadata={"help": "keep a seeded random subset of this many "
                                                                         "dev queries; null: all"})
+    doc_text: str | None = field(default=None, metadata={"help": "document text of an msmarco-doc manifest: "
+                                                                 "title-body (FirstP) or url-title-body (the "
+                                                                 "reference code: url <sep> title <sep> body with "
+                                                                 "the tokenizer's separator); null: the manifest's",
+                                                         **_choices("title-body", "url-title-body")})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the token caches; null: <cache "
                                                                   "root>/tokens ($DANCE_CACHE or the user cache)"})
     folds: int | None = field(default=None, metadata={"help": "k-fold cross-validation over all queries (fold = test, "

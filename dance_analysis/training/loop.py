@@ -222,6 +222,8 @@ class Trainer:
         check_index_spec(recipe.mining.index, recipe.mining.index_params, dim=model.dim)
         self.model = model.to(self.device)
         self.model.train()
+        if recipe.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
         # Parameters that no forward pass uses get no gradient; DDP (built without find_unused_parameters) would
         # stop on the second step waiting for them, and the optimiser has nothing to do with them: frozen.
         unused = set(model.unused_parameters())

@@ -90,7 +90,8 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     dist = dist or DistContext()
     data_cfg = recipe.data
     if collection is None:
-        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance)
+        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance,
+                                     doc_text=data_cfg.doc_text)
     if data_cfg.folds is not None:
         collection = collection.with_splits(cross_validation_splits(collection.queries, data_cfg.folds,
                                                                     data_cfg.fold, seed=data_cfg.fold_seed))
@@ -253,7 +254,10 @@ def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") ->
     import torch as _torch
 
     digest = hashlib.sha256(setting.encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    options = model.config.to_dict()
+    if not options.get("lowercase"):
+        options.pop("lowercase", None)   # keys of runs from before the option stay as they were
+    digest.update(json.dumps(options, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -321,6 +325,7 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tu
     except (OSError, ValueError, DanceError):
         return None
     now = model.config.to_dict()
+    saved = {**{"lowercase": False}, **saved}   # encoder.json files from before the option
     differs = {k for k in set(now) | set(saved) if k != "format_version" and now.get(k) != saved.get(k)}
     if not differs <= {"temperature", "normalize"} or (saved.get("normalize") and not now["normalize"]):
         return None

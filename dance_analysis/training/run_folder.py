@@ -62,7 +62,8 @@ def start_model(recipe: Recipe):
     random.seed(seed)
     source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
     start = Path(source) if (Path(source).parent / "checkpoint.json").is_file() else None
-    return DualEncoder.load(source, head_init=recipe.model.head_init, **recipe.model.overrides()), start
+    return DualEncoder.load(source, tokenizer=recipe.model.tokenizer, head_init=recipe.model.head_init,
+                            **recipe.model.overrides()), start
 
 
 def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Path | None:
