@@ -69,3 +69,4 @@ def test_in_batch_negatives_gathered_across_ranks_equal_one_process(tmp_path):
     # Without the gather each rank would see only its own half: a different loss.
     half = _loss(_model(), {k: v[:B] for k, v in _inputs().items()})
     assert abs(float(half.detach()) - float(loss.detach())) > 1e-3
+

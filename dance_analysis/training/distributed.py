@@ -35,6 +35,13 @@ from ..errors import DanceError
 
 
 @dataclass
+class _Failed:
+    """What rank 0 sends instead of a value when the check it polls raised (see :meth:`DistContext.poll_until`)."""
+
+    message: str
+
+
+@dataclass
 class DistContext:
     """Where this process sits in the job: rank, world size and its torch device."""
 
@@ -97,12 +104,24 @@ class DistContext:
 
         ``check`` must not block. After each call every rank meets rank 0 in one small broadcast, then all sleep
         (0.05 s, doubling up to ``poll_seconds``) outside any collective; so however long the wait as a whole, no
-        rank spends more than one check and ``poll_seconds`` in a collective. One process: the same loop.
+        rank spends more than one check and ``poll_seconds`` in a collective. When ``check`` raises, rank 0 re-raises
+        it and the other ranks raise a :class:`DanceError` naming it. One process: the same loop.
         """
         delay = min(0.05, poll_seconds)
         while True:
-            value = check() if self.is_main else None
+            failure = None
+            value = None
+            if self.is_main:
+                try:
+                    value = check()
+                except Exception as exc:  # told to every rank, then re-raised here
+                    failure = exc
+                    value = _Failed(f"{type(exc).__name__}: {exc}")
             value = self.broadcast_object(value)
+            if isinstance(value, _Failed):
+                if failure is not None:
+                    raise failure
+                raise DanceError(f"rank 0 stopped: {value.message}")
             if value is not None:
                 return value
             time.sleep(delay)
