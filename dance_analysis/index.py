@@ -136,7 +136,8 @@ def search(queries: np.ndarray, corpus: np.ndarray, k: int, *, query_ids: Sequen
         query_ids, doc_ids: the ids of the rows (default: "0", "1", ...).
         batch_size: queries per block.
         corpus_batch_size: corpus rows per block (default: 256 MB of float32 vectors on the CPU, 4 GB on GPUs).
-        device: "auto" (faiss GPUs, else torch CUDA, else CPU), "cpu", "cuda" or "cuda:N" (one GPU).
+        device: "auto" (faiss on every GPU, else torch CUDA, else CPU), "cpu", "cuda" or "cuda:N" (one GPU),
+            or "cuda:N,M,..." (faiss, sharded over exactly those GPUs): only the GPUs named are touched.
         progress: show a progress bar over the blocks.
         gpu_float16: faiss GPU backend only: store the corpus blocks as float16 on the GPUs (half the GPU memory;
             the search is then no longer exact: scores drift by about 1e-3 relative, and near-ties may swap).
@@ -307,13 +308,14 @@ class _FaissGPU:
 
     name = "faiss-gpu"
 
-    def __init__(self, gpu: int | None, float16: bool = False):
+    def __init__(self, gpu: int | None, float16: bool = False, gpus: list[int] | None = None):
         import faiss
 
         self.faiss = faiss
         self.gpu = gpu
+        self.gpus = gpus          # shard over exactly these GPUs (None: all of them, or the one ``gpu``)
         self.float16 = float16
-        self.ngpu = 1 if gpu is not None else faiss.get_num_gpus()
+        self.ngpu = 1 if gpu is not None else len(gpus) if gpus else faiss.get_num_gpus()
         self.resources = None
 
     def default_block_rows(self, dim: int) -> int:
@@ -323,7 +325,12 @@ class _FaissGPU:
         faiss = self.faiss
         cpu_index = faiss.IndexFlatIP(block.shape[1])
         cpu_index.add(block)
-        if self.gpu is None:
+        if self.gpus:
+            options = faiss.GpuMultipleClonerOptions()
+            options.shard = True
+            options.useFloat16 = self.float16
+            index = faiss.index_cpu_to_gpus_list(cpu_index, co=options, gpus=list(self.gpus))
+        elif self.gpu is None:
             options = faiss.GpuMultipleClonerOptions()
             options.shard = True
             options.useFloat16 = self.float16
@@ -443,12 +450,24 @@ def _pick_backend(device: str, k: int, gpu_float16: bool = False):
     if requested != "auto" and requested != "cuda" and not requested.startswith("cuda:"):
         raise DanceError(f"unknown search device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     gpu = None
+    gpus = None
     if requested.startswith("cuda:"):
         try:
-            gpu = int(requested.split(":", 1)[1])
+            listed = [int(part) for part in requested.split(":", 1)[1].split(",")]
         except ValueError:
-            raise DanceError(f"unknown search device {device!r}: expected 'cuda:N'") from None
+            raise DanceError(f"unknown search device {device!r}: expected 'cuda:N' or 'cuda:N,M,...'") from None
+        if len(set(listed)) != len(listed) or min(listed) < 0:
+            raise DanceError(f"search device {device!r}: expected distinct GPU numbers")
+        if len(listed) == 1:
+            gpu = listed[0]
+        else:
+            gpus = listed
     ngpu = _faiss_gpus()
+    if gpus is not None:
+        if ngpu > 0 and k + _TIE_MARGIN <= _FAISS_GPU_MAX_K and max(gpus) < ngpu:
+            return _FaissGPU(None, gpu_float16, gpus=gpus)
+        raise DanceError(f"search device {device!r} needs faiss with GPU support and those GPUs ({ngpu} visible "
+                         f"to faiss; k = {k} must be at most {_FAISS_GPU_MAX_K - _TIE_MARGIN})")
     if requested == "auto" and ngpu == 0 and not _cuda_possible():
         return _FaissCPU()
     # k + _TIE_MARGIN hits are asked per block (tie check), within the faiss GPU selection limit.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,13 @@ def _check_temperature(temperature: float) -> float:
     return temperature
 
 
+#: ``gather(tensor) -> (every rank's tensor concatenated along dim 0, row offset of this rank's rows)``, keeping the
+#: autograd graph (:meth:`dance_analysis.training.distributed.DistContext.gather_with_grad`).
+Gather = Callable[[Tensor], "tuple[Tensor, int]"]
+
+
 def contrastive_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 1.0,
-                     in_batch: bool = False) -> Tensor:
+                     in_batch: bool = False, gather: Gather | None = None) -> Tensor:
     """Softmax cross-entropy of one positive against mined negatives (the form shared by q2d and d2q).
 
     Inputs
@@ -59,7 +65,10 @@ def contrastive_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, temper
     the same vector occurs in several instances (e.g. two quadruplets of one training line share the same
     positive, or another instance's negative is a labelled positive of anchor b), it is counted once per
     occurrence, including as a "negative". Shuffle instances so that one line rarely fills a batch.
-    Computed with a numerically stable log-sum-exp (``F.cross_entropy``).
+    ``gather`` (with ``in_batch``, in a multi-process run) makes the batch the global one: the positives and
+    negatives of every rank's instances are gathered (gradients flow back to their rank) and anchor b of this rank
+    is labelled with its own positive among them, so the loss and its gradient are those of one process that sees
+    the whole global batch. Computed with a numerically stable log-sum-exp (``F.cross_entropy``).
     References: ANCE (Xiong et al., ICLR 2021), DANCE (Li et al., ICTIR 2021).
     """
     temperature = _check_temperature(temperature)
@@ -73,10 +82,16 @@ def contrastive_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, temper
                          f"h={anchor.shape[1]}, got {tuple(negatives.shape)}")
     batch = anchor.shape[0]
     if in_batch:
-        # Columns: the B positives, then every instance's negatives in order; the label of row b is column b.
-        candidates = torch.cat([positive, negatives.reshape(-1, negatives.shape[-1])], dim=0)
+        # Columns: the B positives, then every instance's negatives in order; the label of row b is column b
+        # (with ``gather``: every rank's positives, then every rank's negatives, in rank order).
+        flat_negatives = negatives.reshape(-1, negatives.shape[-1])
+        offset = 0
+        if gather is not None:
+            positive, offset = gather(positive)
+            flat_negatives, _ = gather(flat_negatives)
+        candidates = torch.cat([positive, flat_negatives], dim=0)
         logits = anchor @ candidates.T
-        labels = torch.arange(batch, device=anchor.device)
+        labels = torch.arange(offset, offset + batch, device=anchor.device)
     else:
         pos = (anchor * positive).sum(-1, keepdim=True)                 # [B, 1]
         neg = torch.einsum("bh,bnh->bn", anchor, negatives)             # [B, n]
@@ -85,7 +100,8 @@ def contrastive_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, temper
     return F.cross_entropy(logits / temperature, labels)
 
 
-def q2d_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, temperature: float = 1.0, in_batch: bool = False) -> Tensor:
+def q2d_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, temperature: float = 1.0, in_batch: bool = False,
+             gather: Gather | None = None) -> Tensor:
     """Document-retrieval loss (q -> d) of ANCE, the first term of DANCE.
 
     Inputs: q [B, h] query embeddings, d_pos [B, h] their positive documents, d_neg [B, h] one mined negative
@@ -96,10 +112,11 @@ def q2d_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, temperature: float = 1.0, 
     deduplication (see :func:`contrastive_loss`).
     Reference: ANCE (Xiong et al., ICLR 2021), eq. for the negative log-likelihood over (q, d+, d-).
     """
-    return contrastive_loss(q, d_pos, d_neg, temperature, in_batch)
+    return contrastive_loss(q, d_pos, d_neg, temperature, in_batch, gather)
 
 
-def d2q_loss(d_pos: Tensor, q: Tensor, q_neg: Tensor, temperature: float = 1.0, in_batch: bool = False) -> Tensor:
+def d2q_loss(d_pos: Tensor, q: Tensor, q_neg: Tensor, temperature: float = 1.0, in_batch: bool = False,
+             gather: Gather | None = None) -> Tensor:
     """Query-retrieval loss (d -> q), DANCE's dual task "inspired by query likelihood".
 
     Inputs: d_pos [B, h] positive documents (the anchors), q [B, h] their queries (the positives), q_neg [B, h]
@@ -110,7 +127,7 @@ def d2q_loss(d_pos: Tensor, q: Tensor, q_neg: Tensor, temperature: float = 1.0, 
     deduplication (see :func:`contrastive_loss`).
     Reference: DANCE (Li et al., ICTIR 2021), section 3, the dual training objective.
     """
-    return contrastive_loss(d_pos, q, q_neg, temperature, in_batch)
+    return contrastive_loss(d_pos, q, q_neg, temperature, in_batch, gather)
 
 
 def alignment_loss(x: Tensor, y: Tensor, alpha: float = 2, normalize: bool = True) -> Tensor:
@@ -159,7 +176,8 @@ def uniformity_loss(x: Tensor, t: float = 2.0, normalize: bool = True) -> Tensor
 
 def dance_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = None, *, w_q2d: float = 1.0,
                w_d2q: float = 0.1, temperature: float = 1.0, in_batch: bool = False, w_align: float = 0.0,
-               w_uniform: float = 0.0, uniform_t: float = 2.0) -> tuple[Tensor, dict[str, float]]:
+               w_uniform: float = 0.0, uniform_t: float = 2.0,
+               gather: Gather | None = None) -> tuple[Tensor, dict[str, float]]:
     """The full training objective of ANCE / DANCE on a batch of quadruplets (q, d+, d-, q-).
 
     Inputs: q, d_pos [B, h]; d_neg [B, h] or [B, n, h]; q_neg like d_neg, or None when w_d2q == 0.
@@ -167,20 +185,21 @@ def dance_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = N
         L = w_q2d * L_q2d(q, d+, d-) + w_d2q * L_d2q(d+, q, q-)
             + w_align * L_align(q, d+) + w_uniform * (L_uniform(q) + L_uniform(d+)) / 2
     Objective "ance" is w_d2q = 0 (q_neg may be None); "dance" is w_d2q = 0.1 (the paper's runs). The
-    regularisers are off by default (weights 0) and are then not computed.
+    regularisers are off by default (weights 0) and are then not computed. ``gather`` extends the in-batch
+    negatives to every rank's instances (see :func:`contrastive_loss`).
     Returns (total loss tensor, parts) where parts holds plain floats: "q2d", "d2q" (when computed), "align",
     "uniform" (when their weight is non-zero) and "total".
     References: ANCE (Xiong et al., ICLR 2021); DANCE (Li et al., ICTIR 2021); Wang & Isola (ICML 2020).
     """
     parts: dict[str, float] = {}
-    l_q2d = q2d_loss(q, d_pos, d_neg, temperature, in_batch)
+    l_q2d = q2d_loss(q, d_pos, d_neg, temperature, in_batch, gather)
     parts["q2d"] = float(l_q2d.detach())
     total = w_q2d * l_q2d
     if w_d2q != 0:
         if q_neg is None:
             raise DanceError("the dual (d2q) loss has weight w_d2q="
                              f"{w_d2q} but no negative queries were given (q_neg is None)")
-        l_d2q = d2q_loss(d_pos, q, q_neg, temperature, in_batch)
+        l_d2q = d2q_loss(d_pos, q, q_neg, temperature, in_batch, gather)
         parts["d2q"] = float(l_d2q.detach())
         total = total + w_d2q * l_d2q
     if w_align != 0:
@@ -267,7 +286,8 @@ class DanceObjective:
         """True when the dual loss is on and batches need mined negative queries."""
         return self.w_d2q != 0
 
-    def __call__(self, q: Tensor, d_pos: Tensor, d_neg: Tensor,
-                 q_neg: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Compute :func:`dance_loss` with these weights."""
-        return dance_loss(q, d_pos, d_neg, q_neg, **dataclasses.asdict(self))
+    def __call__(self, q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = None, *,
+                 gather: Gather | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Compute :func:`dance_loss` with these weights; ``gather`` (multi-process runs with ``in_batch``) takes
+        the in-batch negatives from every rank."""
+        return dance_loss(q, d_pos, d_neg, q_neg, **dataclasses.asdict(self), gather=gather)

@@ -74,6 +74,9 @@ class EncoderConfig:
     temperature: scores are (q . d) / temperature in the losses (DANCE: 0.01 with normalisation).
     shared: one tower for queries and documents; ``False`` = separate query and document towers.
     query_max_length, doc_max_length: truncation lengths in tokens, special tokens included.
+    lowercase: lower-case every text before its tokenizer sees it (a lower-casing step is added to the tokenizer's
+        normaliser; special tokens are not touched), for checkpoints trained on lower-cased text: the released
+        ANCE checkpoints were trained with do_lower_case before RoBERTa's tokenizer (Xiong et al., ICLR 2021).
     """
 
     backbone: str = MINILM_ALIAS
@@ -85,6 +88,7 @@ class EncoderConfig:
     shared: bool = True
     query_max_length: int = 64
     doc_max_length: int = 512
+    lowercase: bool = False
 
     def validate(self) -> EncoderConfig:
         """Check every field; raises :class:`DanceError` naming the field and the allowed values."""
@@ -92,7 +96,7 @@ class EncoderConfig:
             raise DanceError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.head not in HEADS:
             raise DanceError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        for name in ("normalize", "doc_layernorm", "shared"):
+        for name in ("normalize", "doc_layernorm", "shared", "lowercase"):
             if not isinstance(getattr(self, name), bool):
                 raise DanceError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not self.doc_layernorm and self.head != "linear+layernorm":
@@ -127,6 +131,25 @@ class EncoderConfig:
         if isinstance(config.temperature, int) and not isinstance(config.temperature, bool):
             config.temperature = float(config.temperature)
         return config.validate()
+
+
+def lowercasing(tokenizer):
+    """``tokenizer`` (a fast Hugging Face tokenizer) made to lower-case its input: a ``Lowercase`` step in front of
+    its normaliser, which leaves special tokens alone. A tokenizer that lower-cases already is returned as it is.
+    (A saved encoder records ``lowercase`` in ``encoder.json``, and loading applies it again.)"""
+    probe = "Dense Retrieval ANCE"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if ids == tokenizer(probe.lower(), add_special_tokens=False)["input_ids"]:
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DanceError(f"lowercase needs a fast tokenizer (tokenizer.json); {type(tokenizer).__name__} is not one")
+    from tokenizers import normalizers
+
+    current = backend.normalizer
+    backend.normalizer = normalizers.Lowercase() if current is None else \
+        normalizers.Sequence([normalizers.Lowercase(), current])
+    return tokenizer
 
 
 def _check_side(side: str) -> str:
@@ -316,7 +339,7 @@ class DualEncoder(nn.Module):
             raise DanceError("a shared encoder has one tower; got a separate document tower")
         if not config.shared and doc_tower is None:
             raise DanceError("shared=false needs a document tower")
-        self.tokenizer = tokenizer
+        self.tokenizer = lowercasing(tokenizer) if config.lowercase else tokenizer
         self.towers = nn.ModuleDict({"shared": query_tower} if config.shared
                                     else {"query": query_tower, "doc": doc_tower})
         self._check_lengths()
@@ -365,10 +388,26 @@ class DualEncoder(nn.Module):
                     raise DanceError(f"{side}_max_length={self.config.max_length(side)} is longer than the "
                                      f"backbone allows ({limit} positions)")
 
+    def unused_parameters(self) -> list[str]:
+        """Names (as in ``named_parameters()``) of the parameters that :meth:`encode` never uses, so they never get
+        a gradient: with separate towers and ``doc_layernorm=False``, the document tower's LayerNorm. The trainer
+        freezes them, since DistributedDataParallel expects a gradient for every trainable parameter."""
+        if self.config.shared or self.config.doc_layernorm or self.towers["doc"].head.norm is None:
+            return []
+        return [f"towers.doc.head.norm.{name}" for name, _ in self.towers["doc"].head.norm.named_parameters()]
+
     def gradient_checkpointing_enable(self) -> None:
-        """Turn on activation checkpointing in every backbone (less memory, slower training)."""
+        """Turn on activation checkpointing in every backbone (less memory, slower training). The non-reentrant
+        form: it works under DistributedDataParallel and restores the dropout generator for the recomputation."""
         for tower in dict.fromkeys(self.towers.values()):
-            tower.backbone.gradient_checkpointing_enable()
+            backbone = tower.backbone
+            if hasattr(backbone, "activation_checkpointing_enable"):          # transformers >= 5.x
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif "gradient_checkpointing_kwargs" in inspect.signature(
+                    backbone.gradient_checkpointing_enable).parameters:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable()
 
     # -------------------------------------------------------------------------------------------- computation
     def encode(self, input_ids: Tensor, attention_mask: Tensor, side: str) -> Tensor:
@@ -406,7 +445,10 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str], side: str) -> dict[str, Tensor]:
         """``{"input_ids", "attention_mask"}`` of ``texts``, truncated to the side's max length and padded to
         the longest text of the list."""
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
+        from .data.formats import join_fields
+
+        separator = getattr(self.tokenizer, "sep_token", None)
+        encoded = self.tokenizer([join_fields(text, separator) for text in texts], padding=True, truncation=True,
                                  max_length=self.config.max_length(side), return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
@@ -575,7 +617,31 @@ class DualEncoder(nn.Module):
             head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone))
         query = Tower(backbone, head)
         doc = None if config.shared else copy.deepcopy(query)
-        return cls(config, query, _load_tokenizer(tokenizer or str(folder)), doc)
+        return cls(config, query, _ance_tokenizer(folder, tokenizer), doc)
+
+
+def _ance_tokenizer(folder: Path, tokenizer: str | None):
+    """The tokenizer of an ANCE-layout checkpoint: ``tokenizer`` when given; else the folder's, read by
+    ``AutoTokenizer`` or, for the released layout (a config.json of transformers 2.x without ``model_type``, and
+    RoBERTa's ``vocab.json`` / ``merges.txt``), by ``RobertaTokenizer``."""
+    if tokenizer is not None:
+        return _load_tokenizer(tokenizer)
+    try:
+        return _load_tokenizer(str(folder))
+    except DanceError:
+        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+            raise
+    from transformers import RobertaTokenizer
+
+    try:
+        with _quiet_transformers():
+            loaded = RobertaTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        raise DanceError(f"{folder}: cannot read RoBERTa's vocab.json / merges.txt ({exc}); pass "
+                         f"tokenizer=<folder or hub name> (recipe: model.tokenizer)") from exc
+    if loaded.pad_token_id is None:
+        raise DanceError(f"{folder}: the RoBERTa tokenizer there has no padding token")
+    return loaded
 
 
 def _head_from_state(kind: str, hidden: int, state: dict[str, Tensor], path: Path,

@@ -173,3 +173,99 @@ def test_cached_tokens_of_a_file_corpus(minilm_tokenizer, tmp_path):
     cache = cached_tokens(c, "doc", minilm_tokenizer, 12, cache_dir=tmp_path / "tokens")
     assert len(cache) == 30
     assert cache.get(7).tolist() == minilm_tokenizer("title 7 body 7", truncation=True, max_length=12)["input_ids"]
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_parallel_parts_write_the_cache_of_one_pass(items, minilm_tokenizer, tmp_path):
+    from dance_analysis.data.tokens import build_in_parts
+
+    one = build_token_cache(iter(items), minilm_tokenizer, 64, tmp_path / "one", batch_size=64)
+    parts = build_in_parts(iter(items), minilm_tokenizer, 64, tmp_path / "parts", part_rows=250, workers=2)
+    assert _files(parts.path) == _files(one.path)
+    assert not (tmp_path / "parts.parts").exists()
+
+
+def test_an_interrupted_build_resumes_at_the_first_missing_part(items, minilm_tokenizer, tmp_path):
+    from dance_analysis.data.tokens import build_in_parts
+
+    class Interrupted(Exception):
+        pass
+
+    def stream(stop_at=None):
+        for i, item in enumerate(items):
+            if i == stop_at:
+                raise Interrupted
+            yield item
+
+    class Counting:
+        """The tokenizer, counting the texts it is given."""
+
+        def __init__(self, inner):
+            self.inner, self.texts = inner, 0
+
+        def __call__(self, texts, **kwargs):
+            self.texts += len(texts)
+            return self.inner(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __len__(self):
+            return len(self.inner)
+
+    with pytest.raises(Interrupted):
+        build_in_parts(stream(stop_at=560), minilm_tokenizer, 64, tmp_path / "cache", part_rows=250)
+    assert not (tmp_path / "cache").exists()
+    assert sorted(p.name for p in (tmp_path / "cache.parts").iterdir()) == ["part-00000", "part-00001"]
+    counting = Counting(minilm_tokenizer)
+    resumed = build_in_parts(stream(), counting, 64, tmp_path / "cache", part_rows=250)
+    assert counting.texts == len(items) - 500          # the two complete parts were not tokenised again
+    one = build_token_cache(iter(items), minilm_tokenizer, 64, tmp_path / "one")
+    assert _files(resumed.path) == _files(one.path)
+
+
+def test_a_tokenizer_saved_elsewhere_keeps_its_caches(sample, minilm_tokenizer, tmp_path):
+    """A checkpoint's encoder saves the tokenizer it was loaded from: reloaded from there, it names the same cache
+    (a resumed run, the miner and the ranks of a prepared run tokenise nothing again)."""
+    from transformers import AutoTokenizer
+
+    minilm_tokenizer.save_pretrained(tmp_path / "encoder")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "encoder")
+    assert reloaded.name_or_path != minilm_tokenizer.name_or_path
+    assert cache_key(sample, "query", reloaded, 32) == cache_key(sample, "query", minilm_tokenizer, 32)
+
+
+def test_the_reference_document_text_url_sep_title_sep_body(minilm_tokenizer, tmp_path):
+    """Manifest (or recipe) ``doc_text: url-title-body``: each document is ``url <sep> title <sep> body`` with the
+    tokenizer's own separator token, as the ANCE / DANCE reference code builds it; its caches are not FirstP's."""
+    import yaml
+
+    from dance_analysis.errors import InputError
+
+    (tmp_path / "docs.tsv").write_text("".join(f"D{i}\thttp://x.org/{i}\tTitle {i}\tbody {i}\n" for i in range(5)))
+    (tmp_path / "q.tsv").write_text("1\tquery\n")
+    manifest = {"format": "msmarco-doc", "corpus": "docs.tsv", "queries": "q.tsv"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({**manifest, "doc_text": "url-title-body"}))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(manifest))
+    reference = load_collection(str(tmp_path / "m.yaml"))
+    overridden = load_collection(str(tmp_path / "plain.yaml"), doc_text="url-title-body")
+    plain = load_collection(str(tmp_path / "plain.yaml"))
+    assert reference.source["doc_text"] == overridden.source["doc_text"] == "url-title-body"
+    assert "doc_text" not in plain.source
+    cache = cached_tokens(reference, "doc", minilm_tokenizer, 32, cache_dir=tmp_path / "tokens")
+    expected = minilm_tokenizer("http://x.org/3[SEP]Title 3[SEP]body 3", truncation=True, max_length=32)
+    assert cache.get(3).tolist() == expected["input_ids"]
+    assert cache.get(3).tolist().count(minilm_tokenizer.sep_token_id) == 3
+    assert cache_key(reference, "doc", minilm_tokenizer, 32) == cache_key(overridden, "doc", minilm_tokenizer, 32)
+    assert cache_key(reference, "doc", minilm_tokenizer, 32) != cache_key(plain, "doc", minilm_tokenizer, 32)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**manifest, "doc_text": "body-only"}))
+    with pytest.raises(InputError, match=r"bad.yaml.*doc_text"):
+        load_collection(str(tmp_path / "bad.yaml"))
+    (tmp_path / "p.tsv").write_text("P1\tsome passage\n")
+    (tmp_path / "passages.yaml").write_text(yaml.safe_dump({"format": "msmarco-passage", "corpus": "p.tsv",
+                                                            "queries": "q.tsv", "doc_text": "url-title-body"}))
+    with pytest.raises(InputError, match="doc_text"):
+        load_collection(str(tmp_path / "passages.yaml"))

@@ -332,3 +332,108 @@ def test_ance_layout_errors_name_the_file(tmp_path, minilm_tokenizer):
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
     with pytest.raises(DanceError, match=str(weights)):
         DualEncoder.load(str(folder))
+
+
+@pytest.mark.parametrize("shared,doc_layernorm", [(True, True), (True, False), (False, True), (False, False)])
+def test_unused_parameters_are_exactly_those_without_a_gradient(bert_dir, shared, doc_layernorm):
+    model = load(bert_dir, head="linear+layernorm", shared=shared, doc_layernorm=doc_layernorm, normalize=True)
+    loss = 0.0
+    for side in ("query", "doc"):
+        batch = model.tokenize(TEXTS, side)
+        loss = loss + model.encode(batch["input_ids"], batch["attention_mask"], side).sum()
+    loss.backward()
+    no_grad = sorted(name for name, p in model.named_parameters() if p.grad is None)
+    assert sorted(model.unused_parameters()) == no_grad
+    assert bool(no_grad) == (not shared and not doc_layernorm)
+
+
+def _released_ance_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """A tiny RoBERTa exactly in the layout of the released ANCE checkpoints: pytorch_model.bin with roberta.* +
+    embeddingHead.* + norm.* tensors, a transformers 2.x config.json (no model_type; keys of that time), and
+    RoBERTa's byte-level BPE files vocab.json / merges.txt (trained here on a few texts); no tokenizer.json."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([t.lower() for t in TEXTS] * 5 + ["http://example.org/page the title"] * 5,
+                            vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    folder.mkdir()
+    bpe.save_model(str(folder))
+    vocab = bpe.get_vocab_size()
+    config = {"architectures": ["RobertaForSequenceClassification"], "attention_probs_dropout_prob": 0.1,
+              "finetuning_task": "msmarco", "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 32,
+              "initializer_range": 0.02, "intermediate_size": 37, "layer_norm_eps": 1e-05,
+              "max_position_embeddings": 514, "num_attention_heads": 2, "num_hidden_layers": 2, "num_labels": 2,
+              "output_attentions": False, "output_hidden_states": False, "output_past": True, "pruned_heads": {},
+              "torchscript": False, "type_vocab_size": 1, "use_bfloat16": False, "vocab_size": vocab,
+              "is_decoder": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(4)
+    roberta = RobertaModel(RobertaConfig(**{k: v for k, v in config.items() if k != "architectures"}),
+                           add_pooling_layer=False)
+    state = {f"roberta.{k}": v.clone() for k, v in roberta.state_dict().items()}
+    state.update({"embeddingHead.weight": torch.randn(32, 32) * 0.1, "embeddingHead.bias": torch.randn(32) * 0.1,
+                  "norm.weight": 1.0 + torch.randn(32) * 0.1, "norm.bias": torch.randn(32) * 0.1})
+    torch.save(state, folder / "pytorch_model.bin")
+    return state
+
+
+def test_a_released_ance_checkpoint_in_its_original_layout(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = tmp_path / "ance-firstp"
+    state = _released_ance_folder(folder)
+    reference_bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+    def reference_ids(text, limit=64):   # <s> text </s> with the same BPE, straight from the tokenizers library
+        ids = reference_bpe.encode(text).ids
+        return [0] + ids[:limit - 2] + [2]
+
+    model = DualEncoder.load(str(folder), lowercase=True).eval()
+    assert (model.config.pooling, model.config.head, model.config.lowercase) == ("cls", "linear+layernorm", True)
+    assert torch.equal(model.head.linear.weight, state["embeddingHead.weight"])
+    assert torch.equal(model.head.norm.bias, state["norm.bias"])
+    for text in TEXTS[:2]:
+        batch = model.tokenize([text], "query")
+        assert batch["input_ids"][0].tolist() == reference_ids(text.lower())
+    # The reference code's document text: url <sep> title <sep> body, with RoBERTa's separator </s> (id 2).
+    from dance_analysis.data.formats import FIELD_SEPARATOR
+
+    fields = model.tokenize([FIELD_SEPARATOR.join(["http://example.org/page", "The Title", "Body"])], "doc")
+    assert fields["input_ids"][0].tolist() == (reference_ids("http://example.org/page")[:-1] + [2]
+                                               + reference_bpe.encode("the title").ids + [2]
+                                               + reference_bpe.encode("body").ids + [2])
+
+    # Saved in this project's layout and loaded again: same vectors, still lower-casing.
+    model.save(tmp_path / "saved")
+    again = DualEncoder.load(str(tmp_path / "saved")).eval()
+    assert again.config.lowercase and again.tokenize(["Dense"], "query")["input_ids"].tolist() == \
+        model.tokenize(["dense"], "query")["input_ids"].tolist()
+    torch.testing.assert_close(encode(again, TEXTS, "doc"), encode(model, TEXTS, "doc"), atol=1e-6, rtol=0)
+
+    # The weights without their tokenizer files: the tokenizer is named separately (recipe: model.tokenizer).
+    weights_only = tmp_path / "weights"
+    weights_only.mkdir()
+    for name in ("config.json", "pytorch_model.bin"):
+        (weights_only / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(DanceError, match="tokenizer"):
+        DualEncoder.load(str(weights_only))
+    named = DualEncoder.load(str(weights_only), tokenizer=str(tmp_path / "saved"), lowercase=True)
+    assert named.tokenize(["Dense"], "query")["input_ids"][0].tolist() == reference_ids("dense")
+
+
+def test_lowercase_names_its_own_token_caches(tmp_path, bert_dir):
+    from dance_analysis.data import Collection, InMemoryCorpus
+    from dance_analysis.data.tokens import cache_key
+
+    collection = Collection("c", InMemoryCorpus({"d": "Text"}), {"q": "Query"}, {}, {})
+    _released_ance_folder(tmp_path / "ance")
+    cased = DualEncoder.load(str(tmp_path / "ance"))
+    lowered = DualEncoder.load(str(tmp_path / "ance"), lowercase=True)
+    assert cased.tokenize(["Dense"], "query")["input_ids"].tolist() != \
+        lowered.tokenize(["Dense"], "query")["input_ids"].tolist()
+    assert cache_key(collection, "doc", lowered.tokenizer, 16) != cache_key(collection, "doc", cased.tokenizer, 16)
+    # MiniLM's tokenizer lower-cases already: the option leaves it as it is (and its caches).
+    assert cache_key(collection, "doc", load(bert_dir, lowercase=True).tokenizer, 16) == \
+        cache_key(collection, "doc", load(bert_dir).tokenizer, 16)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -60,10 +58,8 @@ def test_two_gloo_processes_match_one_process(setup):
 
     recipe_path = ts.write_recipe(root / "recipe.yaml", setup["recipe"])
     ddp = root / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "dance_analysis.cli.train", str(recipe_path), "--output-dir", str(ddp)]
-    done = subprocess.run(command, env=ts.subprocess_env(root / "cache"), capture_output=True, text=True,
-                          timeout=300)
+    prepared, done = ts.launch(recipe_path, ddp, root / "cache")     # --prepare, then torchrun
+    assert prepared.returncode == 0, prepared.stderr[-4000:]
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     meta = json.loads((ddp / "checkpoint-6" / "checkpoint.json").read_text())
     assert meta["world_size"] == 2

@@ -297,3 +297,73 @@ def test_initial_embeddings_are_shared_by_runs_from_the_same_model(env, tmp_path
     recipe = recipe_from_dict(ts.recipe_dict(env["manifest"], other, env["cache"], **sections))
     train(recipe, tmp_path / "third")
     assert "embeddings_from_cache" not in record(tmp_path / "third", 0)
+
+
+def test_an_async_miner_that_skips_checkpoints_rotates_by_refresh_count(env, tmp_path):
+    """The query chunk mined at a refresh is the refresh's count, not ``step // refresh_every``: a miner that falls
+    behind and takes only every fifth checkpoint still walks through the five chunks (the reference rotates by the
+    number of refreshes it has made)."""
+    import shutil
+
+    from dance_analysis.mining import rotation_slice
+    from dance_analysis.training.async_refresh import STOP_FILE, Miner, list_sets, refresh_root
+    from dance_analysis.training.config import dump_recipe
+    from dance_analysis.training.refresh import prepare_data
+
+    recipe = _recipe(env, mining={"mode": "async", "refresh_every": 1, "fraction": 0.2, "poll_seconds": 0.05})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_recipe(recipe))
+
+    def checkpoint(step):
+        folder = run / f"checkpoint-{step}"
+        shutil.copytree(env["encoder"], folder / "encoder")
+        (folder / "checkpoint.json").write_text(json.dumps({"step": step, "complete": True}))
+
+    def mine_until(final_step):
+        refresh_root(run).mkdir(exist_ok=True)
+        (refresh_root(run) / STOP_FILE).write_text(json.dumps({"final_step": final_step}))
+        assert Miner(run, device="cpu").run() == 0
+
+    checkpoint(0)
+    mine_until(0)
+    for step in range(1, 6):   # the trainer wrote five checkpoints while the miner was busy
+        checkpoint(step)
+    mine_until(5)              # a new miner process: it knows its count from the sets on disk
+    assert [s for s, _ in list_sets(run)] == [0, 5]      # checkpoints 1-4 were skipped
+
+    from dance_analysis.model import DualEncoder
+
+    model = DualEncoder.load(str(env["encoder"]))
+    data = prepare_data(recipe, model.tokenizer, model.config.query_max_length, model.config.doc_max_length)
+    nq = len(data.train_qids)
+    mined = {}
+    for step in (0, 5):
+        negatives = NegativeSet.load(run / "refresh" / f"step-{step}" / "negatives")
+        mined[step] = np.flatnonzero((negatives.doc_negatives >= 0).any(axis=1))
+    assert np.array_equal(mined[0], rotation_slice(nq, 0.2, 0, recipe.optim.seed))
+    assert np.array_equal(mined[5], rotation_slice(nq, 0.2, 1, recipe.optim.seed))
+    assert not set(mined[0]) & set(mined[5])
+    assert NegativeSet.load(run / "refresh" / "step-5" / "negatives").meta["refresh_index"] == 1
+
+
+def test_gradient_checkpointing_trains_the_same_weights(env, tmp_path):
+    """model.gradient_checkpointing recomputes activations in the backward pass (non-reentrant, dropout replayed
+    from the same generator state): the same losses and weights as without it."""
+    sections = dict(optim={"max_steps": 2}, mining={"refresh_every": 100, "final_refresh": False},
+                    log={"tensorboard": False, "progress": False})
+    plain = train(_recipe(env, **sections), tmp_path / "plain")
+    recipe = _recipe(env, model={"backbone": str(env["encoder"]), "temperature": 0.5,
+                                 "gradient_checkpointing": True}, **sections)
+    from dance_analysis.training.loop import Trainer
+
+    trainer = Trainer(recipe, tmp_path / "probe")
+    trainer._setup()
+    assert getattr(trainer.model.backbone, "is_activation_checkpointing", None) is True
+    trainer.log.close()
+    checkpointed = train(recipe, tmp_path / "checkpointed")
+    np.testing.assert_allclose(checkpointed.losses, plain.losses, rtol=1e-6)
+    a, b = ts.encoder_state(tmp_path / "plain" / "checkpoint-2"), ts.encoder_state(tmp_path / "checkpointed" /
+                                                                                   "checkpoint-2")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7)

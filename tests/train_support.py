@@ -122,6 +122,29 @@ def train_command(recipe: Path, output_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dance_analysis.cli.train", str(recipe), "--output-dir", str(output_dir), *extra]
 
 
+def torchrun_command(recipe: Path, output_dir: Path, *extra: str, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=<nproc> -m dance_analysis.cli.train RECIPE --output-dir DIR``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "dance_analysis.cli.train", str(recipe), "--output-dir", str(output_dir), *extra]
+
+
+def launch(recipe: Path, output_dir: Path, cache_dir: Path, *, nproc: int = 2, workers: int = 1,
+           env: dict | None = None, timeout: float = 600, extra: tuple[str, ...] = ()):
+    """The multi-process launch sequence: ``dance-train RECIPE --prepare`` (one process), then ``torchrun`` with
+    ``nproc`` processes (gloo on the CPU). Returns the two ``CompletedProcess`` results (the second is ``None`` when
+    the preparation failed)."""
+    import subprocess
+
+    full_env = {**subprocess_env(cache_dir), **(env or {})}
+    prepared = subprocess.run(train_command(recipe, output_dir, "--prepare", "--workers", str(workers), *extra),
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+    if prepared.returncode != 0:
+        return prepared, None
+    trained = subprocess.run(torchrun_command(recipe, output_dir, *extra, nproc=nproc), env=full_env,
+                             capture_output=True, text=True, timeout=timeout)
+    return prepared, trained
+
+
 def encoder_state(checkpoint: Path) -> dict[str, np.ndarray]:
     """Every tensor of a checkpoint's encoder (backbone + head), as numpy arrays."""
     from safetensors.numpy import load_file

@@ -3,6 +3,7 @@
     dance-train train/demo-dance.yaml
     dance-train train/demo-dance.yaml --set optim.max_steps=100 --set mining.refresh_every=50 --output-dir runs/x
     dance-train train/demo-dance.yaml --resume
+    dance-train train/rag24-dance.yaml --prepare          # then:
     torchrun --nproc_per_node=2 -m dance_analysis.cli.train train/rag24-dance.yaml
 """
 
@@ -28,6 +29,11 @@ state, the negatives and their sampling counts, the embeddings and the dev metri
 A non-empty run directory is refused unless --resume (continue from its last checkpoint; the recipe must be
 the same) or --overwrite (delete it first) is given.
 
+A multi-process run (torchrun) starts from a prepared run directory: first run the same command with --prepare
+and without torchrun (one process: it builds the token caches with --workers processes and mines the step-0
+negatives into checkpoint-0; run it again to resume it), then launch torchrun. --resume and --overwrite are for
+the training command.
+
 The environment variable OMP_WAIT_POLICY defaults to PASSIVE (idle CPU threads sleep rather than spin).
 
 Exit status: 0 done, 2 a problem with the recipe, the data or the paths, including an output that cannot be
@@ -48,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="delete the output directory's run first")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved recipe, each key with its help as a comment, and exit")
+    parser.add_argument("--prepare", action="store_true",
+                        help="prepare the run directory and exit: token caches, step-0 negatives (checkpoint-0); "
+                             "needed before a multi-process (torchrun) run, resumable")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --prepare: processes that tokenise the caches (default: the CPU count)")
     return parser
+
+
+def _prepare_command(args) -> str:
+    """The ``dance-train ... --prepare`` command line for the arguments of this one."""
+    import shlex
+
+    parts = ["dance-train", args.recipe, *[f"--set {shlex.quote(o)}" for o in args.overrides]]
+    if args.output_dir:
+        parts += ["--output-dir", args.output_dir]
+    return " ".join(parts + ["--prepare"])
 
 
 @user_errors_exit_2
@@ -66,6 +87,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(dump_recipe_with_help(recipe))
         return 0
+    from pathlib import Path
+
+    run_dir = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.prepare:
+        if world > 1:
+            raise DanceError("--prepare runs in one process, before torchrun: run it without torchrun")
+        if args.resume:
+            raise DanceError("--prepare resumes by itself; --resume is for the training command")
+        from ..training.prepare import prepare
+
+        prepare(recipe, run_dir, workers=args.workers, overwrite=args.overwrite)
+        print(f"prepared: {run_dir}")
+        return 0
+    if world > 1:
+        from ..training.prepare import require_prepared
+
+        try:
+            require_prepared(run_dir, recipe, _prepare_command(args))
+        except DanceError:
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 2    # rank 0 says what to run: one line, not one per rank
+            raise
     from ..training.loop import train
 
     try:

@@ -35,14 +35,18 @@ _SPEC_HELP = ("expected 'rag24-sample', 'irds:<dataset id>', a BEIR folder, a YA
 
 
 def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | None = None,
-                    strict: bool = False) -> Collection:
+                    strict: bool = False, doc_text: str | None = None) -> Collection:
     """Load a collection from a name, an ir_datasets id, a BEIR folder, a YAML manifest or a source dict.
 
     ``min_relevance`` overrides the collection's own threshold (2 for ``rag24-sample``, else the manifest's or
     1). With ``strict``, qrels naming unknown query or document ids are an error instead of a warning (except
     for ``rag24-sample``, whose qrels judge passages outside the sample by design).
+    ``doc_text`` (manifests of the msmarco-doc format): ``url-title-body`` for the reference code's document text,
+    ``title-body`` (FirstP's title and body) or ``None`` (the manifest's choice).
     The returned ``collection.source`` is a JSON-able dict that loads the same collection again.
     """
+    if doc_text is not None:
+        return _with_doc_text(spec, doc_text, min_relevance=min_relevance, strict=strict)
     if min_relevance is not None and (not isinstance(min_relevance, int) or isinstance(min_relevance, bool)):
         raise DanceError(f"min_relevance must be an integer grade, got {min_relevance!r}")
     if isinstance(spec, Mapping):
@@ -72,6 +76,18 @@ def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | N
 
         return load_manifest(path, min_relevance=min_relevance, strict=strict)
     raise DanceError(f"unknown collection {text!r}: no such file or folder; {_SPEC_HELP}")
+
+
+def _with_doc_text(spec, doc_text: str, *, min_relevance: int | None, strict: bool) -> Collection:
+    from .loaders import load_manifest
+
+    if isinstance(spec, Mapping) and "corpus" in spec:
+        return load_manifest(spec, min_relevance=min_relevance, strict=strict, doc_text=doc_text)
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).expanduser().is_file():
+        return load_manifest(Path(spec).expanduser(), min_relevance=min_relevance, strict=strict, doc_text=doc_text)
+    if doc_text == "title-body":
+        return load_collection(spec, min_relevance=min_relevance, strict=strict)
+    raise DanceError(f"doc_text {doc_text!r} needs a collection manifest (format msmarco-doc), got {spec!r}")
 
 
 def _load_source(spec: Mapping, *, min_relevance: int | None, strict: bool) -> Collection:

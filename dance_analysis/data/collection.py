@@ -180,19 +180,23 @@ class FileCorpus(Corpus):
     """
 
     def __init__(self, path: str | os.PathLike, format: str, ids: np.ndarray, offsets: np.ndarray | None,
-                 fingerprint: dict):
+                 fingerprint: dict, doc_text: str | None = None):
         self.path = str(path)
         self.format = format
-        self._parser = FORMATS[format].corpus
+        self.doc_text = doc_text
+        self._parser = FORMATS[format].corpus_parser(doc_text)
         self.ids = ids
         self.offsets = offsets
         self._file = fingerprint
 
     @classmethod
-    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None) -> FileCorpus:
-        """Index ``path`` (one validating pass, or the cached index of an unchanged large file)."""
+    def open(cls, path: str | os.PathLike, format: str, *, progress: bool | None = None,
+             doc_text: str | None = None) -> FileCorpus:
+        """Index ``path`` (one validating pass, or the cached index of an unchanged large file); ``doc_text``
+        picks another document text of the format (:meth:`CollectionFormat.corpus_parser`)."""
         if format not in FORMATS:
             raise DanceError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
+        FORMATS[format].corpus_parser(doc_text)   # an unknown doc_text fails before the pass
         if not Path(path).is_file():
             raise InputError(path, "an existing corpus file")
         fingerprint = file_fingerprint(path)
@@ -201,8 +205,10 @@ class FileCorpus(Corpus):
         if cache_dir is not None and (cache_dir / "ids.npy").is_file():
             ids = np.load(cache_dir / "ids.npy", allow_pickle=False)
             offsets = None if gz else np.load(cache_dir / "offsets.npy", allow_pickle=False)
-            return cls(path, format, ids, offsets, fingerprint)
+            return cls(path, format, ids, offsets, fingerprint, doc_text)
         corpus = cls._index(path, format, fingerprint, gz, progress)
+        corpus.doc_text = doc_text
+        corpus._parser = FORMATS[format].corpus_parser(doc_text)
         if cache_dir is not None:
             _save_index(cache_dir, corpus)
         return corpus
@@ -293,7 +299,10 @@ class FileCorpus(Corpus):
 
     def fingerprint(self) -> str:
         """Hash of the file's path, size, modification time and format (no pass over the texts)."""
-        blob = json.dumps({"file": self._file, "format": self.format}, sort_keys=True)
+        described = {"file": self._file, "format": self.format}
+        if self.doc_text not in (None, "title-body"):
+            described["doc_text"] = self.doc_text
+        blob = json.dumps(described, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def __repr__(self) -> str:

@@ -8,7 +8,8 @@ naming the file, the line number and what was expected.
 Formats:
 
 ==================  ====================================================================================
-msmarco-doc         ``docid <TAB> url <TAB> title <TAB> body``; the text is FirstP's ``title + " " + body``
+msmarco-doc         ``docid <TAB> url <TAB> title <TAB> body``; the text is FirstP's ``title + " " + body``, or
+                    (manifest ``doc_text: url-title-body``) ``url <sep> title <sep> body`` as the reference code
 msmarco-passage     ``pid <TAB> text``
 beir                one JSON object per line: ``{"_id": ..., "title": ..., "text": ...}``; text = title + text
 queries (TSV)       ``qid <TAB> text``
@@ -155,6 +156,34 @@ def parse_msmarco_doc(path: str, lineno: int, raw: bytes) -> tuple[str, str]:
     """``docid, url, title, body`` -> ``(docid, title + " " + body)`` (MS MARCO document TSV, FirstP text)."""
     doc_id, _url, title, body = _split_tsv(path, lineno, raw, ("docid", "url", "title", "body"))
     return doc_id, _non_empty_text(path, lineno, doc_id, join_title(title, body), "title or body")
+
+
+#: Marks the boundaries between the fields of a document text that keeps them apart (``doc_text:
+#: url-title-body``); tokenisation puts the tokenizer's separator token there (:func:`join_fields`).
+FIELD_SEPARATOR = "\x1f"
+#: The document texts a manifest can ask for (``doc_text``): FirstP's ``title body`` (the default) or the
+#: reference code's ``url <sep> title <sep> body``.
+DOC_TEXTS = ("title-body", "url-title-body")
+
+
+def join_fields(text: str, separator: str | None) -> str:
+    """``text`` with every :data:`FIELD_SEPARATOR` replaced by ``separator`` (a tokenizer's separator token, e.g.
+    RoBERTa's ``</s>``), or by a space when there is none; texts without fields are returned unchanged."""
+    if FIELD_SEPARATOR not in text:
+        return text
+    return text.replace(FIELD_SEPARATOR, separator if separator else " ")
+
+
+def parse_msmarco_doc_url(path: str, lineno: int, raw: bytes) -> tuple[str, str]:
+    """``docid, url, title, body`` -> ``(docid, url <sep> title <sep> body)``: the document text of the ANCE and
+    DANCE reference code, the fields kept apart by :data:`FIELD_SEPARATOR` until tokenisation puts the tokenizer's
+    separator token there (Xiong et al., ANCE, ICLR 2021, MS MARCO document preprocessing)."""
+    doc_id, url, title, body = _split_tsv(path, lineno, raw, ("docid", "url", "title", "body"))
+    if FIELD_SEPARATOR in url + title + body:
+        raise InputError(path, "no U+001F (unit separator) character in url, title or body", line=lineno,
+                         got=doc_id)
+    _non_empty_text(path, lineno, doc_id, join_title(title, body), "title or body")
+    return doc_id, FIELD_SEPARATOR.join(part.strip() for part in (url, title, body))
 
 
 def parse_msmarco_passage(path: str, lineno: int, raw: bytes) -> tuple[str, str]:
@@ -389,12 +418,25 @@ class CollectionFormat:
     qrels: Callable[[str | os.PathLike], QrelsTable]
     description: str
     folder: FolderLayout | None = None
+    #: Other document texts of the same lines (a manifest's ``doc_text``), by name: their corpus parsers.
+    doc_texts: dict[str, RecordParser] = field(default_factory=dict)
+
+    def corpus_parser(self, doc_text: str | None = None) -> RecordParser:
+        """The corpus parser for the document text ``doc_text`` (``None`` or ``title-body``: :attr:`corpus`)."""
+        if doc_text in (None, "title-body"):
+            return self.corpus
+        if doc_text not in self.doc_texts:
+            valid = ", ".join(["title-body", *self.doc_texts])
+            raise DanceError(f"doc_text {doc_text!r} is not available for the {self.name} format; expected "
+                             f"one of {valid}")
+        return self.doc_texts[doc_text]
 
 
 #: Every collection format by name (the one list that manifests, folders and FileCorpus read).
 FORMATS: dict[str, CollectionFormat] = {f.name: f for f in (
     CollectionFormat("msmarco-doc", parse_msmarco_doc, parse_query_tsv, read_qrels,
-                     "MS MARCO documents: docid, url, title, body (TSV); queries qid, text; TREC qrels"),
+                     "MS MARCO documents: docid, url, title, body (TSV); queries qid, text; TREC qrels",
+                     doc_texts={"url-title-body": parse_msmarco_doc_url}),
     CollectionFormat("msmarco-passage", parse_msmarco_passage, parse_query_tsv, read_qrels,
                      "MS MARCO passages: pid, text (TSV); queries qid, text; TREC qrels"),
     CollectionFormat("beir", parse_beir_doc, parse_beir_query, read_beir_qrels,

@@ -10,6 +10,7 @@ A manifest names the files of a collection in one of the formats of
     qrels:   {train: msmarco-doctrain-qrels.tsv.gz,   dev: msmarco-docdev-qrels.tsv.gz}
     min_relevance: 1               # optional
     random_splits: {seed: 13, train: 0.6, dev: 0.2, test: 0.2}   # optional: seeded splits of all queries
+    doc_text: url-title-body       # optional (msmarco-doc): the reference code's document text (default title-body)
 
 ``queries`` / ``qrels`` map split names to files (a split's queries are those of its query file, or, without
 one, the judged queries of its qrels file); a single path instead of a mapping gives no named splits. Relative
@@ -31,7 +32,7 @@ from .splits import DEFAULT_FRACTIONS, seeded_splits
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST_KEYS = {"format", "name", "corpus", "queries", "qrels", "min_relevance", "random_splits"}
+_MANIFEST_KEYS = {"format", "name", "corpus", "queries", "qrels", "min_relevance", "random_splits", "doc_text"}
 _SPLIT_ORDER = ("train", "dev", "validation", "test")
 
 
@@ -149,8 +150,9 @@ def _resolve_files(value: object, base: Path, what: str, where: _Manifest) -> st
 
 
 def load_manifest(manifest: Mapping | str | os.PathLike, *, min_relevance: int | None = None,
-                  strict: bool = False) -> Collection:
-    """Load a collection from a manifest dict or a YAML manifest file (see the module docstring)."""
+                  strict: bool = False, doc_text: str | None = None) -> Collection:
+    """Load a collection from a manifest dict or a YAML manifest file (see the module docstring); ``doc_text``
+    overrides the manifest's."""
     if isinstance(manifest, (str, os.PathLike)):
         import yaml
 
@@ -192,7 +194,14 @@ def load_manifest(manifest: Mapping | str | os.PathLike, *, min_relevance: int |
             raise where.error("an integer grade for min_relevance", "min_relevance", min_relevance)
     effective_min = min_relevance
 
-    corpus = FileCorpus.open(corpus_path, fmt.name)
+    doc_text = doc_text or data.get("doc_text")
+    if doc_text is not None:
+        valid = ["title-body", *fmt.doc_texts]
+        if doc_text not in valid:
+            raise where.error(f"doc_text one of {', '.join(valid)} for the {fmt.name} format", "doc_text", doc_text)
+        if doc_text == "title-body":
+            doc_text = None
+    corpus = FileCorpus.open(corpus_path, fmt.name, doc_text=doc_text)
     queries: dict[str, str] = {}
     query_splits: dict[str, list[str]] = {}
     query_file_items = queries_files.items() if isinstance(queries_files, dict) else [(None, queries_files)]
@@ -230,6 +239,8 @@ def load_manifest(manifest: Mapping | str | os.PathLike, *, min_relevance: int |
         source["qrels"] = qrels_files
     if "random_splits" in data:
         source["random_splits"] = dict(data["random_splits"])
+    if doc_text is not None:
+        source["doc_text"] = doc_text
     return Collection(name=name, corpus=corpus, queries=queries, qrels=qrels, splits=splits,
                       min_relevance=effective_min, source=source)
 

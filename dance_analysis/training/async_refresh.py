@@ -3,9 +3,9 @@
 The trainer (rank 0) starts the miner (``python -m dance_analysis.training.async_refresh RUN_DIR``), then goes on
 training and writes ``checkpoint-<step>/`` folders. The miner watches the run directory; whenever a complete
 checkpoint newer than the last one it handled appears, it takes the newest (skipping any it fell behind on), loads
-its encoder on its own device (``mining.device``; ``auto`` = the last GPU when there are several, the only GPU when
-there is one, else the CPU), re-encodes the corpus and the queries, searches, mines and evaluates
-(:func:`.refresh.run_refresh`) and then:
+its encoder on its own device (``mining.device``, placed by the trainer with :func:`place_miner`: ``auto`` = the
+first GPU that no training process uses; the miner process sees only that GPU), re-encodes the corpus and the
+queries, searches, mines and evaluates (:func:`.refresh.run_refresh`) and then:
 
 1. writes everything into ``RUN_DIR/refresh/.tmp-step-<step>-<pid>/``;
 2. adds ``embeddings/``, ``negatives/`` and ``dev_metrics.json`` to the checkpoint folder, each published
@@ -73,14 +73,16 @@ def list_sets(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 class MinerHandle:
     """The trainer's side: start the miner, find / wait for complete negative sets, stop the miner."""
 
-    def __init__(self, run_dir: str | os.PathLike, recipe):
+    def __init__(self, run_dir: str | os.PathLike, recipe, device: str = "cpu"):
         self.run_dir = Path(run_dir)
         self.recipe = recipe
+        self.device = device      # where the miner runs: "cpu" or "cuda:N" of this process (see place_miner)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.run_dir / LOG_FILE
         self._log_handle = None
         self.restarts = 0
         self.using: int | None = None
+        self._final_step: int | None = None
 
     def start(self) -> None:
         """Start the miner process (its output goes to ``RUN_DIR/miner.log``)."""
@@ -92,15 +94,27 @@ class MinerHandle:
                 shutil.rmtree(child, ignore_errors=True)
         if self._log_handle is not None:
             self._log_handle.close()
+        env, device = self.environment()
+        self._log_handle = open(self.log_path, "a", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dance_analysis.training.async_refresh", str(self.run_dir),
+             "--parent-pid", str(os.getpid()), "--device", device],
+            stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+    def environment(self) -> tuple[dict[str, str], str]:
+        """The miner's environment and ``--device``: without torchrun's variables, and on a GPU restricted to
+        that one GPU (``CUDA_VISIBLE_DEVICES`` = its physical id, ``--device cuda:0``), so neither its encoding
+        nor its search opens a context or allocates on another GPU."""
         env = dict(os.environ)
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             env.pop(key, None)
-        self._log_handle = open(self.log_path, "a", encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dance_analysis.training.async_refresh", str(self.run_dir),
-             "--parent-pid", str(os.getpid())],
-            stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        if not self.device.startswith("cuda"):
+            return env, "cpu"
+        index = int(self.device.split(":", 1)[1]) if ":" in self.device else 0
+        ids = _visible_device_ids()
+        env["CUDA_VISIBLE_DEVICES"] = ids[index] if index < len(ids) else str(index)
+        return env, "cuda:0"
 
     def set_dir(self, step: int) -> Path:
         """The folder of the set mined from checkpoint ``step``."""
@@ -130,29 +144,21 @@ class MinerHandle:
         self.start()
         return True
 
-    def wait_for(self, step: int) -> tuple[int, Path]:
-        """Block until a set of at least ``step`` exists (restarting a dead miner, see :meth:`revive`)."""
-        delay = min(0.05, self.recipe.mining.poll_seconds)
-        while True:
-            newest = self.newest()
-            if newest is not None and newest[0] >= step:
-                return newest
-            self.revive()
-            time.sleep(delay)
-            delay = min(delay * 2, self.recipe.mining.poll_seconds)
-
-    def poll(self, current: int, wait_for: int | None = None) -> tuple[Path | None, float]:
-        """The folder of a complete set newer than step ``current``, or ``None``; with ``wait_for``, block until
-        a set of at least that step exists. Restarts a dead miner (:meth:`revive`). Returns ``(folder, seconds
-        spent)``."""
-        started = time.perf_counter()
+    def ready(self, step: int) -> Path | None:
+        """The folder of the newest complete set when its step is at least ``step``, else ``None``; never blocks
+        (restarts a dead miner, see :meth:`revive`). The trainer polls it (every rank meets in a small collective
+        between two polls, so no rank waits in a collective for the miner)."""
+        newest = self.newest()
+        if newest is not None and newest[0] >= step:
+            return newest[1]
         self.revive()
-        if wait_for is not None:
-            found = self.wait_for(wait_for)
-        else:
-            newest = self.newest()
-            found = newest if newest is not None and newest[0] > current else None
-        return (found[1] if found is not None else None), time.perf_counter() - started
+        return None
+
+    def newer_than(self, current: int) -> Path | None:
+        """The folder of a complete set newer than step ``current``, or ``None`` (restarts a dead miner)."""
+        self.revive()
+        newest = self.newest()
+        return newest[1] if newest is not None and newest[0] > current else None
 
     def read_set(self, set_dir: Path):
         """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
@@ -178,19 +184,27 @@ class MinerHandle:
 
         return read_refresh_record(self.set_dir(step))
 
-    def finish(self, final_step: int | None) -> float:
-        """Ask the miner to stop (after mining ``final_step`` when given) and wait for it; returns seconds waited."""
-        started = time.perf_counter()
-        if self.proc is None:
-            return 0.0
-        self.revive()
-        while True:
+    def request_stop(self, final_step: int | None) -> None:
+        """Ask the miner to stop, after mining ``final_step`` when given (writes ``refresh/STOP``)."""
+        self._final_step = final_step
+        if self.proc is not None:
+            self.revive()
             write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": final_step})
-            if self.proc.wait() == 0:
-                break
-            self.revive()  # died before handling the final step: once more (or an error after MAX_RESTARTS)
-        self.proc = None
-        return time.perf_counter() - started
+
+    def stopped(self) -> bool | None:
+        """After :meth:`request_stop`: ``True`` once the miner has exited cleanly, else ``None``; never blocks.
+        A miner that died before handling the final step is restarted (:meth:`revive`) and asked again."""
+        if self.proc is None:
+            return True
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if code == 0:
+            self.proc = None
+            return True
+        self.revive()   # died before handling the final step: once more (or an error after MAX_RESTARTS)
+        write_json(refresh_root(self.run_dir) / STOP_FILE, {"final_step": self._final_step})
+        return None
 
     def close(self) -> None:
         """Stop the miner if it still runs (on errors)."""
@@ -209,17 +223,66 @@ class MinerHandle:
 
 # ------------------------------------------------------------------------------------------------ miner side
 
+def place_miner(requested: str, training_gpus: int, visible_gpus: int) -> str:
+    """Where the async miner runs, decided by the trainer before it starts the miner: ``"cpu"`` or ``"cuda:N"``.
+
+    ``training_gpus``: how many GPUs the training processes of this machine use (torchrun's ``LOCAL_WORLD_SIZE``
+    on CUDA: ``cuda:0`` .. ``cuda:<training_gpus - 1>``; 0 when training runs on the CPU); ``visible_gpus``: how
+    many this process sees. ``auto`` takes the first GPU that no training process uses (``cuda:<training_gpus>``);
+    when every GPU trains, a single training process shares its GPU with the miner, and several are refused with
+    a message naming the choices (in lockstep data parallelism every rank would run at the speed of the shared
+    GPU). ``cpu`` and ``cuda:N`` are taken as given (``cuda:N`` of a training process is allowed, with a warning).
+    """
+    requested = str(requested).strip().lower()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        if visible_gpus <= 0:
+            return "cpu"
+        if training_gpus < visible_gpus:
+            return f"cuda:{training_gpus}"
+        if training_gpus <= 1:
+            return "cuda:0"
+        raise DanceError(f"mining.device auto: all {visible_gpus} GPUs run training processes, so the async miner "
+                         f"has no GPU of its own; start one training process fewer (torchrun --nproc_per_node="
+                         f"{visible_gpus - 1}, with optim.batch_size a multiple of {visible_gpus - 1} x "
+                         f"optim.grad_accum) so that it gets cuda:{visible_gpus - 1}, or use mining.mode sync, or "
+                         f"name a GPU to share (mining.device cuda:N)")
+    if requested == "cuda":
+        requested = "cuda:0"
+    if requested.startswith("cuda:") and requested[5:].isdigit():
+        index = int(requested[5:])
+        if index >= visible_gpus:
+            raise DanceError(f"mining.device {requested}: only {visible_gpus} GPU(s) are visible")
+        if index < training_gpus:
+            logger.warning("warning: mining.device %s is also the GPU of training process %d: both share it",
+                           requested, index)
+        return requested
+    raise DanceError(f"mining.device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+
+
 def miner_device(requested: str):
-    """The miner's torch device: ``auto`` = the last CUDA device when there are several, the GPU when there is
-    one, else the CPU."""
+    """The miner process's torch device for ``--device`` / ``mining.device``: ``auto`` = the first visible GPU
+    (the trainer restricts the miner to the one GPU :func:`place_miner` chose), else the CPU."""
     import torch
 
     from ..device import pick_device
 
     if requested == "auto":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return torch.device("cuda", count - 1) if count else torch.device("cpu")
+        return torch.device("cuda", 0) if torch.cuda.is_available() and torch.cuda.device_count() else \
+            torch.device("cpu")
     return pick_device(requested)
+
+
+def _visible_device_ids() -> list[str]:
+    """The physical ids behind ``cuda:0``, ``cuda:1``, ... of this process (``CUDA_VISIBLE_DEVICES`` or 0..n-1)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and listed.strip():
+        return [part.strip() for part in listed.split(",")][:count] if count else []
+    return [str(i) for i in range(count)]
 
 
 def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
@@ -243,6 +306,17 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
         pass  # the trainer pruned the checkpoint meanwhile
 
 
+def _next_index(set_dir: Path) -> int:
+    """The refresh count after the set in ``set_dir`` (its ``refresh_index`` + 1; 0 when unreadable)."""
+    from .refresh import NEGATIVES_DIR, next_refresh_index
+
+    try:
+        meta = json.loads((set_dir / NEGATIVES_DIR / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return next_refresh_index(meta) if isinstance(meta, dict) else 0
+
+
 class Miner:
     """The miner loop (runs in its own process)."""
 
@@ -256,6 +330,9 @@ class Miner:
         self.data = None
         found = list_sets(self.run_dir)
         self.last_done = found[-1][0] if found else -1
+        # The chunk of queries a refresh mines follows the count of refreshes (refresh_index), which a restarted
+        # miner reads from the newest set on disk.
+        self.next_index = _next_index(found[-1][1]) if found else 0
 
     def _parent_alive(self) -> bool:
         if self.parent_pid is None:
@@ -321,15 +398,22 @@ class Miner:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        search_device = str(self.device) if self.device.type == "cuda" else "cpu"
+        search_device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else "cpu"
         result = run_refresh(model, self.data, self.recipe, step, out_dir=tmp, device=self.device,
                              search_device=search_device,
-                             reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings)
+                             reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings,
+                             refresh_index=self.next_index)
         _attach(tmp, checkpoint_dir)
         replace_dir(tmp, root / f"step-{step}")
         self.last_done = step
+        self.next_index += 1
         self._say(summary_line(result.record(), self.recipe.checkpoint.best_metric,
                                f"| {time.perf_counter() - started:.1f}s in all"))
+        del model, result
+        if self.device.type == "cuda":   # the GPU's cached memory is not kept between refreshes
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:

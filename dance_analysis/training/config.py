@@ -1,20 +1,21 @@
 """Training recipes: typed dataclasses read from YAML, with ``--set section.key=value`` overrides.
 
-A recipe has seven sections (every key optional, defaults below)::
+A recipe has eight sections (every key optional, defaults below)::
 
     name: demo-dance
     model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
-                 query_max_length, doc_max_length, head_init}
-    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, cache_dir,
-                 folds, fold, fold_seed}
+                 query_max_length, doc_max_length, lowercase, tokenizer, gradient_checkpointing, head_init}
+    data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, doc_text,
+                 cache_dir, folds, fold, fold_seed}
     loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
-    optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, max_steps, batch_size,
+    optim:      {optimizer, lr, weight_decay, beta1, beta2, eps, warmup_steps, decay_steps, max_steps, batch_size,
                  grad_accum, grad_clip, precision, seed, device, deterministic}
     mining:     {refresh_every, mode, top_k, query_top_k, n, fraction, final_refresh, encode_batch_size, device,
                  embeddings_dtype, save_embeddings, dev_k, poll_seconds, index, index_params, range_min, range_max,
                  rank_window, absolute_margin, relative_margin, max_score, sampling, exclude_grade}
     checkpoint: {keep_last, keep_best, best_metric}
     log:        {every, tensorboard, progress}
+    distributed: {timeout_minutes, poll_seconds}
 
 An unknown key or a value of the wrong type stops loading with a :class:`~dance_analysis.errors.DanceError` that
 names the key and lists the valid ones.
@@ -77,6 +78,14 @@ class ModelConfig:
                                                                          "keeps the backbone's"})
     doc_max_length: int | None = field(default=None, metadata={"help": "tokens per document, FirstP (the paper: "
                                                                        "512); null keeps the backbone's"})
+    lowercase: bool | None = field(default=None, metadata={"help": "lower-case texts before the tokenizer (the "
+                                                                   "released ANCE checkpoints were trained on "
+                                                                   "lower-cased text); null keeps the backbone's"})
+    tokenizer: str | None = field(default=None, metadata={"help": "the tokenizer's folder or hub name when it is not "
+                                                                  "in the backbone's folder; null: the backbone's"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward "
+                                                                          "pass (less GPU memory, ~30% slower "
+                                                                          "steps)"})
     head_init: str = field(default="normal", metadata={"help": "how a new head's Linear starts: normal (ANCE/BERT's "
                                                                "N(0, 0.02^2)) or identity (training starts at the "
                                                                "backbone's own vectors)",
@@ -85,7 +94,7 @@ class ModelConfig:
     def overrides(self) -> dict[str, Any]:
         """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
         names = ("pooling", "head", "normalize", "doc_layernorm", "temperature", "shared", "query_max_length",
-                 "doc_max_length")
+                 "doc_max_length", "lowercase")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -115,6 +124,11 @@ class DataConfig:
                                                                           "training queries; null: all"})
     max_dev_queries: int | None = field(default=None, metadata={"help": "keep a seeded random subset of this many "
                                                                         "dev queries; null: all"})
+    doc_text: str | None = field(default=None, metadata={"help": "document text of an msmarco-doc manifest: "
+                                                                 "title-body (FirstP) or url-title-body (the "
+                                                                 "reference code: url <sep> title <sep> body with "
+                                                                 "the tokenizer's separator); null: the manifest's",
+                                                         **_choices("title-body", "url-title-body")})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the token caches; null: <cache "
                                                                   "root>/tokens ($DANCE_CACHE or the user cache)"})
     folds: int | None = field(default=None, metadata={"help": "k-fold cross-validation over all queries (fold = test, "
@@ -135,7 +149,9 @@ class LossConfig:
     w_q2d: float = field(default=1.0, metadata={"help": "weight of the document-retrieval loss L_q2d (q -> d)"})
     w_d2q: float = field(default=0.1, metadata={"help": "weight of the dual query-retrieval loss L_d2q (d -> q; "
                                                         "objective dance only; the paper: 0.1)"})
-    in_batch: bool = field(default=False, metadata={"help": "also use the other instances of the batch as negatives"})
+    in_batch: bool = field(default=False, metadata={"help": "also use the other instances of the batch as negatives "
+                                                            "(in a multi-process run: of the global batch, gathered "
+                                                            "from every rank)"})
     w_align: float = field(default=0.0, metadata={"help": "weight of the alignment regulariser on (q, d+) pairs "
                                                           "(Wang & Isola; 0: off)"})
     w_uniform: float = field(default=0.0, metadata={"help": "weight of the uniformity regulariser on queries and "
@@ -146,23 +162,30 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimisation: AdamW with linear warm-up then linear decay to 0 at ``max_steps``.
+    """Optimisation: AdamW or LAMB (:mod:`dance_analysis.training.optim`) with a linear warm-up, then a linear
+    decay to 0 at ``decay_steps`` (``None``: ``max_steps``).
 
     ``batch_size`` counts training instances (q, d+, d-, q-) per optimizer step over all processes and
     accumulation steps; each process runs ``batch_size / (world_size * grad_accum)`` per micro-batch.
     ``precision`` ``auto`` is fp16 autocast on CUDA and fp32 on the CPU. ``grad_clip`` 0 turns clipping off.
     """
 
-    optimizer: str = field(default="adamw", metadata={"help": "the optimiser (AdamW; biases and 1-d parameters "
-                                                              "without weight decay)",
-                                                      **_choices("adamw")})
+    optimizer: str = field(default="adamw", metadata={"help": "the optimiser: adamw, or lamb (the reference runs' "
+                                                              "LAMB: trust ratio with the weight norm clamped at "
+                                                              "10); biases and 1-d parameters without weight decay",
+                                                      **_choices("adamw", "lamb")})
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (AdamW: decoupled; LAMB: added to the "
+                                                               "step before the trust ratio)"})
+    beta1: float = field(default=0.9, metadata={"help": "beta1 of AdamW / LAMB"})
+    beta2: float = field(default=0.999, metadata={"help": "beta2 of AdamW / LAMB"})
+    eps: float = field(default=1e-8, metadata={"help": "epsilon of AdamW / LAMB"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0 at "
-                                                           "max_steps"})
+                                                           "decay_steps"})
+    decay_steps: int | None = field(default=None, metadata={"help": "the step at which the linear decay reaches 0; "
+                                                                    "far beyond max_steps keeps the rate almost "
+                                                                    "constant after the warm-up (the reference "
+                                                                    "runs: 1,000,000); null: max_steps"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
     batch_size: int = field(default=32, metadata={"help": "training instances (q, d+, d-, q-) per optimizer step "
                                                           "over all processes and accumulation steps"})
@@ -185,8 +208,9 @@ class MiningConfig:
     2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
     ``mode`` ``sync`` pauses training for the refresh; ``async`` runs it in a separate miner process that watches
-    for new checkpoints (on ``device``; ``auto`` = the last CUDA device when there are several, else the CPU) while
-    training goes on with the previous negatives. ``fraction`` < 1 mines for a rotating share of the training
+    for new checkpoints (on ``device``; ``auto`` = the first GPU that no training process uses, see
+    :func:`dance_analysis.training.async_refresh.place_miner`) while training goes on with the previous negatives.
+    ``fraction`` < 1 mines for a rotating share of the training
     queries per refresh (the reference code's chunk factor). ``final_refresh`` also refreshes at the last step
     when it is not a multiple of ``refresh_every``, so the final checkpoint carries embeddings and dev metrics.
     ``max_staleness`` (async only; ``None``: never wait, as ANCE) makes the trainer wait for the miner when the
@@ -239,8 +263,9 @@ class MiningConfig:
                                                                 "multiple of refresh_every"})
     encode_batch_size: int = field(default=64, metadata={"help": "batch size of the corpus and query encoding at a "
                                                                  "refresh"})
-    device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the last CUDA device "
-                                                          "when there are several, else the CPU"})
+    device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the first GPU that no "
+                                                          "training process uses (an error when all of several "
+                                                          "train), cpu, or cuda:N"})
     embeddings_dtype: str = field(default="float32", metadata={"help": "dtype of the embeddings saved in "
                                                                        "checkpoints",
                                                                **_choices("float32", "float16")})
@@ -325,6 +350,23 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """The process group of a multi-process run (``torchrun``).
+
+    ``timeout_minutes`` is the process-group timeout: a collective that waits longer than this fails. No rank
+    waits in a collective for work that can take longer (the async miner, the search and mining of a refresh on
+    rank 0, a checkpoint write): meanwhile every rank meets in a small collective at least every ``poll_seconds``
+    (:meth:`dance_analysis.training.distributed.DistContext.poll_until`), so the timeout only has to exceed
+    ``poll_seconds`` and one balanced step (a training step, or encoding one rank's share at a refresh).
+    """
+
+    timeout_minutes: float = field(default=60.0, metadata={"help": "process-group timeout in minutes: a "
+                                                                   "collective that waits longer fails"})
+    poll_seconds: float = field(default=2.0, metadata={"help": "while rank 0 works or waits alone, every rank "
+                                                               "meets in a small collective at least this often"})
+
+
+@dataclass
 class Recipe:
     """A whole training recipe."""
 
@@ -339,6 +381,8 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "which checkpoints "
                                                                                              "to keep"})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "metrics log, TensorBoard, progress bar"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig,
+                                           metadata={"help": "the process group of a multi-process (torchrun) run"})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-able dict of every field."""
@@ -350,6 +394,8 @@ class Recipe:
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.optim.max_steps >= 1, "optim.max_steps must be >= 1"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.optim.decay_steps is None or self.optim.decay_steps > self.optim.warmup_steps,
+             "optim.decay_steps must be larger than optim.warmup_steps, or null (= optim.max_steps)"),
             (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
             (self.optim.batch_size % self.optim.grad_accum == 0,
@@ -381,6 +427,9 @@ class Recipe:
             (self.checkpoint.keep_last is None or self.checkpoint.keep_last >= 1,
              "checkpoint.keep_last must be >= 1, or null to keep every checkpoint"),
             (self.log.every >= 1, "log.every must be >= 1"),
+            (self.distributed.timeout_minutes > 0, "distributed.timeout_minutes must be > 0"),
+            (0 < self.distributed.poll_seconds < 60 * self.distributed.timeout_minutes,
+             "distributed.poll_seconds must be > 0 and shorter than distributed.timeout_minutes"),
             (self.loss.w_q2d >= 0 and self.loss.w_d2q >= 0, "loss weights must be >= 0"),
             (self.model.temperature is None or self.model.temperature > 0, "model.temperature must be > 0"),
             (self.data.max_train_queries is None or self.data.max_train_queries >= 1,
@@ -405,7 +454,7 @@ class Recipe:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig,
-    "mining": MiningConfig, "checkpoint": CheckpointConfig, "log": LogConfig,
+    "mining": MiningConfig, "checkpoint": CheckpointConfig, "log": LogConfig, "distributed": DistributedConfig,
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -580,7 +629,7 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=False)
 
 
-def recipe_differences(a: Recipe, b: Recipe, ignore: tuple[str, ...] = ("log",)) -> list[str]:
+def recipe_differences(a: Recipe, b: Recipe, ignore: tuple[str, ...] = ("log", "distributed")) -> list[str]:
     """``section.key`` names whose values differ between two recipes (sections in ``ignore`` skipped)."""
     da, db = a.to_dict(), b.to_dict()
     out = []

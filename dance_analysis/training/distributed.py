@@ -9,12 +9,20 @@ Division of work: every rank trains on its share of each global batch (DDP avera
 query encoding is split into contiguous row blocks, one per rank, gathered on rank 0 (:meth:`DistContext.gather_rows`);
 rank 0 searches, mines and writes checkpoints, and the negatives reach every rank through
 :meth:`DistContext.broadcast_object`.
+
+No rank waits in a collective for work that can outlast the process-group timeout (``distributed.timeout_minutes``):
+what rank 0 does alone (mining at a refresh, writing a checkpoint: :meth:`DistContext.on_main`) or waits for (the
+async miner: :meth:`DistContext.poll_until`) runs while every rank meets in a small broadcast at least every
+``distributed.poll_seconds``; the timeout then only bounds one poll and one balanced step.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +32,13 @@ import torch.distributed as dist
 
 from ..device import pick_device
 from ..errors import DanceError
+
+
+@dataclass
+class _Failed:
+    """What rank 0 sends instead of a value when the check it polls raised (see :meth:`DistContext.poll_until`)."""
+
+    message: str
 
 
 @dataclass
@@ -82,6 +97,81 @@ class DistContext:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def poll_until(self, check: Callable[[], Any], poll_seconds: float) -> Any:
+        """Wait until ``check()`` (called on rank 0 only) returns something other than ``None``; return that value
+        on every rank.
+
+        ``check`` must not block. After each call every rank meets rank 0 in one small broadcast, then all sleep
+        (0.05 s, doubling up to ``poll_seconds``) outside any collective; so however long the wait as a whole, no
+        rank spends more than one check and ``poll_seconds`` in a collective. When ``check`` raises, rank 0 re-raises
+        it and the other ranks raise a :class:`DanceError` naming it. One process: the same loop.
+        """
+        delay = min(0.05, poll_seconds)
+        while True:
+            failure = None
+            value = None
+            if self.is_main:
+                try:
+                    value = check()
+                except Exception as exc:  # told to every rank, then re-raised here
+                    failure = exc
+                    value = _Failed(f"{type(exc).__name__}: {exc}")
+            value = self.broadcast_object(value)
+            if isinstance(value, _Failed):
+                if failure is not None:
+                    raise failure
+                raise DanceError(f"rank 0 stopped: {value.message}")
+            if value is not None:
+                return value
+            time.sleep(delay)
+            delay = min(delay * 2, poll_seconds)
+
+    def on_main(self, work: Callable[[], Any], poll_seconds: float) -> Any:
+        """Run ``work()`` on rank 0 while every rank keeps meeting in small collectives (:meth:`poll_until`);
+        returns its result on rank 0 and ``None`` on the others.
+
+        On rank 0 ``work`` runs in a helper thread and the main thread polls it. An exception in ``work`` is
+        re-raised on rank 0; the other ranks raise a :class:`DanceError` that names it. One process: ``work()``.
+        """
+        if not self.enabled:
+            return work()
+        box: dict[str, Any] = {}
+        thread = None
+        if self.is_main:
+            def target() -> None:
+                try:
+                    box["result"] = work()
+                except BaseException as exc:  # handed to the main thread, re-raised there
+                    box["error"] = exc
+
+            thread = threading.Thread(target=target, name="rank0-work", daemon=True)
+            thread.start()
+
+        def check():
+            if thread.is_alive():
+                return None
+            error = box.get("error")
+            return ("error", f"{type(error).__name__}: {error}") if error is not None else ("done", "")
+
+        status, message = self.poll_until(check, poll_seconds)
+        if status == "error":
+            if self.is_main:
+                raise box["error"]
+            raise DanceError(f"rank 0 stopped: {message}")
+        return box.get("result")
+
+    def gather_with_grad(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every rank's ``tensor`` (the same shape on each) concatenated along dim 0, in rank order, and the row
+        offset of this rank's rows. The autograd graph is kept: the gradient of the gathered rows flows back to the
+        rank that produced them (``torch.distributed.nn.functional.all_gather``), so a loss over the gathered
+        batch (in-batch negatives across ranks) trains every rank's encoder. One process: ``(tensor, 0)``."""
+        if not self.enabled:
+            return tensor, 0
+        from torch.distributed.nn.functional import all_gather
+
+        parts = all_gather(tensor.contiguous())
+        return torch.cat(parts, dim=0), self.rank * int(tensor.shape[0])
 
     def shard(self, n: int) -> tuple[int, int]:
         """The contiguous block ``[start, end)`` of ``n`` rows this rank handles."""

@@ -26,6 +26,7 @@ names are re-exported here, so ``from dance_analysis.training.loop import ...`` 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -47,7 +48,8 @@ from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
-from .refresh import NEGATIVES_DIR, TrainingData, prepare_data, run_refresh, summary_line
+from .prepare import prepared_checkpoint, publish_prepared_set, require_prepared
+from .refresh import NEGATIVES_DIR, TrainingData, next_refresh_index, prepare_data, run_refresh, summary_line
 from .run_folder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -57,6 +59,7 @@ from .run_folder import (
     check_run_dir,
     init_run_dir,
     resolve_backbone,
+    start_model,
     truncate_metrics,
 )
 from .run_log import RunLog
@@ -70,6 +73,8 @@ from .state import (
     restore_rng,
     save_trainer_state,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR", "InstanceStream", "TrainResult", "Trainer",
@@ -170,7 +175,11 @@ class Trainer:
         from ..model import DualEncoder
 
         recipe = self.recipe
-        self.dist = self.dist or init_distributed(recipe.optim.device)
+        if self.dist is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Before the process group exists: the caches and the step-0 negatives must not be built by rank 0
+            # while the others wait in a collective.
+            require_prepared(self.run_dir, recipe)
+        self.dist = self.dist or init_distributed(recipe.optim.device, recipe.distributed.timeout_minutes)
         dist = self.dist
         self.device = dist.device
         opt = recipe.optim
@@ -185,10 +194,15 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
         self.log = RunLog(self.run_dir, is_main=dist.is_main)
-        resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume,
-                                    overwrite=self.overwrite) if dist.is_main else None
-        resume_from = dist.broadcast_object(str(resume_from) if resume_from else None)
+        found = None
+        if dist.is_main:
+            resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite)
+            prepared = prepared_checkpoint(self.run_dir, recipe) if resume_from is None else None
+            found = [str(resume_from) if resume_from else None, str(prepared) if prepared else None]
+        resume_from, prepared = dist.broadcast_object(found)
         self.resume_from = Path(resume_from) if resume_from else None
+        # A folder prepared by --prepare: training starts from its checkpoint-0 (weights and step-0 negatives).
+        self.prepared = Path(prepared) if prepared else None
 
         # Identical initial weights on every rank (a new head is drawn from the torch generator).
         torch.manual_seed(opt.seed)
@@ -197,25 +211,35 @@ class Trainer:
         self.start = None  # the checkpoint's encoder/ folder the weights come from, when they do
         if self.resume_from is not None:
             model = DualEncoder.load(str(self.resume_from / "encoder"))
+        elif self.prepared is not None:
+            self.start = self.prepared / "encoder"
+            model = DualEncoder.load(str(self.start))
         else:
-            source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
-            if (Path(source).parent / "checkpoint.json").is_file():
-                self.start = Path(source)
-            model = DualEncoder.load(source, head_init=recipe.model.head_init, **recipe.model.overrides())
+            model, self.start = start_model(recipe)
         from ..ann import check_index_spec
 
         # Now that the embedding size is known, before the first refresh encodes the whole corpus.
         check_index_spec(recipe.mining.index, recipe.mining.index_params, dim=model.dim)
         self.model = model.to(self.device)
         self.model.train()
+        if recipe.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        # Parameters that no forward pass uses get no gradient; DDP (built without find_unused_parameters) would
+        # stop on the second step waiting for them, and the optimiser has nothing to do with them: frozen.
+        unused = set(model.unused_parameters())
+        for name, param in self.model.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
+        if unused and dist.is_main:
+            logger.info("frozen (no forward pass uses them): %s", ", ".join(sorted(unused)))
         torch.manual_seed(opt.seed + dist.rank)  # dropout differs between ranks
 
         self.data: TrainingData = prepare_data(recipe, model.tokenizer, model.config.query_max_length,
                                                model.config.doc_max_length, dist)
         if dist.is_main:
             with self._writing(self.run_dir):
-                init_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite,
-                             fresh=self.resume_from is None)
+                init_run_dir(self.run_dir, recipe, resume=self.resume or self.prepared is not None,
+                             overwrite=self.overwrite and self.prepared is None, fresh=self.resume_from is None)
         dist.barrier()
         self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
 
@@ -236,9 +260,14 @@ class Trainer:
         if recipe.log.tensorboard:
             self.log.open_tensorboard(purge_step=self._resume_step_hint())
         if recipe.mining.mode == "async" and dist.is_main:
-            from .async_refresh import MinerHandle
+            from .async_refresh import MinerHandle, place_miner
 
-            self.miner = MinerHandle(self.run_dir, recipe)
+            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) \
+                if self.device.type == "cuda" else 0
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            placed = place_miner(recipe.mining.device, training_gpus, visible)
+            self._say(f"async miner on {placed} (training on {training_gpus or 'no'} GPU(s) of {visible})")
+            self.miner = MinerHandle(self.run_dir, recipe, device=placed)
 
     def _resume_step_hint(self) -> int | None:
         return ckpt.checkpoint_step(self.resume_from) if self.resume_from is not None else None
@@ -294,6 +323,17 @@ class Trainer:
             protect += (self.stream.step,)
         return commit(tmp, self.run_dir, step, meta, self.recipe, protect)
 
+    def _write_checkpoint(self, tmp: Path | None, rng: tuple[list, list], with_negatives: bool) -> Path | None:
+        """Rank 0 writes the trainer state (and the negatives in use) into ``tmp`` and commits it, while the other
+        ranks meet it in small collectives (a large encoder takes a while to write)."""
+        def write() -> Path | None:
+            self._write_state(tmp, rng)
+            if with_negatives and self.stream is not None:
+                self.stream.negatives.save(tmp / NEGATIVES_DIR)
+            return self._commit(tmp, self.step)
+
+        return self.dist.on_main(write, self._poll_seconds())
+
     # ------------------------------------------------------------------------------------------------ refresh
     def _sync_refresh(self) -> Path | None:
         """Refresh with the current weights and write checkpoint-<step> with everything (sync mode)."""
@@ -305,13 +345,12 @@ class Trainer:
             result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
                                  device=self.device, progress=self._progress_enabled(),
                                  reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
-                                 start=self.start)
+                                 start=self.start,
+                                 refresh_index=next_refresh_index(self.stream.negatives if self.stream else None))
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
             rng = gather_rng(self.dist)
             self.refresh_seconds += time.perf_counter() - started
-            if self.dist.is_main:
-                self._write_state(tmp, rng)
-            final = self._commit(tmp, self.step)
+            final = self._write_checkpoint(tmp, rng, with_negatives=False)
         self.dist.barrier()
         if self.dist.is_main:
             self.last_dev = result.dev_metrics
@@ -329,11 +368,7 @@ class Trainer:
             tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
         with self._writing(target, tmp):
             rng = gather_rng(self.dist)
-            if self.dist.is_main:
-                self._write_state(tmp, rng)
-                if with_negatives and self.stream is not None:
-                    self.stream.negatives.save(tmp / NEGATIVES_DIR)
-            final = self._commit(tmp, self.step)
+            final = self._write_checkpoint(tmp, rng, with_negatives)
         self.dist.barrier()
         self.refresh_seconds += time.perf_counter() - started
         return final
@@ -357,17 +392,53 @@ class Trainer:
                                        + (f" after waiting {waited:.1f}s" if waited > 0.05 else "")))
 
     def _async_poll(self, wait_for: int | None = None) -> None:
-        """Adopt the newest complete negative set; with ``wait_for``, block until one of at least that step."""
-        decision = None
-        waited = 0.0
-        if self.dist.is_main:
-            current = self.stream.step if self.stream is not None else -1
-            found, waited = self.miner.poll(current, wait_for)
-            decision = str(found) if found is not None else None
-            self.refresh_seconds += waited
-        decision = self.dist.broadcast_object(decision)
+        """Adopt the newest complete negative set; with ``wait_for``, wait until one of at least that step exists.
+
+        Waiting never happens inside a collective: rank 0 checks the miner without blocking and every rank meets
+        it in a small broadcast after each check (:meth:`DistContext.poll_until`), however long the miner takes.
+        """
+        started = time.perf_counter()
+        if wait_for is None:
+            decision = None
+            if self.dist.is_main:
+                found = self.miner.newer_than(self.stream.step if self.stream is not None else -1)
+                decision = str(found) if found is not None else None
+            decision = self.dist.broadcast_object(decision)
+        else:
+            def check():
+                found = self.miner.ready(wait_for)
+                return str(found) if found is not None else None
+
+            decision = self.dist.poll_until(check, self._poll_seconds(self.recipe.mining.poll_seconds))
+        waited = time.perf_counter() - started if wait_for is not None else 0.0
+        self.refresh_seconds += waited
         if decision is not None or not self.dist.enabled:
             self._adopt(Path(decision) if decision else None, waited)
+
+    def _poll_seconds(self, wanted: float | None = None) -> float:
+        """How long all ranks sleep between two polls: ``wanted`` (e.g. mining.poll_seconds), at most
+        ``distributed.poll_seconds``."""
+        limit = self.recipe.distributed.poll_seconds
+        return limit if wanted is None else min(wanted, limit)
+
+    def _start_prepared(self, is_async: bool) -> None:
+        """Train on the step-0 negatives of the prepared ``checkpoint-0`` (``dance-train --prepare``)."""
+        from ..mining import NegativeSet
+        from .refresh import read_refresh_record
+
+        if is_async:
+            if self.dist.is_main:   # the miner goes on from the set of step 0 (its count of refreshes included)
+                publish_prepared_set(self.prepared, self.miner.set_dir(0))
+                self.miner.start()
+            self._async_poll(wait_for=0)
+            return
+        negatives = NegativeSet.load(self.prepared / NEGATIVES_DIR) if self.dist.is_main else None
+        self.stream = InstanceStream(self.dist.broadcast_object(negatives), self.recipe.optim.seed)
+        if self.dist.is_main:
+            record = read_refresh_record(self.prepared) or {"step": 0}
+            self.last_dev = record.get("dev")
+            self.log.log(record)
+            self._say(summary_line(record, self.recipe.checkpoint.best_metric, "| prepared by --prepare"))
 
     # --------------------------------------------------------------------------------------------- training
     def _progress_enabled(self) -> bool:
@@ -401,7 +472,9 @@ class Trainer:
                 m = len(mine)
                 q, d_pos, d_neg = q_emb[:m].float(), d_emb[:m].float(), d_emb[m:].float()
                 q_neg = q_emb[m:].float() if use_qneg else None
-                loss, parts = self.objective(q, d_pos, d_neg, q_neg)
+                # In-batch negatives come from the global batch: every rank's instances (gathered with gradients).
+                gather = dist.gather_with_grad if self.objective.in_batch and dist.enabled else None
+                loss, parts = self.objective(q, d_pos, d_neg, q_neg, gather=gather)
                 if not torch.isfinite(loss.detach()).item() and nonfinite is None:
                     nonfinite = float(loss.detach())
                 scaled = loss / opt.grad_accum
@@ -488,7 +561,9 @@ class Trainer:
                       f"{len(self.data.dev_qids)} dev queries, {self.data.num_docs} documents; "
                       f"{max_steps} steps of {recipe.optim.batch_size} instances on {dist.world_size} x "
                       f"{self.device}; output {self.run_dir}")
-            if is_async:
+            if self.prepared is not None:
+                self._start_prepared(is_async)
+            elif is_async:
                 if dist.is_main:
                     self.miner.start()
                 self._plain_checkpoint(with_negatives=False)
@@ -525,11 +600,17 @@ class Trainer:
                 final_checkpoint = self._sync_refresh()
             elif last:
                 final_checkpoint = self._plain_checkpoint(with_negatives=True)
+        if is_async:
+            started = time.perf_counter()
+            if dist.is_main:
+                self.log.bar.close()
+                self.log.bar = None
+                self.miner.request_stop(self.step if mining.final_refresh else None)
+            # Every rank waits for the miner's last set by polling, not in a barrier.
+            dist.poll_until(self.miner.stopped if dist.is_main else None,
+                            self._poll_seconds(mining.poll_seconds))
+            self.refresh_seconds += time.perf_counter() - started
         if is_async and dist.is_main:
-            self.log.bar.close()
-            self.log.bar = None
-            waited = self.miner.finish(self.step if mining.final_refresh else None)
-            self.refresh_seconds += waited
             record = self.miner.record(self.step) if mining.final_refresh else None
             if record is not None:
                 self.last_dev = record.get("dev")

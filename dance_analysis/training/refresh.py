@@ -6,7 +6,8 @@ document negatives (and, for DANCE, query negatives from an index over the train
 queries, and write embeddings / negatives / dev metrics into a checkpoint folder (the ANCE loop: Xiong et al.,
 ANCE, ICLR 2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
-Search runs on the GPU when there is one (see :func:`dance_analysis.index.search`), on the CPU otherwise.
+Search runs on the GPU the refresh encodes on (see :func:`dance_analysis.index.search`; no other GPU is touched),
+on the CPU otherwise.
 """
 
 from __future__ import annotations
@@ -82,12 +83,16 @@ def _subset(qids: list[str], limit: int | None, seed: int, salt: int) -> list[st
 
 
 def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_length: int,
-                 dist: DistContext | None = None, collection=None) -> TrainingData:
+                 dist: DistContext | None = None, collection=None, *, workers: int = 1,
+                 build: bool | None = None) -> TrainingData:
     """Load the collection, pick the training / dev queries and open (building once) the token caches.
 
     Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
     keeps a seeded subset); likewise for the dev split; with ``data.folds`` set, the splits are those of the
-    cross-validation fold ``data.fold``. Rank 0 builds the token caches first, the others wait.
+    cross-validation fold ``data.fold``. ``workers`` processes tokenise a cache that has to be built. ``build``
+    (default: only in a single-process run) allows building the caches; the ranks of a multi-process run only
+    open those that ``dance-train --prepare`` built before the process group existed (a missing one is a
+    :class:`DanceError`), so that no rank waits in a collective for a cache build.
     """
     from ..data import cross_validation_splits, load_collection
     from ..data.tokens import cached_tokens
@@ -95,7 +100,8 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     dist = dist or DistContext()
     data_cfg = recipe.data
     if collection is None:
-        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance)
+        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance,
+                                     doc_text=data_cfg.doc_text)
     if data_cfg.folds is not None:
         collection = collection.with_splits(cross_validation_splits(collection.queries, data_cfg.folds,
                                                                     data_cfg.fold, seed=data_cfg.fold_seed))
@@ -114,14 +120,13 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
         raise DanceError(f"the training split {data_cfg.train_split!r} and the dev split {data_cfg.dev_split!r} "
                          f"share {len(overlap)} queries, e.g. {sorted(overlap)[0]!r}")
 
-    def build(side: str, length: int):
-        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir)
+    allowed = (not dist.enabled) if build is None else build
 
-    if dist.is_main:
-        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
-    dist.barrier()
-    if not dist.is_main:
-        doc_tokens, query_tokens = build("doc", doc_max_length), build("query", query_max_length)
+    def tokens(side: str, length: int):
+        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir, workers=workers,
+                             build=allowed)
+
+    doc_tokens, query_tokens = tokens("doc", doc_max_length), tokens("query", query_max_length)
 
     corpus_ids = np.asarray(collection.corpus.ids).astype(str)
     if len(doc_tokens.ids) != len(corpus_ids) or not np.array_equal(np.asarray(doc_tokens.ids).astype(str),
@@ -261,7 +266,10 @@ def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") ->
     import torch as _torch
 
     digest = hashlib.sha256(setting.encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    options = model.config.to_dict()
+    if not options.get("lowercase"):
+        options.pop("lowercase", None)   # keys of runs from before the option stay as they were
+    digest.update(json.dumps(options, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -329,6 +337,7 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tu
     except (OSError, ValueError, DanceError):
         return None
     now = model.config.to_dict()
+    saved = {**{"lowercase": False}, **saved}   # encoder.json files from before the option
     differs = {k for k in set(now) | set(saved) if k != "format_version" and now.get(k) != saved.get(k)}
     if not differs <= {"temperature", "normalize"} or (saved.get("normalize") and not now["normalize"]):
         return None
@@ -349,18 +358,22 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tu
 def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
                 dist: DistContext | None = None, device=None, progress: bool = False,
                 search_device: str | None = None, reuse_cache: bool = False,
-                start: Path | None = None) -> RefreshResult:
+                start: Path | None = None, refresh_index: int | None = None) -> RefreshResult:
     """Refresh at optimizer step ``step`` with ``model``'s current weights; every rank must call it.
 
     Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
     ``refresh.json``. Returns the :class:`RefreshResult` with the negatives on every rank. Mining draws from
     ``numpy.random.default_rng([seed, step])``, so a refresh is reproducible from its checkpoint.
-    ``search_device`` defaults to every GPU (faiss, sharded) when ``device`` is CUDA, else the CPU.
+    ``search_device`` defaults to the GPU of ``device`` when it is CUDA (never the other GPUs), else the CPU.
     ``reuse_cache`` (single process only): take the embeddings from ``<cache>/embeddings/<key>`` when an earlier
     refresh stored them for the same weights, options and token caches (:func:`embeddings_cache_key`), and store
     them there otherwise; used for the initial refresh, which runs start from the same model share. With
     ``reuse_cache``, ``start`` (the ``encoder/`` folder of the checkpoint the model was loaded from) supplies the
     vectors when :func:`vectors_of_start` finds them exact.
+    ``refresh_index`` counts the refreshes of the run (0 for the first): with ``mining.fraction`` < 1 it picks the
+    chunk of training queries that is mined (:func:`dance_analysis.mining.rotation_slice`), so that a miner that
+    skips checkpoints still walks through every chunk, as the reference code rotates by its count of generated
+    negative sets (Xiong et al., ANCE, ICLR 2021). ``None``: ``step // mining.refresh_every``.
     """
     from ..index import search
 
@@ -400,18 +413,20 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     timings["encode"] = time.perf_counter() - started
     if was_training:
         model.train()
-    if dist.is_main:
-        fault_point("refresh", step)
 
-    result = None
-    if dist.is_main:
+    def mine_on_rank_0() -> RefreshResult:
+        fault_point("refresh", step)
         # As encoded (float16 or float32, a memory map when written to out_dir): the searches upcast one block
         # at a time, so no float32 copy of the corpus is made (9.9 GB for MS MARCO documents at 768-d).
-        result = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
-                                    search_device or _search_device(device))
-        result.embeddings_from_cache = cached is not None
+        mined = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
+                                   search_device or _search_device(device), refresh_index)
+        mined.embeddings_from_cache = cached is not None
         if out_dir is not None:
-            write_refresh(result, Path(out_dir))
+            write_refresh(mined, Path(out_dir))
+        return mined
+
+    # The other ranks meet rank 0 in small collectives while it searches (no collective waits for the search).
+    result = dist.on_main(mine_on_rank_0, recipe.distributed.poll_seconds)
     negatives = dist.broadcast_object(result.negatives if result is not None else None)
     if result is None:
         result = RefreshResult(step=step, negatives=negatives)
@@ -419,9 +434,16 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
 
 
 def _search_device(device) -> str:
+    """The search device of a refresh that encodes on ``device``: that very GPU (``cuda:<index>``), or the CPU.
+
+    Never every GPU: at a sync refresh of a multi-process run the other ranks keep their training memory on their
+    GPUs, and the async miner has a GPU of its own; a search touches only the GPU it is given."""
     if device is None:
-        return "auto"
-    return "auto" if torch.device(device).type == "cuda" else "cpu"
+        return "cpu"
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
 
 
 def _doc_search(search, mining):
@@ -440,12 +462,14 @@ def _doc_search(search, mining):
 
 
 def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
-                       timings: dict[str, float], search, search_device: str) -> RefreshResult:
+                       timings: dict[str, float], search, search_device: str,
+                       refresh_index: int | None = None) -> RefreshResult:
     mining = recipe.mining
     objective = recipe.loss.objective
     seed = recipe.optim.seed
     nq, ndocs, n = len(data.train_qids), data.num_docs, mining.n
-    refresh_index = step // mining.refresh_every
+    if refresh_index is None:
+        refresh_index = step // mining.refresh_every
     mined_rows = rotation_slice(nq, mining.fraction, refresh_index, seed)
     train_vectors = queries[data.train_query_rows]
     rng = np.random.default_rng([seed, step])
@@ -546,6 +570,18 @@ def _rule_counts(stats: MiningStats, prefix: str) -> dict[str, int]:
            f"{prefix}short": stats.rows_short}
     out.update({f"{prefix}skipped.{rule}": count for rule, count in stats.skipped.items() if count})
     return out
+
+
+def next_refresh_index(negatives) -> int:
+    """The count of the refresh after the one that mined ``negatives`` (a NegativeSet or its meta dict): its
+    ``refresh_index`` + 1; 0 when there is none (``None``, or a meta without a count)."""
+    if negatives is None:
+        return 0
+    meta = negatives if isinstance(negatives, dict) else negatives.meta
+    value = meta.get("refresh_index")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value + 1
+    return 0
 
 
 def write_refresh(result: RefreshResult, out_dir: Path) -> None:

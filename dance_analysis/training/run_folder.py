@@ -44,6 +44,28 @@ def resolve_backbone(backbone: str, select: str = "best", metric: str = "MRR@10"
     return backbone
 
 
+def start_model(recipe: Recipe):
+    """The encoder training starts from: ``(DualEncoder, encoder/ folder of a checkpoint or None)``.
+
+    Seeds the torch, numpy and Python generators with ``optim.seed`` first, so that a new head is drawn the same
+    way in every process (every rank of a run, and ``--prepare``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from ..model import DualEncoder
+
+    seed = recipe.optim.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    random.seed(seed)
+    source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
+    start = Path(source) if (Path(source).parent / "checkpoint.json").is_file() else None
+    return DualEncoder.load(source, tokenizer=recipe.model.tokenizer, head_init=recipe.model.head_init,
+                            **recipe.model.overrides()), start
+
+
 def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Path | None:
     """Decide, without changing anything, whether ``run_dir`` may be used; returns the checkpoint to resume
     from. Raises :class:`DanceError` for a non-empty directory without ``resume`` / ``overwrite``, and for a
@@ -58,6 +80,10 @@ def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: boo
     non_empty = run_dir.is_dir() and any(run_dir.iterdir())
     if not non_empty:
         return None
+    from .prepare import prepared_checkpoint
+
+    if prepared_checkpoint(run_dir, recipe) is not None:
+        return None   # prepared by --prepare, training not begun: a fresh start from its checkpoint-0
     if resume:
         saved_file = run_dir / CONFIG_FILE
         if saved_file.is_file():

@@ -1,0 +1,180 @@
+"""Preparing a run before any process group exists: ``dance-train RECIPE --prepare``.
+
+A multi-process run (``torchrun``) must not spend its first hours with rank 0 building token caches or mining while
+the other ranks wait in a collective (the process-group timeout would end it). So the work that only one process
+can do is done first, in one process, with every core:
+
+1. the token caches of the corpus and of the queries, tokenised by ``workers`` processes in resumable parts
+   (:func:`dance_analysis.data.tokens.cached_tokens`);
+2. the step-0 refresh with the starting weights: corpus and query embeddings, the step-0 negatives (the first
+   chunk of the rotation) and the dev metrics, published as ``checkpoint-0/`` with the starting encoder;
+3. ``prepared.json``, written last, which says the folder is ready.
+
+Each stage keeps what an interrupted run finished (complete cache parts, a complete ``checkpoint-0``), so running
+``--prepare`` again resumes. Then ``torchrun ... dance-train RECIPE --output-dir RUN_DIR`` starts training from
+``checkpoint-0``: every rank opens the caches (none builds one), loads the encoder of ``checkpoint-0`` and trains
+on its negatives; the next refresh is the one at ``mining.refresh_every``. The trainer refuses to start a
+multi-process run in a folder that was not prepared (:func:`require_prepared`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json
+from ..errors import DanceError
+from ..logs import NOTICE
+from . import checkpoint as ckpt
+from .config import Recipe
+
+logger = logging.getLogger(__name__)
+
+PREPARED_FILE = "prepared.json"
+#: Mining keys that do not change what the step-0 refresh writes (compared against a prepared folder: the rest).
+_RUNTIME_MINING_KEYS = {"mode", "device", "poll_seconds", "max_staleness", "refresh_every", "final_refresh"}
+
+
+def _step0_settings(recipe: Recipe) -> dict[str, Any]:
+    """What the step-0 refresh depends on: the model and data sections, the mining keys but the runtime ones,
+    the objective (query negatives or not) and the seed."""
+    values = recipe.to_dict()
+    return {"model": values["model"], "data": values["data"],
+            "mining": {k: v for k, v in values["mining"].items() if k not in _RUNTIME_MINING_KEYS},
+            "objective": values["loss"]["objective"], "seed": values["optim"]["seed"]}
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    out = []
+    for section, value in now.items():
+        before = saved.get(section)
+        if isinstance(value, dict) and isinstance(before, dict):
+            out += [f"{section}.{k}" for k in sorted(set(value) | set(before)) if value.get(k) != before.get(k)]
+        elif value != before:
+            out.append(section)
+    return out
+
+
+def read_prepared(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``prepared.json`` record of a run folder, or ``None`` when the folder was not prepared."""
+    path = Path(run_dir) / PREPARED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DanceError(f"{path}: expected the JSON record of a prepared run folder ({exc}); run --prepare "
+                         f"again") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise DanceError(f"{path}: expected a JSON object with 'settings'; run --prepare again")
+    return record
+
+
+def check_prepared(run_dir: str | os.PathLike, recipe: Recipe) -> bool:
+    """True when ``run_dir`` was prepared for ``recipe``; a folder prepared for other step-0 settings is a
+    :class:`DanceError` naming the keys that differ."""
+    record = read_prepared(run_dir)
+    if record is None:
+        return False
+    diffs = _differences(record["settings"], _step0_settings(recipe))
+    if diffs:
+        raise DanceError(f"{Path(run_dir) / PREPARED_FILE}: the folder was prepared with other settings "
+                         f"({', '.join(diffs)}); prepare it again with this recipe (--prepare --overwrite)")
+    return True
+
+
+def prepared_checkpoint(run_dir: str | os.PathLike, recipe: Recipe) -> Path | None:
+    """``checkpoint-0`` of a folder prepared for ``recipe`` when training has not written a later checkpoint yet
+    (training then starts from it), else ``None``."""
+    run_dir = Path(run_dir)
+    if not check_prepared(run_dir, recipe):
+        return None
+    found = ckpt.list_checkpoints(run_dir)
+    if [step for step, _ in found] != [0]:
+        return None
+    return found[0][1]
+
+
+def require_prepared(run_dir: str | os.PathLike, recipe: Recipe, command: str | None = None) -> None:
+    """Raise a one-line :class:`DanceError` unless ``run_dir`` was prepared for ``recipe`` (a multi-process run
+    starts only from a prepared folder). ``command`` is the preparation command to name in the message."""
+    if check_prepared(run_dir, recipe):
+        return
+    command = command or f"dance-train RECIPE --output-dir {run_dir} --prepare"
+    raise DanceError(f"{run_dir} is not prepared for a multi-process run: first run `{command}` (one process, "
+                     f"before torchrun: token caches and the step-0 negatives)")
+
+
+def prepare(recipe: Recipe, run_dir: str | os.PathLike, *, workers: int | None = None, overwrite: bool = False,
+            progress: bool | None = None) -> Path:
+    """Prepare ``run_dir`` for ``recipe`` (see the module docstring); returns ``checkpoint-0``.
+
+    ``workers`` (default: the CPU count) processes tokenise the caches. A folder that is already prepared for the
+    recipe is left as it is; a half-prepared one is completed; ``overwrite`` starts from an empty folder.
+    """
+    import time
+
+    from .refresh import prepare_data, run_refresh, summary_line
+    from .run_folder import CONFIG_FILE, check_run_dir, init_run_dir, start_model
+    from .state import checkpoint_meta
+
+    run_dir = Path(run_dir)
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    if not overwrite and check_prepared(run_dir, recipe):
+        found = ckpt.list_checkpoints(run_dir)
+        logger.log(NOTICE, "%s is already prepared (%s)", run_dir, found[0][1].name if found else "training has begun")
+        return run_dir / "checkpoint-0"
+    half_prepared = not overwrite and (run_dir / CONFIG_FILE).is_file() and not any(
+        step > 0 for step, _ in ckpt.list_checkpoints(run_dir, complete_only=False))
+    if not half_prepared:
+        check_run_dir(run_dir, recipe, resume=False, overwrite=overwrite)
+    elif (run_dir / "checkpoint-0").is_dir():
+        check_run_dir(run_dir, recipe, resume=True, overwrite=False)   # the same recipe as the first attempt
+
+    started = time.perf_counter()
+    model, start = start_model(recipe)
+    from ..device import pick_device
+
+    device = pick_device(recipe.optim.device)
+    data = prepare_data(recipe, model.tokenizer, model.config.query_max_length, model.config.doc_max_length,
+                        workers=workers, build=True)
+    caches = time.perf_counter() - started
+    logger.log(NOTICE, "token caches ready in %.1fs (%d worker process(es)): %s, %s", caches, workers,
+                data.doc_tokens.path, data.query_tokens.path)
+    init_run_dir(run_dir, recipe, resume=True, overwrite=overwrite and not half_prepared, fresh=False)
+
+    checkpoint = run_dir / "checkpoint-0"
+    if not ckpt.is_complete(checkpoint):
+        tmp = ckpt.begin_checkpoint(run_dir, 0)
+        model = model.to(device)
+        result = run_refresh(model, data, recipe, 0, out_dir=tmp, device=device, progress=progress,
+                             reuse_cache=recipe.mining.cache_initial_embeddings, start=start, refresh_index=0)
+        model.save(tmp / "encoder")
+        meta = checkpoint_meta(recipe, data.collection.source, model.config.temperature, world_size=1)
+        ckpt.commit_checkpoint(tmp, run_dir, 0, {**meta, "prepared": True})
+        logger.log(NOTICE, summary_line(result.record(), recipe.checkpoint.best_metric, "| step-0 negatives"))
+    write_json(run_dir / PREPARED_FILE, {
+        "settings": _step0_settings(recipe), "checkpoint": checkpoint.name,
+        "token_caches": {"doc": str(data.doc_tokens.path), "query": str(data.query_tokens.path)},
+        "workers": workers, "seconds": round(time.perf_counter() - started, 1)})
+    logger.log(NOTICE, "prepared %s in %.1fs; start training with torchrun ... --output-dir %s", run_dir,
+                time.perf_counter() - started, run_dir)
+    return checkpoint
+
+
+def publish_prepared_set(checkpoint: Path, set_dir: Path) -> None:
+    """Publish the negatives (and the refresh record) of a prepared ``checkpoint-0`` as the async miner's set
+    ``set_dir`` (``refresh/step-0``), so that the trainer adopts it and the miner goes on from it."""
+    import shutil
+
+    from ..atomic import building_dir
+    from .refresh import DEV_METRICS_FILE, NEGATIVES_DIR, REFRESH_FILE
+
+    with building_dir(set_dir) as tmp:
+        shutil.copytree(checkpoint / NEGATIVES_DIR, tmp / NEGATIVES_DIR)
+        for name in (REFRESH_FILE, DEV_METRICS_FILE):
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, tmp / name)
