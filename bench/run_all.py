@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["encode", "search", "ann", "metrics", "train_step", "analysis", "report", "token_cache_memory", "scale"]
+ORDER = ["encode", "search", "ann", "metrics", "train_step", "analysis", "report", "token_cache_memory",
+         "token_cache_workers", "scale"]
 
 
 def main(argv: list[str]) -> int:
