@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["encode", "search", "ann", "mine", "metrics", "train_step", "analysis", "report", "token_cache_memory",
-         "scale"]
+         "token_cache_workers", "scale"]
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,8 @@ Generates an MS MARCO-style document TSV (docid, url, title, body; 50-500 words 
 bench/token_cache_memory.py), loads it through ``load_collection`` and builds its document token cache with the
 MiniLM tokenizer (``cached_tokens``) with 1 worker and with ``--workers`` processes, interleaved over ``--rounds``
 rounds (a fresh cache folder each time), so that other load on the machine hits both alike. Prints the wall time of
-every build, the medians and their ratio, and checks that both caches hold the same bytes.
+every build with the CPU time it used (this process and its workers: how many cores it actually got), the medians
+and their ratio, and checks that both caches hold the same bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the worker processes), user + system."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for workers in (1, args.workers) if round_ % 2 == 0 else (args.workers, 1):
                 cache_dir = folder / f"tokens-{round_}-{workers}"
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), _cpu_seconds()
                 cache = cached_tokens(collection, "doc", tokenizer, args.max_length, cache_dir=cache_dir,
                                       workers=workers, progress=False)
-                elapsed = time.perf_counter() - started
+                elapsed, used = time.perf_counter() - started, _cpu_seconds() - cpu
                 times[workers].append(elapsed)
                 files[workers] = {p.name: p.read_bytes() for p in sorted(cache.path.iterdir())}
                 print(f"round {round_ + 1}: {workers} worker(s): {elapsed:.1f} s "
-                      f"({args.lines / elapsed:,.0f} documents/s)", flush=True)
+                      f"({args.lines / elapsed:,.0f} documents/s), {used:.1f} CPU-s ({used / elapsed:.2f} cores "
+                      f"on average)", flush=True)
         one, many = statistics.median(times[1]), statistics.median(times[args.workers])
         print(f"median: 1 worker {one:.1f} s, {args.workers} workers {many:.1f} s: speed-up {one / many:.2f}x; "
               f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -164,18 +164,26 @@ def _start_worker(tokenizer: Any) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _tokenize_in_worker(texts: list[str], max_length: int) -> list[list[int]]:
-    return _tokenize(_WORKER_TOKENIZER, texts, max_length)
+def _flat(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths int32 [n], token ids int64, back to back)`` of tokenised rows."""
+    lengths = np.fromiter((len(row) for row in encoded), dtype=np.int32, count=len(encoded))
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
+    return lengths, flat
+
+
+def _tokenize_in_worker(texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    # Arrays, not lists of ints: far less to pickle back to the main process.
+    return _flat(_tokenize(_WORKER_TOKENIZER, texts, max_length))
 
 
 def _encoded_chunks(chunks: Iterator[tuple[list[str], list[str]]], tokenizer: Any, max_length: int,
-                    workers: int) -> Iterator[tuple[list[str], list[list[int]]]]:
-    """``(ids, token ids)`` per chunk, in order. With ``workers`` > 1 the chunks are tokenised by that many worker
-    processes (each with its own copy of the tokenizer), at most ``2 * workers`` chunks in flight, so memory stays
-    bounded however long the stream."""
+                    workers: int) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
+    """``(ids, (lengths, token ids back to back))`` per chunk, in order. With ``workers`` > 1 the chunks are
+    tokenised by that many worker processes (each with its own copy of the tokenizer), at most ``2 * workers``
+    chunks in flight, so memory stays bounded however long the stream."""
     if workers <= 1:
         for ids, texts in chunks:
-            yield ids, _tokenize(tokenizer, texts, max_length)
+            yield ids, _flat(_tokenize(tokenizer, texts, max_length))
         return
     import multiprocessing
     from collections import deque
@@ -223,17 +231,15 @@ def build_token_cache(items: Iterable[tuple[str, str]], tokenizer: Any, max_leng
         with open(tmp / "tokens.bin", "wb") as out, \
                 tqdm(total=total, desc=desc, unit=" texts", disable=None if progress is None else not progress,
                      smoothing=0.05) as bar:
-            for chunk_ids, encoded in _encoded_chunks(_chunks(items, batch_size), tokenizer, max_length, workers):
+            for chunk_ids, (chunk_lengths, flat) in _encoded_chunks(_chunks(items, batch_size), tokenizer,
+                                                                     max_length, workers):
                 for record_id in chunk_ids:
                     ids.append(record_id)
-                chunk_lengths = [len(row) for row in encoded]
-                flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
-                                   count=sum(chunk_lengths))
                 if len(flat) and (flat.min() < 0 or flat.max() >= limit):
                     raise DanceError(f"token id {int(flat.max())} does not fit the cache's {dtype} "
                                      f"(tokenizer length {len(tokenizer)})")
                 out.write(flat.astype(dtype.newbyteorder("<"), copy=False).tobytes())
-                lengths.extend(chunk_lengths)
+                lengths.frombytes(np.ascontiguousarray(chunk_lengths, dtype=np.int32).tobytes())
                 count += len(chunk_ids)
                 written += len(flat)
                 bar.update(len(chunk_ids))
