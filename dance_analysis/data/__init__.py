@@ -21,17 +21,17 @@ from pathlib import Path
 from ..errors import DanceError
 from .cache import cache_root
 from .collection import Collection, Corpus, FileCorpus, InMemoryCorpus
-from .splits import cross_validation_splits, seeded_splits
+from .splits import cross_validation_splits, fold_splits, seeded_splits
 from .tokens import TokenCache, build_token_cache, cached_tokens
 
 __all__ = [
-    "cross_validation_splits",
+    "cross_validation_splits", "fold_splits",
     "Collection", "Corpus", "FileCorpus", "InMemoryCorpus", "TokenCache", "build_token_cache", "cache_root",
     "cached_tokens", "load_collection", "seeded_splits",
 ]
 
-_SPEC_HELP = ("expected 'rag24-sample', 'irds:<dataset id>', a BEIR folder, a YAML manifest file, or a dict "
-              "with a 'format' key")
+_SPEC_HELP = ("expected 'rag24-sample', 'rag24-statements', 'irds:<dataset id>', a BEIR folder, a YAML manifest "
+              "file, or a dict with a 'format' key")
 
 
 def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | None = None,
@@ -58,6 +58,10 @@ def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | N
         from .rag24 import load_rag24
 
         return load_rag24(min_relevance=min_relevance)
+    if text == "rag24-statements":
+        from .rag24 import load_rag24_statements
+
+        return load_rag24_statements(min_relevance=min_relevance)
     if text.startswith("irds:"):
         from .irds import load_irds
 
@@ -98,6 +102,10 @@ def _load_source(spec: Mapping, *, min_relevance: int | None, strict: bool) -> C
         from .rag24 import DEFAULT_SEED, load_rag24
 
         return load_rag24(min_relevance=min_relevance, seed=int(spec.get("seed", DEFAULT_SEED)))
+    if fmt == "rag24-statements":
+        from .rag24 import DEFAULT_SEED, load_rag24_statements
+
+        return load_rag24_statements(min_relevance=min_relevance, seed=int(spec.get("seed", DEFAULT_SEED)))
     if fmt == "irds":
         from .irds import load_irds
 

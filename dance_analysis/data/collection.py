@@ -332,7 +332,9 @@ class Collection:
 
     ``qrels`` only names documents of the corpus. A document is relevant to a query when its grade is at least
     ``min_relevance``. ``source`` is a JSON-able description that :func:`dance_analysis.data.load_collection`
-    accepts to load the same collection again (checkpoints record it).
+    accepts to load the same collection again (checkpoints record it). ``topics`` (``None``: every query is its
+    own topic) maps each query id to its topic where several queries share one (``rag24-statements``); folds and
+    splits then keep a topic's queries together (:func:`dance_analysis.data.splits.fold_splits`).
     """
 
     name: str
@@ -342,6 +344,7 @@ class Collection:
     splits: dict[str, list[str]]
     min_relevance: int = 1
     source: dict = field(default_factory=dict)
+    topics: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_relevance, (int, np.integer)) or isinstance(self.min_relevance, bool):

@@ -9,6 +9,8 @@ come from the TREC 2024 RAG track and the ir_axioms crowdsourcing study). The fi
 * ``data/qrels.rag24.test-umbrela-all.txt``: ``qid Q0 docid grade`` (grades 0-3, 108,479 lines), of which the
   6,160 judgments of corpus passages are kept (the rest judge passages outside the sample; dropping them is
   expected and only logged at INFO level),
+* ``data/crowd/responses.jsonl.gz``: 1,806 RAG answers whose statements cite the sample's passages (read only by
+  ``rag24-statements``, :mod:`dance_analysis.data.statements`),
 
 into ``<cache>/rag24-sample/`` (see :mod:`dance_analysis.data.cache`). Later uses read the cache, no network.
 A passage is relevant at grade >= 2 by default. Splits ``train`` / ``dev`` / ``test`` (181 / 60 / 60 queries)
@@ -44,12 +46,15 @@ REQUIREMENT = "ir-axioms==1.2.5"
 SDIST_SHA256 = "cbb90f78a9de4260619ca6e67c0204e56e0a0155e0d77e80856a2fe4a1af15a5"
 RETRIEVAL_FILE = "study1_retrieval.jsonl.gz"
 QRELS_FILE = "qrels.rag24.test-umbrela-all.txt"
+RESPONSES_FILE = "responses.jsonl.gz"
 #: member path inside the sdist (below its top folder) -> (cache file name, SHA-256 of the file)
 MEMBERS: dict[str, tuple[str, str]] = {
     "data/crowd/study1_retrieval.jsonl.gz":
         (RETRIEVAL_FILE, "2d7c5137b4513e1543537be7af9bebb855e53411dbdb45ebf88e2b8004522746"),
     "data/qrels.rag24.test-umbrela-all.txt":
         (QRELS_FILE, "dc98142c4426e81a5457b1d29e79deb495a2d443c5ec140f22173c61b93c435c"),
+    "data/crowd/responses.jsonl.gz":
+        (RESPONSES_FILE, "8789cd54906f0c256edc0fb434e39578948402b4101a13ec3bf00cb77c6bf448"),
 }
 DEFAULT_MIN_RELEVANCE = 2
 
@@ -186,3 +191,16 @@ def load_rag24(*, min_relevance: int | None = None, seed: int = DEFAULT_SEED,
     source = {"format": NAME, "name": NAME, "min_relevance": effective_min, "seed": seed}
     return Collection(name=NAME, corpus=corpus, queries=queries, qrels=qrels, splits=splits,
                       min_relevance=effective_min, source=source)
+
+
+def load_rag24_statements(*, min_relevance: int | None = None, seed: int = DEFAULT_SEED,
+                          cache_dir: str | os.PathLike | None = None) -> Collection:
+    """``rag24-statements``: the rag24-sample plus the kept statements of its RAG answers as queries
+    (:mod:`dance_analysis.data.statements`); splits: :func:`~dance_analysis.data.splits.topic_splits` of the
+    sample's seeded topic splits."""
+    from .splits import topic_splits
+    from .statements import read_responses, with_statements
+
+    base = load_rag24(min_relevance=min_relevance, seed=seed, cache_dir=cache_dir)
+    collection = with_statements(base, read_responses(sample_dir(cache_dir) / RESPONSES_FILE))
+    return collection.with_splits(topic_splits(base.splits, collection.topics or {}))

@@ -62,3 +62,48 @@ def cross_validation_splits(qids: Iterable[str], folds: int, fold: int, *, seed:
     dev = (fold + 1) % folds
     return {"train": [str(q) for i, part in enumerate(parts) if i not in (fold, dev) for q in part],
             "dev": [str(q) for q in parts[dev]], "test": [str(q) for q in parts[fold]]}
+
+
+def topic_splits(topic_parts: Mapping[str, Iterable[str]], topics: Mapping[str, str], *,
+                 train: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Splits of a collection whose queries share topics (real queries are their own topic; other queries, the
+    statements, name one), from a split of the topics into ``train`` / ``dev`` / ``test``:
+
+    ``train``: the statements of the training topics (``train`` overrides which topics those are);
+    ``dev``: the real queries of the dev topics; ``test``: the real queries of the test topics;
+    ``test-statements``: the statements of the test topics (a second held-out ranking test).
+    A topic's queries are never in two parts, except that ``dev`` may name the training topics (their real
+    queries are not trained on).
+    """
+    by_topic: dict[str, list[str]] = {}
+    for qid, topic in topics.items():
+        if qid != topic:
+            by_topic.setdefault(topic, []).append(qid)
+    train_topics = list(topic_parts.get("train", ())) if train is None else list(train)
+    test_topics = list(topic_parts.get("test", ()))
+    return {"train": [q for t in train_topics for q in by_topic.get(t, ())],
+            "dev": [str(t) for t in topic_parts.get("dev", ())],
+            "test": [str(t) for t in test_topics],
+            "test-statements": [q for t in test_topics for q in by_topic.get(t, ())]}
+
+
+def fold_splits(collection, folds: int, fold: int, *, seed: int = DEFAULT_SEED) -> dict[str, list[str]]:
+    """The splits of fold ``fold`` of ``folds``-fold cross-validation of ``collection``.
+
+    Without ``collection.topics``: :func:`cross_validation_splits` over its queries (``folds`` >= 3). With
+    topics: the folds are cut over the real queries (the topics) the same way, then expanded by
+    :func:`topic_splits`; ``folds`` >= 3 selects on the next fold's real queries, ``folds`` = 2 on the real
+    queries of the training topics (whose statements, not those queries, are trained on).
+    """
+    topics = getattr(collection, "topics", None)
+    if topics is None:
+        return cross_validation_splits(collection.queries, folds, fold, seed=seed)
+    real = [q for q, t in topics.items() if q == t]
+    if folds == 2:
+        if fold not in (0, 1):
+            raise DanceError(f"fold must be in 0 .. 1, got {fold!r}")
+        ordered = np.asarray(sorted(set(real)), dtype=object)
+        parts = np.array_split(ordered[np.random.default_rng(seed).permutation(len(ordered))], 2)
+        test, train = [str(q) for q in parts[fold]], [str(q) for q in parts[1 - fold]]
+        return topic_splits({"train": train, "dev": train, "test": test}, topics)
+    return topic_splits(cross_validation_splits(real, folds, fold, seed=seed), topics)

@@ -55,8 +55,8 @@ class ModelConfig:
                                                               "folder, a hub name, a released ANCE checkpoint, a "
                                                               "checkpoint-<step> folder or a run directory"})
     select: str = field(default="best", metadata={"help": "which checkpoint of a run directory given as backbone: "
-                                                          "best by checkpoint.best_metric, or last",
-                                                  **_choices("best", "last")})
+                                                          "best by checkpoint.best_metric, last, or step-<N> (the "
+                                                          "checkpoint of step N: a branch point fixed in advance)"})
     pooling: str | None = field(default=None, metadata={"help": "pooling of the token vectors: cls (first token) or "
                                                                 "mean; null keeps the backbone's",
                                                         **_choices("cls", "mean")})
@@ -414,8 +414,9 @@ class Recipe:
             (self.mining.range_min < self.mining.top_k, "mining.range_min must be < mining.top_k"),
             (self.mining.exclude_grade is None or self.mining.exclude_grade >= 1,
              "mining.exclude_grade must be >= 1, or null (= 1)"),
-            (self.data.folds is None or self.data.folds >= 3,
-             "data.folds must be >= 3 (train, dev and test folds), or null (the collection's own splits)"),
+            (self.data.folds is None or self.data.folds >= 2,
+             "data.folds must be >= 2 (2 only for a collection with topics, e.g. rag24-statements), or null "
+             "(the collection's own splits)"),
             (self.data.folds is None or 0 <= self.data.fold < self.data.folds,
              f"data.fold must be in 0 .. data.folds - 1, got {self.data.fold}"),
             (0.0 < self.mining.fraction <= 1.0, "mining.fraction must be in (0, 1]"),
@@ -440,6 +441,9 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise DanceError(f"recipe: {message}")
+            (self.model.select in ("best", "last") or (self.model.select.startswith("step-")
+                                                       and self.model.select[5:].isdigit()),
+             f"model.select must be best, last or step-<N>, got {self.model.select!r}"),
         self.mining.rules("doc")
         if self.loss.objective == "dance":
             self.mining.rules("query")

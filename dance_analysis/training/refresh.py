@@ -94,7 +94,7 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     open those that ``dance-train --prepare`` built before the process group existed (a missing one is a
     :class:`DanceError`), so that no rank waits in a collective for a cache build.
     """
-    from ..data import cross_validation_splits, load_collection
+    from ..data import fold_splits, load_collection
     from ..data.tokens import cached_tokens
 
     dist = dist or DistContext()
@@ -103,8 +103,8 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
         collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance,
                                      doc_text=data_cfg.doc_text)
     if data_cfg.folds is not None:
-        collection = collection.with_splits(cross_validation_splits(collection.queries, data_cfg.folds,
-                                                                    data_cfg.fold, seed=data_cfg.fold_seed))
+        collection = collection.with_splits(fold_splits(collection, data_cfg.folds, data_cfg.fold,
+                                                        seed=data_cfg.fold_seed))
     seed = recipe.optim.seed
     train_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.train_split)),
                          data_cfg.max_train_queries, seed, 1)

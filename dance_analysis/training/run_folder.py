@@ -27,14 +27,23 @@ def resolve_backbone(backbone: str, select: str = "best", metric: str = "MRR@10"
     """Where to load the starting encoder from.
 
     A ``checkpoint-<step>`` folder -> its ``encoder/``; a run directory of ``dance-train`` -> the ``encoder/`` of
-    its best checkpoint by dev ``metric`` (``select="best"``) or of its last one (``"last"``); anything else is
-    returned unchanged (an alias, a model folder or a hub name for ``DualEncoder.load``).
+    its best checkpoint by dev ``metric`` (``select="best"``), of its last one (``"last"``) or of the checkpoint
+    of a fixed step (``"step-<N>"``: a branch point fixed before the run, an error when the run has no such
+    checkpoint); anything else is returned unchanged (an alias, a model folder or a hub name for
+    ``DualEncoder.load``).
     """
     path = Path(backbone).expanduser()
     if path.is_dir() and (path / "encoder").is_dir() and (path / "checkpoint.json").is_file():
         return str(path / "encoder")
     if path.is_dir() and ckpt.list_checkpoints(path):
         chosen = None
+        if select.startswith("step-"):
+            wanted = dict(ckpt.list_checkpoints(path))
+            step = int(select[5:]) if select[5:].isdigit() else -1
+            if step not in wanted:
+                raise DanceError(f"{path}: model.select {select!r} names no checkpoint of the run; it has steps "
+                                 f"{sorted(wanted)}")
+            return str(Path(wanted[step]) / "encoder")
         if select == "best":
             best = ckpt.best_checkpoint(path, metric)
             chosen = best[1] if best else None
