@@ -411,9 +411,9 @@ R, C, INC, N = "reproduced", "contradicted", "inconclusive", "not measurable her
 
 @pytest.mark.parametrize("verdicts,expected", [
     ([], N), ([N], N), ([N, N], N),
-    ([R], R), ([R, N], R), ([R, R, N], R),
+    ([R], R), ([R, N], R), ([R, R, N], R), ([R, INC], R), ([R, INC, N], R),
     ([C], C), ([C, N], C), ([C, INC], C), ([C, C], C), ([INC, C, N], C),
-    ([INC], INC), ([INC, N], INC), ([INC, INC], INC), ([R, INC], INC), ([R, C], INC), ([R, C, INC, N], INC),
+    ([INC], INC), ([INC, N], INC), ([INC, INC], INC), ([R, C], INC), ([R, C, INC, N], INC),
 ])
 def test_claim_verdict_truth_table(verdicts, expected):
     for perm in itertools.permutations(verdicts):
@@ -424,3 +424,198 @@ def test_claim_verdict_truth_table(verdicts, expected):
 def test_claim_verdict_rejects_unknown():
     with pytest.raises(ValueError, match="unknown verdict"):
         S.claim_verdict(["reproduced", "not reproduced"])
+
+
+def test_claim_verdict_is_symmetric_in_the_two_directions():
+    swap = {R: C, C: R, INC: INC, N: N}
+    for size in range(4):
+        for verdicts in itertools.product((R, C, INC, N), repeat=size):
+            assert S.claim_verdict([swap[v] for v in verdicts]) == swap[S.claim_verdict(verdicts)]
+
+
+def test_verdict_replicate_rule_downgrades_only_decided_metrics():
+    assert S.verdict(0.1, 0.3, 0.01, "higher", replicates_ok=False) == "inconclusive"
+    assert S.verdict(-0.3, -0.1, 0.01, "higher", replicates_ok=False) == "inconclusive"
+    assert S.verdict(0.1, 0.3, 0.01, "higher", replicates_ok=True) == "reproduced"
+    assert S.verdict(0.1, 0.3, 0.01, "higher", replicates_ok=None) == "reproduced"
+    assert S.verdict(np.nan, 0.3, 0.01, "higher", replicates_ok=False) == "not measurable here"
+
+
+# ------------------------------------------------------------------------------------ clusters and seeds
+
+
+def test_p_floor():
+    assert S.p_floor(999) == 1 / 1000 and S.p_floor(10_000) == 1 / 10_001
+    with pytest.raises(ValueError, match="n_resamples"):
+        S.p_floor(0)
+    # the randomisation test never goes below 2 / (R + 1), twice the floor
+    out = S.paired_randomization_test(np.zeros(40), np.ones(40), n_resamples=999, seed=1)
+    assert out["p_value"] == pytest.approx(2 / 1000) and out["p_value"] >= S.p_floor(999)
+
+
+def test_cluster_bootstrap_without_clusters_matches_scipy_bootstrap():
+    rng = np.random.default_rng(31)
+    x = rng.normal(0.1, 1.0, 60)
+    out = S.cluster_bootstrap_ci(x, n_resamples=10_000, seed=2)
+    ref = sps.bootstrap((x,), np.mean, method="percentile", n_resamples=10_000, rng=np.random.default_rng(3))
+    lo, hi = ref.confidence_interval
+    assert abs(out["low"] - lo) < 0.06 * (hi - lo) and abs(out["high"] - hi) < 0.06 * (hi - lo)
+    assert out["effect"] == pytest.approx(x.mean()) and out["n_clusters"] == 60
+    # one unit per cluster, by label, is the same resampling
+    same = S.cluster_bootstrap_ci(x, [f"c{i:02d}" for i in range(60)], n_resamples=10_000, seed=2)
+    assert same["low"] == out["low"] and same["high"] == out["high"]
+
+
+def test_cluster_bootstrap_matches_a_brute_force_loop_and_covers_clustered_data():
+    rng = np.random.default_rng(32)
+    labels = np.repeat(np.arange(12), rng.integers(1, 6, 12))
+    x = rng.normal(0, 1, 12)[labels] + rng.normal(0, 0.3, labels.size)
+    out = S.cluster_bootstrap_ci(x, labels, n_resamples=20_000, seed=1)
+    # brute force: draw 12 cluster labels, gather their units, average (an independent loop)
+    draws = np.random.default_rng(5)
+    reps = []
+    for _ in range(20_000):
+        chosen = draws.integers(0, 12, 12)
+        reps.append(np.concatenate([x[labels == c] for c in chosen]).mean())
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    assert abs(out["low"] - lo) < 0.04 * (hi - lo) and abs(out["high"] - hi) < 0.04 * (hi - lo)
+    # coverage on synthetic clustered data (true mean 0): the cluster bootstrap covers about 95 %, resampling
+    # the correlated units one by one much less
+    cover_cluster = cover_units = 0
+    sims = 200
+    for k in range(sims):
+        lab = np.repeat(np.arange(25), 4)
+        y = rng.normal(0, 1, 25)[lab] + rng.normal(0, 0.5, lab.size)
+        c = S.cluster_bootstrap_ci(y, lab, n_resamples=1000, seed=k)
+        u = S.cluster_bootstrap_ci(y, None, n_resamples=1000, seed=k)
+        cover_cluster += c["low"] <= 0 <= c["high"]
+        cover_units += u["low"] <= 0 <= u["high"]
+    assert 0.88 <= cover_cluster / sims <= 0.99
+    assert cover_units / sims < 0.75
+
+
+def test_cluster_randomization_test_flips_whole_clusters():
+    rng = np.random.default_rng(33)
+    d = rng.normal(0.2, 1.0, 30)
+    # one unit per cluster: exactly the paired randomisation test
+    plain = S.paired_randomization_test(np.zeros(30), d, n_resamples=5000, seed=4)
+    same = S.cluster_randomization_test(d, None, n_resamples=5000, seed=4)
+    assert same["p_value"] == plain["p_value"] and same["effect"] == pytest.approx(d.mean())
+    # 9 clusters: exact enumeration of the 2^9 cluster sign vectors, by brute force
+    labels = np.repeat(np.arange(9), [1, 2, 3, 4, 3, 2, 5, 4, 6])
+    x = rng.normal(0.3, 1.0, labels.size)
+    out = S.cluster_randomization_test(x, labels, n_resamples=10_000, seed=0)
+    assert out["exact"] and out["n_resamples"] == 2 ** 9 and out["n_clusters"] == 9
+    observed = x.mean()
+    null = [sum(s * x[labels == c].sum() for s, c in zip(signs, range(9))) / x.size
+            for signs in itertools.product((1, -1), repeat=9)]
+    ge = sum(v >= observed - 1e-12 for v in null) / len(null)
+    le = sum(v <= observed + 1e-12 for v in null) / len(null)
+    assert out["p_value"] == pytest.approx(min(1.0, 2 * min(ge, le)))
+    with pytest.raises(ValueError, match="2 clusters"):
+        S.cluster_randomization_test(x, np.zeros(labels.size))
+
+
+def test_seed_weights_give_the_unbiased_variance_of_the_seed_mean():
+    y = np.array([0.3, 1.1, -0.4])
+    S_ = y.size
+    draws = []
+    for combo in itertools.product(range(S_), repeat=S_):       # every draw of 3 seeds with replacement
+        draws.append(np.bincount(combo, minlength=S_))
+    w = S.seed_weights(np.array(draws))
+    reps = w @ y
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert reps.mean() == pytest.approx(y.mean())
+    assert reps.var() == pytest.approx(np.var(y, ddof=1) / S_)   # not the divisor-S variance / S
+    np.testing.assert_array_equal(S.seed_weights(np.ones((4, 1))), np.ones((4, 1)))
+
+
+def test_seed_unit_bootstrap_one_seed_reduces_to_the_unit_and_cluster_bootstraps():
+    rng = np.random.default_rng(34)
+    a, b = rng.random(50), rng.random(50) + 0.05
+    out = S.seed_unit_bootstrap([b[None, :]], [a], n_resamples=10_000, seed=1)
+    ref = sps.bootstrap((a, b), _mean_diff, paired=True, vectorized=True, method="percentile",
+                        n_resamples=10_000, rng=np.random.default_rng(2))
+    lo, hi = ref.confidence_interval
+    assert abs(out["low"] - lo) < 0.06 * (hi - lo) and abs(out["high"] - hi) < 0.06 * (hi - lo)
+    assert out["effect"] == pytest.approx(np.mean(b - a)) and out["seeds"] == [[1, 1]]
+    labels = np.repeat(np.arange(10), 5)
+    c1 = S.seed_unit_bootstrap([b], [a], [labels], n_resamples=10_000, seed=3)
+    c2 = S.cluster_bootstrap_ci(b - a, labels, n_resamples=10_000, seed=4)
+    width = c2["high"] - c2["low"]
+    assert abs(c1["low"] - c2["low"]) < 0.06 * width and abs(c1["high"] - c2["high"]) < 0.06 * width
+    level = S.seed_unit_bootstrap([b], None, n_resamples=2000, seed=3)
+    assert level["effect"] == pytest.approx(b.mean()) and level["low"] < b.mean() < level["high"]
+
+
+def _seeded_folds(rng, n_seeds, seed_sd, effect=0.0, clusters=20, size=3):
+    """Two folds of clustered units scored by n_seeds training seeds of two arms; the true difference of the
+    methods (expected over seeds and units) is ``effect``."""
+    tr, co, cl = [], [], []
+    for _ in range(2):
+        lab = np.repeat(np.arange(clusters), size)
+        base = rng.normal(0, 1, clusters)[lab] + rng.normal(0, 0.5, lab.size)
+        tr.append(base + effect + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, 0.3, (n_seeds, lab.size)))
+        co.append(base + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, 0.3, (n_seeds, lab.size)))
+        cl.append(lab)
+    return tr, co, cl
+
+
+def test_seed_unit_bootstrap_covers_the_method_difference_with_seed_variance():
+    # Simulation: each training seed shifts all of an arm's scores (a model a bit better or worse) and adds
+    # per-unit noise. The interval must cover the method difference (0) about 95 % of the time; resampling the
+    # seed-averaged units alone (the trained models held fixed) covers far less.
+    rng = np.random.default_rng(35)
+    sims, both, units_only = 150, 0, 0
+    for k in range(sims):
+        tr, co, cl = _seeded_folds(rng, 3, 0.05)
+        out = S.seed_unit_bootstrap(tr, co, cl, n_resamples=1000, seed=k)
+        both += out["low"] <= 0 <= out["high"]
+        d = np.concatenate([t.mean(0) - c.mean(0) for t, c in zip(tr, co)])
+        labels = np.concatenate([lab + 1000 * f for f, lab in enumerate(cl)])
+        u = S.cluster_bootstrap_ci(d, labels, n_resamples=1000, seed=k)
+        units_only += u["low"] <= 0 <= u["high"]
+    assert 0.9 <= both / sims <= 0.995, both / sims
+    assert units_only / sims < 0.85, units_only / sims
+
+
+def test_seed_fold_bootstrap_with_one_seed_is_fold_bootstrap_and_resamples_seeds():
+    rng = np.random.default_rng(36)
+    data = [rng.normal(0.5, 1, 15), rng.normal(0.2, 1, 9)]
+    base = [rng.normal(0, 1, 15), rng.normal(0, 1, 9)]
+    t_fns = [[lambda idx, f=f: data[f][idx].mean()] for f in range(2)]
+    c_fns = [[lambda idx, f=f: base[f][idx].mean()] for f in range(2)]
+    out = S.seed_fold_bootstrap(t_fns, c_fns, [15, 9], n_resamples=500, seed=3)
+    ref = S.fold_bootstrap([lambda idx, f=f: data[f][idx].mean() - base[f][idx].mean() for f in range(2)],
+                           [15, 9], n_resamples=500, seed=3)
+    for key in ("effect", "low", "high", "p_value"):
+        assert out[key] == pytest.approx(ref[key], abs=1e-12), key
+    # two seeds per arm: the effect is the mean over folds of the seed-mean differences, and the interval
+    # widens with the gap between seeds
+    shift = {0: 0.0, 1: 0.4}
+    t2 = [[lambda idx, f=f, s=s: data[f][idx].mean() + shift[s] for s in (0, 1)] for f in range(2)]
+    out2 = S.seed_fold_bootstrap(t2, c_fns, [15, 9], n_resamples=500, seed=3)
+    assert out2["effect"] == pytest.approx(ref["effect"] + 0.2)
+    assert out2["per_seed"][0][0] == [pytest.approx(data[0].mean()), pytest.approx(data[0].mean() + 0.4)]
+    assert out2["high"] - out2["low"] > ref["high"] - ref["low"]
+    level = S.seed_fold_bootstrap(t2, None, [15, 9], n_resamples=200, seed=3)
+    assert level["effect"] == pytest.approx(np.mean([d.mean() for d in data]) + 0.2)
+
+
+@pytest.mark.parametrize("treatment,control,effect,passed,reason", [
+    ([[1.0, 1.1], [0.9, 1.2]], [[0.5, 0.55], [0.4, 0.5]], 0.6, True, None),
+    ([[1.0, 1.1], [0.9, 1.2]], [[0.5, 0.55], [0.4, 1.0]], 0.45, False, "sign"),    # one pair crosses 0
+    ([[1.0, 1.5], [0.9, 1.4]], [[0.5, 0.55], [0.4, 0.5]], 0.45, False, "gap"),      # seeds of one arm 0.5 apart
+    ([[1.0], [0.9]], [[0.5], [0.4]], 0.5, False, "two seeds"),                    # no seed gap to compare with
+    ([[-1.0, -1.1]], [[0.1, 0.0]], -1.1, True, None),
+])
+def test_replicate_rule(treatment, control, effect, passed, reason):
+    out = S.replicate_rule(treatment, control, effect)
+    assert out["passed"] is passed
+    assert out["replicates"] == sum(len(t) * len(c) for t, c in zip(treatment, control))
+    gaps = [abs(x - y) for arm in (*treatment, *control) for i, x in enumerate(arm) for y in arm[i + 1:]]
+    assert out["seed_gap"] == (pytest.approx(max(gaps)) if gaps else None)
+    if reason is None:
+        assert out["reason"] is None
+    else:
+        assert reason in out["reason"]
