@@ -13,12 +13,30 @@ own linear layers at the workload's batch size, and times both kernels in interl
 another job on the machine does not tip the choice); oneDNN is used only when it is faster. The decision and its
 timings are logged at INFO and made once per process, thread count and shape. ``DANCE_CPU_LINEAR=default``
 turns this off, ``DANCE_CPU_LINEAR=onednn`` forces it (when it works).
+
+Reduced precision (``precision`` of :func:`encode_tokens`, ``mining.encode_precision``, ``--precision``):
+``fp32`` computes in float32 (on the CPU bit for bit as without the option); ``bf16`` runs the forward pass under
+``torch.autocast`` with bfloat16 (weights stay float32, the output vectors are float32); ``auto`` picks bf16 only
+where it is safe and pays, decided by :func:`choose_precision`: the hardware must have native bfloat16
+(:func:`bf16_hardware`: the CPU flags ``avx512_bf16`` / ``amx_bf16``, or a CUDA GPU that supports it), a short
+timing on the workload's own batches must show a gain (paired rounds: every probe batch is encoded in both
+precisions back to back, the order alternating; bf16 wins when the median of the per-batch ratios is at least
+:data:`MIN_SPEEDUP`), and the agreement guard must pass: on a probe of the texts (:data:`PROBE_SIZE`), the top-k
+neighbours of every probe query among the probe documents computed from bf16 vectors must overlap those from
+float32 vectors by at least :data:`AGREEMENT_THRESHOLD` (k: the depth mining uses, at most 20). Otherwise float32.
+The decision (:class:`PrecisionDecision`: precision, reason, CPU flags, timings, agreement) is logged at INFO and,
+for a call without an explicit decision, made once per process and workload shape. On CUDA, ``auto`` is the GPU's
+autocast (bfloat16 where supported, else float16) as before the option. ``precision=None`` takes the value of the
+enclosing :func:`encoding_precision` block (the command-line tools set it from ``--precision``); outside any block
+the CPU computes in float32 and CUDA in its autocast precision, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
+import json
 import logging
 import math
 import os
@@ -34,7 +52,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from .device import autocast, pick_device
+from .device import amp_dtype, autocast, pick_device
 from .embeddings import Embeddings, as_id_array, ids_path, new_npy_memmap, vectors_path, write_npy_atomic
 from .errors import DanceError
 from .model import DualEncoder, _check_side
@@ -48,6 +66,24 @@ DEFAULT_LINEAR_SHAPES = ((512, 384, 384), (512, 384, 1536), (512, 1536, 384))
 LINEAR_ROUNDS = 7
 _MAX_ROWS = 1024  # rows of the timed products are capped (and bucketed to powers of two) to bound the check
 _CPU_LINEAR: dict[tuple, LinearDecision] = {}  # (threads, choice, shapes) -> decision, once per process
+
+#: Encode precisions a caller can ask for.
+PRECISIONS = ("fp32", "bf16", "auto")
+#: CPU flags that mean native bfloat16 arithmetic (x86: AVX512-BF16, AMX-BF16; Arm: the BF16 extension).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+#: CPU flags shown beside a decision (what the answer depends on).
+REPORTED_CPU_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "bf16")
+#: Texts of each side encoded in both precisions by the agreement guard and the timing.
+PROBE_SIZE = 256
+#: Neighbours compared by the agreement guard (at most; the depth mining uses when it is smaller).
+AGREEMENT_K = 20
+#: Least top-k neighbour overlap (bf16 against float32) at which ``auto`` keeps bf16.
+AGREEMENT_THRESHOLD = 0.99
+#: Least median speed-up (float32 time / bf16 time of the same batch) at which ``auto`` picks bf16.
+MIN_SPEEDUP = 1.05
+_PRECISION: dict[tuple, PrecisionDecision] = {}  # workload key -> decision of encode_tokens(precision="auto")
+_SCOPE: contextvars.ContextVar[PrecisionScope | None] = contextvars.ContextVar("dance_encode_precision",
+                                                                               default=None)
 
 
 @dataclass(frozen=True)
@@ -199,6 +235,383 @@ def fast_cpu_kernels(device: torch.device,
         yield
 
 
+# ------------------------------------------------------------------------------------------ reduced precision
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on Arm); empty when the file
+    cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_hardware(device: torch.device | str = "cpu") -> tuple[bool, str]:
+    """``(native, description)``: whether ``device`` computes bfloat16 natively, and what that answer rests on.
+
+    CPU: one of :data:`NATIVE_BF16_FLAGS` among the flags of ``/proc/cpuinfo`` (without the file, torch's own
+    oneDNN check, which also accepts an emulation on AVX-512, is reported but not trusted); CUDA: the GPU
+    supports bfloat16 (compute capability 8.0 or newer); other devices: no.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = bool(torch.cuda.is_bf16_supported())
+        return native, f"CUDA capability {major}.{minor}" + ("" if native else " (no bf16)")
+    if device.type != "cpu":
+        return False, f"{device.type}: not checked"
+    flags = cpu_flags()
+    if not flags:
+        try:
+            emulated = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            emulated = False
+        return False, f"CPU flags unreadable; oneDNN bf16 {'available' if emulated else 'unavailable'}"
+    shown = [flag for flag in REPORTED_CPU_FLAGS if flag in flags]
+    native = any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    return native, "CPU flags: " + (" ".join(shown) if shown else "no avx512 / amx / bf16")
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """The precision an encoding runs in, and the evidence behind the choice.
+
+    ``precision`` is what runs: ``fp32``, ``bf16``, or (CUDA autocast without bf16) ``fp16``; ``requested`` what
+    was asked (``fp32`` / ``bf16`` / ``auto``); ``reason`` why; ``device`` the device type; ``hardware`` what
+    :func:`bf16_hardware` found; ``timings`` the seconds of each probe batch per precision (paired: batch ``i``
+    of both lists encoded the same texts back to back); ``agreement`` the guard's numbers (``mean_cosine`` of
+    the probe vectors, ``overlap`` of the top-``k`` neighbours, ``k``, ``queries``, ``docs``).
+    """
+
+    precision: str
+    requested: str
+    reason: str
+    device: str = "cpu"
+    hardware: str = ""
+    timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    agreement: dict[str, float] | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Median over the probe batches of float32 time / bf16 time (``None`` when not measured)."""
+        fp32, bf16 = self.timings.get("fp32", ()), self.timings.get("bf16", ())
+        if not fp32 or len(fp32) != len(bf16):
+            return None
+        return float(statistics.median(a / max(b, 1e-12) for a, b in zip(fp32, bf16)))
+
+    def to_dict(self) -> dict:
+        """A JSON-able record (for ``refresh.json``, the trainer state and the metrics log)."""
+        record = {"precision": self.precision, "requested": self.requested, "reason": self.reason,
+                  "device": self.device, "hardware": self.hardware}
+        if self.timings:
+            record["timings"] = {name: [round(v, 5) for v in values] for name, values in self.timings.items()}
+            record["speedup"] = round(self.speedup, 4) if self.speedup is not None else None
+        if self.agreement is not None:
+            record["agreement"] = dict(self.agreement)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict, reason: str | None = None) -> PrecisionDecision:
+        """The decision of a :meth:`to_dict` record (``reason`` replaces the recorded one when given)."""
+        if not isinstance(record, dict) or record.get("precision") not in ("fp32", "bf16", "fp16"):
+            raise DanceError(f"not an encode precision record: {record!r}")
+        return cls(str(record["precision"]), str(record.get("requested", record["precision"])),
+                   reason or str(record.get("reason", "")), str(record.get("device", "cpu")),
+                   str(record.get("hardware", "")),
+                   {k: tuple(float(x) for x in v) for k, v in (record.get("timings") or {}).items()},
+                   dict(record["agreement"]) if record.get("agreement") else None)
+
+    def describe(self) -> str:
+        """One line: the choice, why, and the numbers (for a log or a benchmark)."""
+        text = f"encode precision: {self.precision} (requested {self.requested}; {self.reason}"
+        if self.hardware:
+            text += f"; {self.hardware}"
+        if self.speedup is not None:
+            medians = {name: statistics.median(values) for name, values in self.timings.items()}
+            text += (f"; {len(self.timings['fp32'])} paired probe batch(es): median fp32 "
+                     f"{medians['fp32'] * 1e3:.0f} ms, bf16 {medians['bf16'] * 1e3:.0f} ms, "
+                     f"speed-up x{self.speedup:.2f}")
+        if self.agreement:
+            a = self.agreement
+            text += (f"; agreement on {int(a['queries'])} x {int(a['docs'])} probe texts: mean cosine "
+                     f"{a['mean_cosine']:.5f}, top-{int(a['k'])} overlap {a['overlap']:.4f}")
+        return text + ")"
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` lower-cased, or a :class:`DanceError` naming the valid values."""
+    value = str(precision).strip().lower()
+    if value not in PRECISIONS:
+        raise DanceError(f"unknown encode precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
+@dataclass
+class PrecisionScope:
+    """What an :func:`encoding_precision` block asked for and what its encodings ran in: ``used`` maps each side
+    to the precisions it was encoded in, ``decisions`` are the ``auto`` decisions made inside the block."""
+
+    requested: str
+    used: dict[str, list[str]] = field(default_factory=dict)
+    decisions: list[PrecisionDecision] = field(default_factory=list)
+
+    def note(self, side: str, precision: str, decision: PrecisionDecision | None = None) -> None:
+        """Record that ``side`` was encoded in ``precision`` (and the decision behind it)."""
+        if precision not in self.used.setdefault(side, []):
+            self.used[side].append(precision)
+        if decision is not None and decision not in self.decisions:
+            self.decisions.append(decision)
+
+    def describe(self) -> str:
+        """``encoded in doc bf16, query bf16`` (or ``nothing encoded``)."""
+        if not self.used:
+            return "nothing encoded"
+        return "encoded in " + ", ".join(f"{side} {'/'.join(p)}" for side, p in self.used.items())
+
+    def to_dict(self) -> dict:
+        """A JSON-able record (e.g. for a command's ``metrics.json``)."""
+        record: dict = {"requested": self.requested, "used": {k: list(v) for k, v in self.used.items()}}
+        if self.decisions:
+            record["decisions"] = [d.to_dict() for d in self.decisions]
+        return record
+
+
+@contextlib.contextmanager
+def encoding_precision(precision: str) -> Iterator[PrecisionScope]:
+    """Inside the block, encodings that name no precision (``precision=None``) use ``precision`` (``fp32``,
+    ``bf16`` or ``auto``); yields the :class:`PrecisionScope` that records what they ran in. The command-line
+    tools wrap their work in it."""
+    scope = PrecisionScope(check_precision(precision))
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
+def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision on ``device``: nothing for ``fp32``; bfloat16 (or float16)
+    autocast for ``bf16`` (``fp16``)."""
+    device = torch.device(device)
+    if precision == "fp32" or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward(model: DualEncoder, cache: TokenSource, rows: np.ndarray, side: str, device: torch.device,
+             precision: str, shapes) -> np.ndarray:
+    """float32 vectors of ``rows`` (one batch) in ``precision``, as :func:`encode_tokens` computes them."""
+    input_ids, attention_mask = cache.batch(rows)
+    if device.type != "cpu":
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    kernels = (fast_cpu_kernels(device, shapes) if precision == "fp32" and device.type == "cpu"
+               else contextlib.nullcontext())
+    with torch.inference_mode(), precision_context(precision, device), kernels:
+        vectors = model.encode(input_ids, attention_mask, side)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return vectors.float().cpu().numpy()
+
+
+def _probe_rows(total: int, size: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Up to ``size`` rows spread evenly over ``rows`` (default ``0 .. total - 1``)."""
+    pool = np.arange(total, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(pool) <= size:
+        return pool
+    return pool[np.unique(np.linspace(0, len(pool) - 1, size).round().astype(np.int64))]
+
+
+def _paired_encode(model: DualEncoder, cache: TokenSource, rows: np.ndarray, side: str, device: torch.device,
+                   batch_size: int, precisions=("fp32", "bf16"), timed: bool = True):
+    """Encode ``rows`` in each of ``precisions``, batch by batch (longest first, as :func:`encode_tokens`), the
+    precisions of one batch back to back, their order alternating from batch to batch. Returns ``(vectors per
+    precision, seconds of each batch per precision)``; a few rows of the first batch warm both up untimed."""
+    lengths = np.asarray(cache.lengths)[rows].astype(np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    shapes = workload_linear_shapes(model, batch_size, lengths) if device.type == "cpu" else None
+    out = {p: np.empty((len(rows), model.dim), dtype=np.float32) for p in precisions}
+    timings: dict[str, list[float]] = {p: [] for p in precisions}
+    if timed and len(rows):
+        for precision in precisions:
+            _forward(model, cache, rows[order[:min(8, batch_size)]], side, device, precision, shapes)
+    for number, start in enumerate(range(0, len(rows), batch_size)):
+        positions = order[start:start + batch_size]
+        for precision in (precisions if number % 2 == 0 else tuple(reversed(precisions))):
+            began = time.perf_counter()
+            out[precision][positions] = _forward(model, cache, rows[positions], side, device, precision, shapes)
+            if timed:
+                timings[precision].append(time.perf_counter() - began)
+    return out, timings
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def agreement(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], k: int, *,
+              same_side: bool = False) -> dict[str, float]:
+    """How well ``candidate`` vectors (queries, docs) reproduce the ``reference`` ones (typically bf16 against
+    float32 encodings of the same texts).
+
+    ``mean_cosine``: the mean cosine between each candidate vector and its reference (queries and documents);
+    ``overlap``: the mean over queries of |top-k(candidate) ∩ top-k(reference)| / k, where top-k are the indices
+    of the k highest inner products of a query with the documents (``same_side``: the queries are the documents
+    themselves and a text is not its own neighbour); ``k`` is cut to the documents available.
+    """
+    (ref_q, ref_d), (cand_q, cand_d) = reference, candidate
+    cosines = np.concatenate([np.sum(_unit(ref_q) * _unit(cand_q), axis=1),
+                              np.sum(_unit(ref_d) * _unit(cand_d), axis=1)])
+    docs = len(ref_d) - (1 if same_side else 0)
+    k = max(1, min(int(k), docs)) if docs > 0 else 0
+    overlap = 1.0
+    if k and len(ref_q):
+        def top(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+            scores = q.astype(np.float64) @ d.astype(np.float64).T
+            if same_side:
+                np.fill_diagonal(scores, -np.inf)
+            return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+        ref_top, cand_top = top(ref_q, ref_d), top(cand_q, cand_d)
+        overlap = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(ref_top, cand_top)]))
+    return {"mean_cosine": float(np.mean(cosines)) if len(cosines) else 1.0, "overlap": overlap, "k": int(k),
+            "queries": int(len(ref_q)), "docs": int(len(ref_d))}
+
+
+def choose_precision(model, docs: TokenSource, requested: str = "auto", *, device=None,
+                     queries: TokenSource | None = None, doc_rows=None, query_rows=None, batch_size: int = 64,
+                     k: int = AGREEMENT_K, probe: int = PROBE_SIZE) -> PrecisionDecision:
+    """Decide the precision of encoding ``docs`` (and ``queries``) with ``model`` on ``device`` (see the module
+    docstring); logs the decision at INFO.
+
+    ``fp32`` / ``bf16`` are taken as asked (bf16 on a CUDA GPU without it is a :class:`DanceError`). ``auto``:
+    CUDA uses its autocast precision; elsewhere bf16 needs :func:`bf16_hardware`, then up to ``probe`` rows of
+    ``docs`` (of ``doc_rows``) and of ``queries`` (of ``query_rows``) are encoded in float32 and bf16 in batches
+    of ``batch_size`` (the timing: paired rounds; the guard: :func:`agreement` at ``k`` = min(``k``,
+    :data:`AGREEMENT_K`)); bf16 is chosen when its median speed-up is at least :data:`MIN_SPEEDUP` and the
+    overlap at least :data:`AGREEMENT_THRESHOLD`. Without ``queries`` the probe documents are their own queries.
+    """
+    model = _unwrap(model)
+    requested = check_precision(requested)
+    target = torch.device(device) if device is not None else model.device
+    native, hardware = bf16_hardware(target) if target.type in ("cpu", "cuda") else (False, "")
+    if requested == "fp32":
+        return PrecisionDecision("fp32", "fp32", "requested", target.type, hardware)
+    if requested == "bf16":
+        if target.type == "cuda" and not native:
+            raise DanceError(f"bf16 was requested but the GPU does not support it ({hardware}); use fp32 or auto")
+        if target.type not in ("cpu", "cuda"):
+            raise DanceError(f"bf16 encoding runs on the CPU or a CUDA GPU, not on {target.type}")
+        decision = PrecisionDecision("bf16", "bf16", "requested" if native or target.type != "cpu" else
+                                     "requested (no native bf16: emulated, likely slower)", target.type, hardware)
+        logger.info("%s", decision.describe())
+        return decision
+    if target.type == "cuda":
+        dtype = amp_dtype(target)
+        decision = PrecisionDecision("bf16" if dtype == torch.bfloat16 else "fp16", "auto", "CUDA autocast",
+                                     target.type, hardware)
+    elif not native:
+        decision = PrecisionDecision("fp32", "auto", "no native bf16", target.type, hardware)
+    else:
+        decision = _measure(model, docs, queries, doc_rows, query_rows, target, batch_size, k, probe, hardware)
+    logger.info("%s", decision.describe())
+    return decision
+
+
+def _measure(model, docs, queries, doc_rows, query_rows, target, batch_size, k, probe, hardware):
+    was_training = model.training
+    model.eval()
+    if model.device != target:
+        model.to(target)
+    try:
+        d_rows = _probe_rows(len(docs), probe, doc_rows)
+        if len(d_rows) == 0:
+            return PrecisionDecision("fp32", "auto", "nothing to measure", target.type, hardware)
+        d_vectors, timings = _paired_encode(model, docs, d_rows, "doc", target, batch_size)
+        if queries is not None:
+            q_rows = _probe_rows(len(queries), probe, query_rows)
+            q_vectors, _ = _paired_encode(model, queries, q_rows, "query", target, batch_size, timed=False)
+            numbers = agreement((q_vectors["fp32"], d_vectors["fp32"]), (q_vectors["bf16"], d_vectors["bf16"]),
+                                min(int(k), AGREEMENT_K))
+        else:
+            numbers = agreement((d_vectors["fp32"], d_vectors["fp32"]), (d_vectors["bf16"], d_vectors["bf16"]),
+                                min(int(k), AGREEMENT_K), same_side=True)
+    finally:
+        model.train(was_training)
+    numbers = {key: (round(v, 6) if isinstance(v, float) else v) for key, v in numbers.items()}
+    measured = PrecisionDecision("fp32", "auto", "", target.type, hardware,
+                                 {name: tuple(values) for name, values in timings.items()}, numbers)
+    speedup = measured.speedup or 0.0
+    if speedup < MIN_SPEEDUP:
+        reason, precision = f"bf16 not faster (x{speedup:.2f} < x{MIN_SPEEDUP:.2f})", "fp32"
+    elif numbers["overlap"] < AGREEMENT_THRESHOLD:
+        reason, precision = (f"bf16 disagrees with fp32: top-{numbers['k']} overlap {numbers['overlap']:.4f} < "
+                             f"{AGREEMENT_THRESHOLD}; falling back to fp32"), "fp32"
+    else:
+        reason, precision = "measured: faster and in agreement", "bf16"
+    if precision == "fp32" and speedup >= MIN_SPEEDUP:
+        logger.warning("encode precision: %s", reason)
+    return PrecisionDecision(precision, "auto", reason, target.type, hardware, measured.timings, numbers)
+
+
+def _workload_decision(model: DualEncoder, cache: TokenSource, rows: np.ndarray, side: str,
+                       target: torch.device, batch_size: int) -> PrecisionDecision:
+    """:func:`choose_precision` ``auto`` for an encoding that names no decision, made once per process, device,
+    thread count, batch size and model (its options and shape), by the first workload of at least two probes of
+    texts (the probe texts are their own queries); a smaller one takes that decision, or float32 when none was
+    made (measuring would cost more than it saves)."""
+    key = (str(target), torch.get_num_threads(), int(batch_size), model.dim,
+           json.dumps(model.config.to_dict(), sort_keys=True, default=str),
+           sum(int(p.numel()) for p in model.parameters()))
+    if key in _PRECISION:
+        return _PRECISION[key]
+    if len(rows) < 2 * PROBE_SIZE:
+        return PrecisionDecision("fp32", "auto", f"{len(rows)} {side} texts: too few to measure", target.type,
+                                 bf16_hardware(target)[1])
+    _PRECISION[key] = choose_precision(model, cache, "auto", device=target, doc_rows=rows, batch_size=batch_size)
+    return _PRECISION[key]
+
+
+def _resolve(precision, model, cache, rows, side, target, batch_size) -> str:
+    """The precision an :func:`encode_tokens` call runs in: ``fp32``, ``bf16``, ``fp16`` or ``legacy`` (no
+    option named: float32 on the CPU, the autocast of :func:`dance_analysis.device.autocast` elsewhere); noted in
+    the enclosing :class:`PrecisionScope`."""
+    scope = _SCOPE.get()
+    if isinstance(precision, PrecisionDecision):
+        mode, decision = precision.precision, precision
+    elif precision is None and scope is None:
+        return "legacy"
+    else:
+        mode, decision = _requested_mode(check_precision(precision if precision is not None else scope.requested),
+                                         model, cache, rows, side, target, batch_size)
+    if scope is not None:
+        shown = mode if mode != "legacy" else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(target),
+                                                                                              "fp32")
+        scope.note(side, shown, decision)
+    return mode
+
+
+def _requested_mode(precision, model, cache, rows, side, target, batch_size):
+    if precision == "auto":
+        if target.type == "cuda":
+            return "legacy", None
+        if not bf16_hardware(target)[0]:
+            return "fp32", None
+        decision = _workload_decision(model, cache, rows, side, target, batch_size)
+        return decision.precision, decision
+    if precision == "bf16":
+        if target.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise DanceError("bf16 was requested but the GPU does not support it; use fp32 or auto")
+        if target.type not in ("cpu", "cuda"):
+            raise DanceError(f"bf16 encoding runs on the CPU or a CUDA GPU, not on {target.type}")
+    return precision, None
+
+
 class TokenSource(Protocol):
     """What encoding reads from a token cache (``dance_analysis.data.tokens.TokenCache`` provides it)."""
 
@@ -279,7 +692,8 @@ def _unwrap(model) -> DualEncoder:
 
 def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_size: int = 64,
                   dtype=np.float32, out: str | os.PathLike | None = None, device=None, progress: bool = True,
-                  indices: Sequence[int] | np.ndarray | None = None) -> Embeddings:
+                  indices: Sequence[int] | np.ndarray | None = None,
+                  precision: str | PrecisionDecision | None = None) -> Embeddings:
     """Encode the rows of a token cache (all, or ``indices`` in that order) as ``side`` ("query" | "doc").
 
     Rows are processed longest first in batches of ``batch_size`` padded to their longest row, and returned in
@@ -287,7 +701,9 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
     into ``out.npy`` (a memmap, filled batch by batch) and the ids into ``out.ids.npy``, both atomically, and
     the returned Embeddings memory-map them. ``device``: "auto" / None (the model's device if it is not the
     CPU, else CUDA when available), "cpu", "cuda[:N]"; the model is moved there. The model's train/eval mode
-    is restored afterwards.
+    is restored afterwards. ``precision``: ``fp32``, ``bf16``, ``auto`` or a :class:`PrecisionDecision` (see the
+    module docstring; ``None``: that of the enclosing :func:`encoding_precision` block); the vectors are float32
+    (or ``dtype``) whatever the precision of the computation.
     """
     model = _unwrap(model)
     _check_side(side)
@@ -319,6 +735,7 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
     if model.device != target:
         model.to(target)
 
+    mode = _resolve(precision, model, cache, rows, side, target, batch_size)
     n = len(rows)
     order = np.argsort(-lengths, kind="stable")
     # The vectors go into a memmap of out.npy (renamed into place once complete, after the ids) or into memory.
@@ -331,10 +748,13 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
     torch_dtype = torch.float16 if dtype == np.float16 else torch.float32
     bar = tqdm(total=n, desc=f"encode {side}", unit=side, disable=None if progress else True)
     try:
-        # The kernel check times this model's linear layers at a typical batch of this workload.
-        kernels = fast_cpu_kernels(target, workload_linear_shapes(model, batch_size, lengths)
-                                   if target.type == "cpu" else None)
-        with target_array as result, torch.inference_mode(), autocast(target), kernels:
+        # The kernel check times this model's linear layers at a typical batch of this workload (float32 only:
+        # the oneDNN route would bypass autocast).
+        kernels = (fast_cpu_kernels(target, workload_linear_shapes(model, batch_size, lengths)
+                                    if target.type == "cpu" else None) if mode in ("fp32", "legacy")
+                   else contextlib.nullcontext())
+        amp = autocast(target) if mode == "legacy" else precision_context(mode, target)
+        with target_array as result, torch.inference_mode(), amp, kernels:
             for start in range(0, n, batch_size):
                 positions = order[start:start + batch_size]
                 input_ids, attention_mask = cache.batch(rows[positions])
@@ -342,7 +762,7 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
                     input_ids = input_ids.to(target, non_blocking=non_blocking)
                     attention_mask = attention_mask.to(target, non_blocking=non_blocking)
                 vectors = model.encode(input_ids, attention_mask, side)
-                result[positions] = vectors.to(dtype=torch_dtype).cpu().numpy()
+                result[positions] = vectors.float().to(dtype=torch_dtype).cpu().numpy()
                 bar.update(len(positions))
             if out is not None:
                 write_npy_atomic(ids_path(out), ids)
@@ -354,10 +774,11 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
 
 def encode_texts(model: DualEncoder, ids: Sequence[str], texts: Sequence[str], side: str, *,
                  batch_size: int = 64, dtype=np.float32, out: str | os.PathLike | None = None, device=None,
-                 progress: bool = True, indices: Sequence[int] | np.ndarray | None = None) -> Embeddings:
+                 progress: bool = True, indices: Sequence[int] | np.ndarray | None = None,
+                 precision: str | PrecisionDecision | None = None) -> Embeddings:
     """Encode ``texts`` (with their ``ids``) as ``side``: tokenised with the model's tokenizer and the side's
     max length, then encoded as :func:`encode_tokens` does (same options, same order)."""
     model = _unwrap(model)
     tokens = TextTokens.from_texts(ids, texts, model.tokenizer, model.config.max_length(side))
     return encode_tokens(model, tokens, side, batch_size=batch_size, dtype=dtype, out=out, device=device,
-                         progress=progress, indices=indices)
+                         progress=progress, indices=indices, precision=precision)

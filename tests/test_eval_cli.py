@@ -20,6 +20,7 @@ def test_eval_writes_run_and_metrics_equal_to_ir_measures(tiny_model_dir, tmp_pa
     assert "MRR@10" in printed and str(run) in printed
 
     record = json.loads((run.parent / "metrics.json").read_text())
+    assert record["encode_precision"] == {"requested": "fp32", "used": {"doc": ["fp32"], "query": ["fp32"]}}
     collection = load_collection("rag24-sample")
     query_ids = collection.evaluable(collection.split_queries("test"))
     assert record["queries"] == len(query_ids) > 0

@@ -90,7 +90,8 @@ def recipe_dict(manifest: Path, backbone: Path, cache_dir: Path, **sections) -> 
                  "cache_dir": str(cache_dir)},
         "loss": {"objective": "dance", "w_d2q": 0.1},
         "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 12, "batch_size": 8, "seed": 7},
-        "mining": {"refresh_every": 6, "top_k": 20, "n": 4, "mode": "sync", "encode_batch_size": 16},
+        "mining": {"refresh_every": 6, "top_k": 20, "n": 4, "mode": "sync", "encode_batch_size": 16,
+                   "encode_precision": "fp32"},
         "checkpoint": {"keep_last": None},
         "log": {"every": 1, "tensorboard": True, "progress": False},
     }

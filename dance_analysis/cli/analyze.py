@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query-max-length", type=int, default=None, help="override the models' query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the models' document length")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="precision of the subjects that are encoded: fp32; bf16 (autocast, float32 "
+                             "vectors); auto: bf16 where the hardware has native bf16 and a short measurement "
+                             "shows a gain and top-20 neighbours that agree with fp32 (default: %(default)s: "
+                             "the report's numbers are claims)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -73,6 +78,7 @@ def _num(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Analyse the PATHs, write the report, print the claims table and the report's path; 2 on bad input."""
     args = build_parser().parse_args(argv)
+    from ..encode import encoding_precision
     from ..errors import DanceError
     from ..report.build import build_report, claims_text
     from ..report.compute import AnalysisSettings
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                                 encoder_overrides=overrides)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     command = ["dance-analyze", *(argv if argv is not None else sys.argv[1:])]
-    result = build_report(args.paths, collection=args.collection, out=args.out, name=args.name,
-                          settings=settings, min_relevance=args.min_relevance, command=command, log=log)
+    with encoding_precision(args.precision) as precision:
+        result = build_report(args.paths, collection=args.collection, out=args.out, name=args.name,
+                              settings=settings, min_relevance=args.min_relevance, command=command, log=log)
     results = result.results
     selection = results["selection"]
     print(f"{results['collection']['name']} / {selection['split']}: {selection['queries']} queries, "
@@ -102,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"d2q MRR@10 {_num(d2q.get('MRR@10'))}")
     print("claims (DANCE vs ANCE):")
     print(claims_text(results))
+    if args.precision != "fp32" and precision.used:
+        print(f"{precision.describe()} "
+              f"(--precision {args.precision}; the report's command line records it)")
     print(f"report: {result.index}  ({result.seconds:.1f} s)")
     return 0
 

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="encoding precision: fp32; bf16 (autocast, float32 vectors); auto: bf16 where the "
+                             "hardware has native bf16 and a short measurement on this corpus shows a gain and "
+                             "top-20 neighbours that agree with fp32, else fp32 (default: %(default)s: the "
+                             "metrics are claims)")
     parser.add_argument("--index", metavar="FACTORY", default="Flat",
                         help="faiss index_factory description for approximate search, e.g. IVF4096,Flat, "
                              "HNSW32 or IVF4096,PQ48 (default: Flat = exact search; see below)")
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..ann import ann_search, check_index_spec, is_exact
     from ..atomic import write_json
     from ..data import load_collection
+    from ..encode import encoding_precision
     from ..metrics import evaluate
     from ..pipeline import embed_corpus, embed_queries, load_model, rank
     from ..runs import write_trec_run
@@ -94,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         from ..errors import DanceError
         raise DanceError(f"split {args.split!r} of {collection.name} has no query with a relevant document")
 
-    corpus = embed_corpus(model, collection, batch_size=args.batch_size, device=args.device)
-    queries = embed_queries(model, collection, query_ids, batch_size=args.batch_size, device=args.device)
+    with encoding_precision(args.precision) as precision:
+        corpus = embed_corpus(model, collection, batch_size=args.batch_size, device=args.device)
+        queries = embed_queries(model, collection, query_ids, batch_size=args.batch_size, device=args.device)
     k = min(args.k, len(corpus.ids))
     if is_exact(args.index):
         rankings = rank(queries, corpus, k, device=args.device)
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": rankings.indices.shape[1],
         "index": "Flat" if is_exact(args.index) else args.index,
         "index_params": args.index_params,
+        "encode_precision": precision.to_dict(),
         "convention": "mean over split queries with >= 1 relevant document; missing relevant = 0",
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 2),
@@ -128,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{name} on {collection.name} / {args.split}: {len(query_ids)} queries, {len(corpus.ids)} documents")
     print(format_table(metrics))
+    if args.precision != "fp32":
+        print(f"{precision.describe()} "
+              f"(--precision {args.precision})")
     print(f"run: {run_path}\nmetrics: {metrics_path}")
     return 0
 

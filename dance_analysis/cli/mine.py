@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     encoding.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
     encoding.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     encoding.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    encoding.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
+                          help="encoding precision: fp32; bf16 (autocast, float32 vectors); auto (as the "
+                               "trainer's refreshes): bf16 where the hardware has native bf16 and a short "
+                               "measurement on this corpus shows a gain and top-20 neighbours that agree with "
+                               "fp32, else fp32 (default: %(default)s)")
     return parser
 
 
@@ -93,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..data import load_collection
+    from ..encode import encoding_precision
     from ..errors import DanceError
     from ..hard_negatives import mine_split, summary_table
     from ..interop.training_data import FORMATS, output_path
@@ -106,13 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
                                                ("doc_max_length", args.doc_max_length)) if value is not None}
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
-    result = mine_split(args.model, collection, args.split, n=args.n, top_k=args.top_k, rules=rules, seed=args.seed,
-                        exclude_grade=args.exclude_grade, reencode=args.reencode, batch_size=args.batch_size,
-                        device=args.device, overrides=overrides, save_embeddings=args.save_embeddings)
+    with encoding_precision(args.precision) as precision:
+        result = mine_split(args.model, collection, args.split, n=args.n, top_k=args.top_k, rules=rules,
+                            seed=args.seed, exclude_grade=args.exclude_grade, reencode=args.reencode,
+                            batch_size=args.batch_size, device=args.device, overrides=overrides,
+                            save_embeddings=args.save_embeddings)
     written = FORMATS[args.format](output_path(args.out), result, collection)
     s = result.settings
     print(f"{Path(str(args.model).rstrip('/')).name} on {collection.name} / {args.split}: {s['queries']} queries, "
           f"{s['documents']} documents ({s['vectors']})")
+    if precision.used:
+        print(f"{precision.describe()} "
+              f"(--precision {args.precision})")
     print(summary_table(result))
     left_out = f", {written['short']} left out (too few negatives)" if written["short"] else ""
     print(f"wrote {written['rows']} {args.format} rows{left_out}: {args.out}")

@@ -333,6 +333,13 @@ class Miner:
         # The chunk of queries a refresh mines follows the count of refreshes (refresh_index), which a restarted
         # miner reads from the newest set on disk.
         self.next_index = _next_index(found[-1][1]) if found else 0
+        # The encode precision decided at the first refresh, kept by a restarted miner from the newest set.
+        self.precision = None
+        if found:
+            from .refresh import kept_precision, read_refresh_record
+
+            record = (read_refresh_record(found[-1][1]) or {}).get("encode_precision")
+            self.precision = kept_precision(record, found[-1][1].name, self.device)
 
     def _parent_alive(self) -> bool:
         if self.parent_pid is None:
@@ -402,7 +409,10 @@ class Miner:
         result = run_refresh(model, self.data, self.recipe, step, out_dir=tmp, device=self.device,
                              search_device=search_device,
                              reuse_cache=step == 0 and self.recipe.mining.cache_initial_embeddings,
-                             refresh_index=self.next_index)
+                             refresh_index=self.next_index, precision=self.precision)
+        if self.precision is None:
+            self._say(result.precision.describe())
+        self.precision = result.precision
         _attach(tmp, checkpoint_dir)
         replace_dir(tmp, root / f"step-{step}")
         self.last_done = step

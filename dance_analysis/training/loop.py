@@ -49,7 +49,15 @@ from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
 from .prepare import prepared_checkpoint, publish_prepared_set, require_prepared
-from .refresh import NEGATIVES_DIR, TrainingData, next_refresh_index, prepare_data, run_refresh, summary_line
+from .refresh import (
+    NEGATIVES_DIR,
+    TrainingData,
+    kept_precision,
+    next_refresh_index,
+    prepare_data,
+    run_refresh,
+    summary_line,
+)
 from .run_folder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -145,6 +153,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.refresh_seconds = 0.0
         self.last_dev: dict[str, float] | None = None
+        self.encode_precision = None  # the refreshes' PrecisionDecision: decided at the first, kept on resume
         self.miner = None
         self.log = RunLog(self.run_dir, is_main=False)  # replaced once the process group is known
 
@@ -287,6 +296,8 @@ class Trainer:
             "refresh_seconds": round(self.refresh_seconds, 3),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
+        if self.encode_precision is not None:
+            state["encode_precision"] = self.encode_precision.to_dict()
         save_trainer_state(folder, state, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model,
                            rng=rng)
 
@@ -297,6 +308,8 @@ class Trainer:
                              scaler=self.scaler, device=self.device)
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.refresh_seconds = float(state.get("refresh_seconds", 0.0))
+        if self.recipe.mining.mode == "sync":   # (the async miner keeps its own: its sets record it)
+            self.encode_precision = kept_precision(state.get("encode_precision"), folder.name, self.device)
         restore_rng(folder, self.dist.rank)
         data_state = state.get("data")
         if data_state is None:
@@ -346,7 +359,11 @@ class Trainer:
                                  device=self.device, progress=self._progress_enabled(),
                                  reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
                                  start=self.start,
-                                 refresh_index=next_refresh_index(self.stream.negatives if self.stream else None))
+                                 refresh_index=next_refresh_index(self.stream.negatives if self.stream else None),
+                                 precision=self.encode_precision)
+            if self.encode_precision is None and self.dist.is_main:
+                self._say(result.precision.describe())
+            self.encode_precision = result.precision
             self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
             rng = gather_rng(self.dist)
             self.refresh_seconds += time.perf_counter() - started
@@ -434,6 +451,8 @@ class Trainer:
             return
         negatives = NegativeSet.load(self.prepared / NEGATIVES_DIR) if self.dist.is_main else None
         self.stream = InstanceStream(self.dist.broadcast_object(negatives), self.recipe.optim.seed)
+        recorded = (read_refresh_record(self.prepared) or {}).get("encode_precision") if self.dist.is_main else None
+        self.encode_precision = kept_precision(self.dist.broadcast_object(recorded), self.prepared.name, self.device)
         if self.dist.is_main:
             record = read_refresh_record(self.prepared) or {"step": 0}
             self.last_dev = record.get("dev")

@@ -163,10 +163,13 @@ class RefreshResult:
     stats: dict[str, Any] = field(default_factory=dict)
     embeddings_from_cache: bool = False
     geometry: dict[str, float] = field(default_factory=dict)
+    precision: Any = None   # the encode PrecisionDecision of the refresh
 
     def record(self) -> dict[str, Any]:
         """The JSON-able record of this refresh (the ``refresh.json`` file and the metrics.jsonl line)."""
         record = {"step": self.step, "dev": self.dev_metrics, "negatives": self.stats, "timings": self.timings}
+        if self.precision is not None:
+            record["encode_precision"] = self.precision.to_dict()
         if self.geometry:
             record["geometry"] = self.geometry
         if self.embeddings_from_cache:
@@ -196,6 +199,8 @@ def summary_line(record: dict[str, Any], metric: str = "MRR@10", extra: str = ""
     parts.append(text)
     t = record.get("timings") or {}
     cached = " (cached)" if record.get("embeddings_from_cache") else ""
+    if (record.get("encode_precision") or {}).get("precision", "fp32") != "fp32":
+        cached += f" in {record['encode_precision']['precision']}"
     parts.append(f"| encode {t.get('encode', 0):.1f}s{cached}, search {t.get('search', 0):.1f}s, "
                  f"mine {t.get('mine', 0):.1f}s, eval {t.get('eval', 0):.1f}s, geometry {t.get('geometry', 0):.1f}s")
     geometry = record.get("geometry") or {}
@@ -227,8 +232,9 @@ def _measures_within(k: int) -> list[str] | None:
 
 
 def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, device, out_prefix: Path | None,
-                progress: bool) -> np.ndarray | None:
-    """Encode every row of ``tokens``; the result (on rank 0) is written to ``out_prefix`` when given."""
+                progress: bool, precision=None) -> np.ndarray | None:
+    """Encode every row of ``tokens`` in ``precision`` (a PrecisionDecision); the result (on rank 0) is written to
+    ``out_prefix`` when given."""
     from ..embeddings import Embeddings, ids_path, new_npy_memmap, vectors_path, write_npy_atomic
     from ..encode import encode_tokens
 
@@ -238,14 +244,14 @@ def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, dev
     if not dist.enabled:
         emb = encode_tokens(model, tokens, side, batch_size=recipe.mining.encode_batch_size, dtype=dtype,
                             out=str(out_prefix) if out_prefix is not None else None, device=device,
-                            progress=progress)
+                            progress=progress, precision=precision)
         if not np.array_equal(np.asarray(emb.ids).astype(str), ids):
             raise DanceError(f"encoded {side} rows do not follow the token cache order")
         return emb.vectors
     start, end = dist.shard(n)
     block = encode_tokens(model, tokens, side, batch_size=recipe.mining.encode_batch_size, dtype=dtype,
                           device=device, progress=progress and dist.is_main,
-                          indices=np.arange(start, end, dtype=np.int64)).vectors
+                          indices=np.arange(start, end, dtype=np.int64), precision=precision).vectors
     width = dist.broadcast_object(int(block.shape[1]) if dist.is_main else None)
     if block.shape[0] == 0:
         block = np.zeros((0, width), dtype=dtype)
@@ -258,6 +264,46 @@ def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, dev
         dist.gather_rows(block, n, out=out)
         write_npy_atomic(ids_path(out_prefix), ids)
     return Embeddings.load(out_prefix).vectors
+
+
+def decide_encode_precision(model, data: TrainingData, recipe: Recipe, device=None,
+                            dist: DistContext | None = None):
+    """The encode precision of a run's refreshes (:func:`dance_analysis.encode.choose_precision` with
+    ``mining.encode_precision``): for ``auto``, timed on the corpus' own batches and guarded by the agreement of
+    the top-k documents (k = min(``mining.top_k``, 20)) of up to 256 training queries among up to 256 documents,
+    bf16 against float32. Decided on rank 0 and shared with every rank."""
+    from ..encode import choose_precision
+
+    dist = dist or DistContext()
+    mining = recipe.mining
+
+    def decide():
+        target = torch.device(device) if device is not None else model.device
+        return choose_precision(model, data.doc_tokens, mining.encode_precision, device=target,
+                                queries=data.query_tokens, query_rows=data.train_query_rows,
+                                batch_size=mining.encode_batch_size, k=mining.top_k)
+
+    decision = dist.on_main(decide, recipe.distributed.poll_seconds)
+    return dist.broadcast_object(decision)
+
+
+def kept_precision(record: dict | None, where: str, device=None):
+    """The encode precision a resumed run keeps: the :class:`~dance_analysis.encode.PrecisionDecision` of
+    ``record`` (what its checkpoint ``where`` recorded); without a record (a run from before the option), what
+    it encoded in then: float32 on the CPU, the GPU's autocast on CUDA."""
+    from ..encode import PrecisionDecision, bf16_hardware
+
+    if record:
+        return PrecisionDecision.from_dict(record, reason=f"kept from {where}")
+    device = torch.device(device or "cpu")
+    hardware = bf16_hardware(device)[1] if device.type in ("cpu", "cuda") else ""
+    if device.type == "cuda":
+        from ..device import amp_dtype
+
+        precision = "bf16" if amp_dtype(device) == torch.bfloat16 else "fp16"
+        return PrecisionDecision(precision, "auto", f"kept from {where} (CUDA autocast)", "cuda", hardware)
+    return PrecisionDecision("fp32", "fp32", f"kept from {where} (recorded before the option)", device.type,
+                             hardware)
 
 
 def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") -> str:
@@ -317,18 +363,24 @@ def _store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.
         pass  # the cache is read-only or full: the cache is an optimisation only
 
 
-def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tuple[np.ndarray, np.ndarray] | None:
+def vectors_of_start(model, data: TrainingData, start: Path | None, dtype,
+                     precision: str = "fp32") -> tuple[np.ndarray, np.ndarray] | None:
     """The vectors ``model`` would encode, taken from the checkpoint it was loaded from, when that is exact.
 
     ``start`` is the ``encoder/`` folder the weights came from. Its checkpoint's ``embeddings/`` hold the vectors of
     those very weights when the checkpoint's encoder options equal the model's but for ``temperature`` (scores
     only) and ``normalize`` (false there, true here: the rows are L2-normalised, as the model does), and the ids
     and dtype match. Otherwise ``None`` (the refresh encodes). Vectors encoded with another batch size may differ
-    in the last bits from a fresh encoding; the DANCE stages of the reproduction start this way.
+    in the last bits from a fresh encoding; the DANCE stages of the reproduction start this way. They must have been
+    encoded in ``precision`` when the checkpoint's ``refresh.json`` records one (checkpoints from before the option
+    record none and are taken as they are).
     """
     from ..embeddings import Embeddings
 
     if start is None or not (start.parent / EMBEDDINGS_DIR / "corpus.npy").is_file():
+        return None
+    recorded = (read_refresh_record(start.parent) or {}).get("encode_precision") or {}
+    if recorded.get("precision", precision) != precision:
         return None
     try:
         saved = json.loads((start / "encoder.json").read_text(encoding="utf-8"))
@@ -358,7 +410,8 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype) -> tu
 def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
                 dist: DistContext | None = None, device=None, progress: bool = False,
                 search_device: str | None = None, reuse_cache: bool = False,
-                start: Path | None = None, refresh_index: int | None = None) -> RefreshResult:
+                start: Path | None = None, refresh_index: int | None = None,
+                precision=None) -> RefreshResult:
     """Refresh at optimizer step ``step`` with ``model``'s current weights; every rank must call it.
 
     Writes (rank 0, into ``out_dir`` when given) ``embeddings/``, ``negatives/``, ``dev_metrics.json`` and
@@ -374,6 +427,9 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     chunk of training queries that is mined (:func:`dance_analysis.mining.rotation_slice`), so that a miner that
     skips checkpoints still walks through every chunk, as the reference code rotates by its count of generated
     negative sets (Xiong et al., ANCE, ICLR 2021). ``None``: ``step // mining.refresh_every``.
+    ``precision``: the :class:`~dance_analysis.encode.PrecisionDecision` the run encodes in (kept from its first
+    refresh, or from the checkpoint it resumed); ``None`` decides it now (:func:`decide_encode_precision`). The
+    result carries it and ``refresh.json`` records it.
     """
     from ..index import search
 
@@ -386,15 +442,21 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     if out_dir is not None and dist.is_main and mining.save_embeddings:
         emb_dir = Path(out_dir) / EMBEDDINGS_DIR
         emb_dir.mkdir(parents=True, exist_ok=True)
+    if precision is None:
+        checked = time.perf_counter()
+        precision = decide_encode_precision(model, data, recipe, device, dist)
+        timings["precision_check"] = time.perf_counter() - checked
     started = time.perf_counter()
     dtype = np.float16 if mining.embeddings_dtype == "float16" else np.float32
     key = None
     if reuse_cache and not dist.enabled:
         setting = f"{torch.device(device or 'cpu').type}/{mining.encode_batch_size}"
+        if precision.precision != "fp32" and torch.device(device or "cpu").type == "cpu":
+            setting += f"/{precision.precision}"   # float32 keys stay those of runs from before the option
         key = embeddings_cache_key(model, data, dtype, setting)
     cached = _load_cached(key, data) if key else None
     if cached is None and key:
-        cached = vectors_of_start(model, data, start, dtype)
+        cached = vectors_of_start(model, data, start, dtype, precision.precision)
     if cached is not None:
         from ..embeddings import Embeddings
 
@@ -405,9 +467,9 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     else:
         with torch.no_grad():
             corpus = _encode_all(model, data.doc_tokens, "doc", recipe, dist, device,
-                                 emb_dir / "corpus" if emb_dir else None, progress)
+                                 emb_dir / "corpus" if emb_dir else None, progress, precision)
             queries = _encode_all(model, data.query_tokens, "query", recipe, dist, device,
-                                  emb_dir / "queries" if emb_dir else None, progress)
+                                  emb_dir / "queries" if emb_dir else None, progress, precision)
         if key:
             _store_cached(key, data, corpus, queries)
     timings["encode"] = time.perf_counter() - started
@@ -421,6 +483,7 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
         mined = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
                                    search_device or _search_device(device), refresh_index)
         mined.embeddings_from_cache = cached is not None
+        mined.precision = precision
         if out_dir is not None:
             write_refresh(mined, Path(out_dir))
         return mined
@@ -429,7 +492,7 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     result = dist.on_main(mine_on_rank_0, recipe.distributed.poll_seconds)
     negatives = dist.broadcast_object(result.negatives if result is not None else None)
     if result is None:
-        result = RefreshResult(step=step, negatives=negatives)
+        result = RefreshResult(step=step, negatives=negatives, precision=precision)
     return result
 
 
