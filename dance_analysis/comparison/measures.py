@@ -2,13 +2,16 @@
 
 Two kinds:
 
-- ``unit`` metrics give one value per unit (a test query, or a passage relevant to a test query); the units of all
-  folds are pooled, and two arms are compared by a paired randomisation test and a paired bootstrap CI over the
-  pooled units (:func:`dance_analysis.analysis.stats.paired_randomization_test`, ``paired_bootstrap_ci``).
+- ``unit`` metrics give one value per unit (a test query, a held-out statement, a passage relevant to a test
+  query, a pool pair); an arm's value of a unit is the mean over its training seeds, the units of all folds are
+  pooled, and two arms are compared by a paired randomisation test and a bootstrap CI over the pooled units and
+  the seeds (:func:`dance_analysis.analysis.stats.cluster_randomization_test`, ``seed_unit_bootstrap``). Units
+  that come in clusters (``cluster(space)``: the passages relevant to one query, the statements of one topic,
+  the pool pairs of one topic) are resampled and sign-flipped by cluster.
 - ``set`` metrics are statistics of a whole set of vectors (e.g. the mean pairwise cosine of a fold's test
-  queries); each fold gives one paired difference, the effect is their mean over folds, and the CI and p-value
-  come from a bootstrap over the units inside each fold
-  (:func:`dance_analysis.analysis.stats.fold_bootstrap`). ``compute(space, idx)`` evaluates the statistic on
+  queries), computed per fold and seed; the effect is the mean over folds of the seed-averaged differences,
+  and the CI and p-value come from a bootstrap over the units inside each fold and over the seeds
+  (:func:`dance_analysis.analysis.stats.seed_fold_bootstrap`). ``compute(space, idx)`` evaluates the statistic on
   the units ``idx`` (with repetition) of the fold; ``units(space)`` says how many there are.
 
 The claims are those of Li et al. (DANCE, ICTIR 2021, abstract and section 5), for DANCE relative to ANCE:
@@ -20,6 +23,7 @@ probabilities in query retrieval; C5 a smoother, more uniform space and better r
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +31,15 @@ import numpy as np
 
 from ..analysis import claim_metrics as cm
 from ..analysis.geometry import mean_pairwise_cosine
-from ..analysis.sampling import negative_sampling_marginals, sampling_uniformity, softmax_stats
-from .spaces import SAMPLING_N, Space
+from ..analysis.sampling import sampling_uniformity, softmax_stats
+from .spaces import SAMPLING_KS, SAMPLING_N, Space
+
+#: The C4 softmax is compared at one temperature on L2-normalised vectors for every arm (see
+#: :func:`_d2q_softmax_entropy`), over each pair's top ``SOFTMAX_K`` candidates (the trainer's query_top_k).
+SOFTMAX_T = 0.05
+SOFTMAX_K = 50
+#: The K of the primary C4 sampling statistics (the trainer's query_top_k).
+PRIMARY_K = 50
 
 #: Passages sampled per fold for the document-set statistics (exact pairwise over this many, same rows for
 #: every arm of the fold; the bootstrap resamples among them).
@@ -44,7 +55,10 @@ class Metric:
     direction: the value the paper predicts for DANCE relative to ANCE (``higher`` / ``lower``); primary: decides
     the claim's verdict (else supporting evidence); kind: ``unit`` or ``set``; unit: what is resampled;
     values(space) -> per-unit array (unit kind); units(space) -> count and compute(space, idx) -> float (set kind);
-    reference: what an isotropic Gaussian sample of the same size scores, when that is the natural baseline.
+    reference: what an isotropic Gaussian sample of the same size scores, when that is the natural baseline;
+    cluster(space) -> one cluster label per unit (unit kind; None: every unit is its own cluster);
+    bounds: the values the metric cannot pass (when every arm, the start included, sits at one of them, the
+    design cannot move the metric: ``not measurable here``).
     """
 
     key: str
@@ -59,6 +73,8 @@ class Metric:
     compute: Callable[[Space, np.ndarray], float] | None = None
     reference: Callable[[int, int], float] | None = None
     note: str = ""
+    cluster: Callable[[Space], np.ndarray] | None = None
+    bounds: tuple[float, float] | None = None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -160,15 +176,20 @@ def _erank_sub(x: np.ndarray) -> float:
     return float(cm.subspace_isotropy(x)["effective_rank"])
 
 
-def _pair_contributions(space: Space, k: int) -> np.ndarray:
-    """[pool pairs, pool queries]: what each pair's draw adds to each query's probability (its row of pi)."""
+def _pair_contributions(space: Space, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sampler's candidates at ``k`` as sparse entries (pool pair row, pool query, inclusion probability):
+    pair r adds min(n, |cand(r)|) / |cand(r)| to each of its candidates (its top ``k`` pool queries minus the
+    passage's judged ones), as :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals` (the exact
+    search returns each query at most once per row, so there are no repeats to drop)."""
     cache = space.__dict__.setdefault("_pair_contributions", {})
     if k not in cache:
         topk = space.pool_topk[:, :k]
-        excluded = np.take_along_axis(space.units.pool_excluded, np.maximum(topk, 0), axis=1) & (topk >= 0)
-        n_pool = len(space.units.pool_rows)
-        cache[k] = np.stack([negative_sampling_marginals(topk[r:r + 1], excluded[r:r + 1], n_queries=n_pool,
-                                                         n=SAMPLING_N) for r in range(len(topk))])
+        excluded = np.take_along_axis(space.units.pool_excluded, np.maximum(topk, 0), axis=1)
+        cand = (topk >= 0) & ~excluded
+        size = cand.sum(axis=1)
+        prob = np.minimum(SAMPLING_N, size) / np.maximum(size, 1)
+        rows, cols = np.nonzero(cand)
+        cache[k] = (rows, topk[rows, cols].astype(np.int64), prob[rows])
     return cache[k]
 
 
@@ -176,23 +197,53 @@ def sampling_probabilities(space: Space, k: int, idx: np.ndarray | None = None) 
     """Each pool query's expected draws as a negative when the pool pairs ``idx`` (default: all, with repetition
     counted) mine from their passage's top ``k`` pool queries: the sum of the pairs' rows of
     :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals` (pi is a sum over pairs)."""
-    rows = _pair_contributions(space, k)
+    rows, cols, prob = _pair_contributions(space, k)
+    n_pool = len(space.units.pool_rows)
     if idx is None:
-        return rows.sum(axis=0)
-    return np.bincount(idx, minlength=rows.shape[0]).astype(np.float64) @ rows
+        return np.bincount(cols, weights=prob, minlength=n_pool)
+    counts = np.bincount(idx, minlength=len(space.units.pool_anchors)).astype(np.float64)
+    return np.bincount(cols, weights=prob * counts[rows], minlength=n_pool)
 
 
 def _sampling(space: Space, idx: np.ndarray, k: int, what: str) -> float:
-    return float(sampling_uniformity(sampling_probabilities(space, k, idx))[what])
+    cache = space.__dict__.setdefault("_sampling_cache", {})
+    key = (k, hashlib.blake2b(np.ascontiguousarray(idx).tobytes(), digest_size=12).digest())
+    if key not in cache:
+        if len(cache) > 8192:
+            cache.clear()
+        cache[key] = sampling_uniformity(sampling_probabilities(space, k, idx))
+    return float(cache[key][what])
 
 
 def _d2q_softmax_entropy(space: Space) -> np.ndarray:
-    """Per pool pair: normalised entropy of the softmax over its top-K candidate queries at the arm's
-    temperature, the passage's own (judged) queries removed."""
-    topk, scores = space.pool_topk, space.pool_topk_scores.astype(np.float64)
+    """Per pool pair: normalised entropy of the softmax over its top-``SOFTMAX_K`` candidate queries (the
+    passage's judged queries removed) of :math:`\\cos(d, q) / \\tau` with :math:`\\tau` = ``SOFTMAX_T`` = 0.05
+    for every arm, on L2-normalised vectors.
+
+    Why a fixed temperature on normalised vectors: the arms train at different score scales (ANCE: dot products
+    of LayerNorm outputs of norm about sqrt(384), logits in the hundreds; DANCE: cos / 0.01), so the entropy at
+    each arm's own temperature follows its scale, not its geometry: a sharper softmax says nothing about how
+    evenly the candidate queries sit around the passage. With the same cos / 0.05 for every arm the entropy
+    measures only the spread of the candidates' angles (0.05 is the usual contrastive temperature, e.g. SimCSE;
+    at top-50 cosine spreads of 0.05-0.3 it keeps the entropy away from both 0 and 1). The candidates are the
+    arm's own top ``SOFTMAX_K`` by its own score: the set its sampler draws from."""
+    cached = getattr(space, "_softmax_entropy", None)
+    if cached is not None:
+        return cached
+    topk = space.pool_topk[:, :SOFTMAX_K]
+    if topk.size == 0:
+        space._softmax_entropy = np.zeros(0)
+        return space._softmax_entropy
+    q = _unit(space.pool_queries.astype(np.float32))
+    cos = np.empty(topk.shape, dtype=np.float64)
+    for start in range(0, len(topk), 1024):
+        d = _unit(space.corpus[space.units.pool_anchors[start:start + 1024]].astype(np.float32))
+        block = topk[start:start + 1024]
+        cos[start:start + 1024] = np.take_along_axis(d @ q.T, np.maximum(block, 0), axis=1)
     excluded = np.take_along_axis(space.units.pool_excluded, np.maximum(topk, 0), axis=1) | (topk < 0)
-    s = np.where(excluded, -np.inf, scores)
-    return np.asarray(softmax_stats(s, temperature=space.temperature)["entropy_norm"], dtype=np.float64)
+    s = np.where(excluded, -np.inf, cos)
+    space._softmax_entropy = np.asarray(softmax_stats(s, temperature=SOFTMAX_T)["entropy_norm"], dtype=np.float64)
+    return space._softmax_entropy
 
 
 def _isotropic(stat: Callable[[np.ndarray], float]) -> Callable[[int, int], float]:
@@ -205,9 +256,13 @@ def _isotropic(stat: Callable[[np.ndarray], float]) -> Callable[[int, int], floa
 def _sampling_metric(k: int, what: str, direction: str, primary: bool, label: str) -> Metric:
     return Metric(f"sampling.pi_{what}@{k}", label.format(k=k), "C4", direction, primary, "set", "pool pair",
                   units=lambda s: len(s.units.pool_anchors),
-                  compute=lambda s, idx: _sampling(s, idx, k, what),
+                  compute=lambda s, idx: _sampling(s, idx, k, what), bounds=(0.0, 1.0),
                   note="pi(q) = sum over the pool's passages d of 1[q in top-K(d) minus d's judged queries] x "
                        "min(n, |cand(d)|) / |cand(d)|, n = 20; pool = the fold's training queries")
+
+
+def _statement_values(space: Space, measure: str) -> np.ndarray:
+    return space.statement_per_query.get(measure, np.zeros(0))
 
 
 METRICS: tuple[Metric, ...] = (
@@ -238,22 +293,29 @@ METRICS: tuple[Metric, ...] = (
     # C3: discriminative documents.
     Metric("qd.judged_margin", "per-query cosine margin: judged relevant minus judged non-relevant passages", "C3",
            "higher", True, "unit", "test query with both", values=lambda s: _judged(s, "margin")),
-    Metric("d2q.RR@10", "d2q RR@10: a relevant passage ranks ALL queries", "C3", "higher", True, "unit",
-           "relevant passage", values=lambda s: s.d2q_rr10),
+    Metric("d2q.RR@10", "d2q RR@10: a relevant passage ranks all real queries", "C3", "higher", True, "unit",
+           "relevant passage", values=lambda s: s.d2q_rr10, cluster=lambda s: s.units.anchor_clusters,
+           bounds=(0.0, 1.0), note="units: the passages relevant to a test query, resampled by query"),
     Metric("qd.judged_auc", "per-query AUC of judged relevant over judged non-relevant passages", "C3", "higher",
            False, "unit", "test query with both", values=lambda s: _judged(s, "auc")),
     Metric("documents.uniformity", "document uniformity (t = 2)", "C3", "lower", False, "set", "passage",
            units=lambda s: len(doc_sample(s)), compute=lambda s, idx: _doc_uniformity(s, idx)),
     # C4: uniform negative-sampling probabilities of the queries (d2q side).
-    _sampling_metric(10, "gini", "lower", True, "Gini of the queries' probability of being drawn (K = {k})"),
-    _sampling_metric(10, "zero_share", "lower", True, "share of queries never drawn (K = {k})"),
-    _sampling_metric(5, "gini", "lower", False, "Gini of the queries' probability of being drawn (K = {k})"),
-    _sampling_metric(20, "gini", "lower", False, "Gini of the queries' probability of being drawn (K = {k})"),
-    Metric("sampling.d2q_softmax_entropy", "normalised entropy of the d2q softmax over candidates (own queries "
-           "removed, K = 20)", "C4", "higher", False, "unit", "pool pair", values=_d2q_softmax_entropy),
+    _sampling_metric(PRIMARY_K, "gini", "lower", True, "Gini of the queries' probability of being drawn (K = {k})"),
+    _sampling_metric(PRIMARY_K, "zero_share", "lower", True, "share of queries never drawn (K = {k})"),
+    _sampling_metric(SAMPLING_KS[0], "gini", "lower", False,
+                     "Gini of the queries' probability of being drawn (K = {k})"),
+    _sampling_metric(SAMPLING_KS[-1], "gini", "lower", False,
+                     "Gini of the queries' probability of being drawn (K = {k})"),
+    Metric("sampling.d2q_softmax_entropy", f"normalised entropy of the d2q softmax over candidates, cos / "
+           f"{SOFTMAX_T} on normalised vectors for every arm (own queries removed, K = {SOFTMAX_K})", "C4",
+           "higher", False, "unit", "pool pair", values=_d2q_softmax_entropy,
+           cluster=lambda s: s.units.pool_clusters, bounds=(0.0, 1.0),
+           note="a fixed temperature on L2-normalised vectors, so that the arms' different score scales do not "
+                "decide the entropy"),
     # C5: smoother space and better ranking.
     Metric("q2d.MRR@100", "q2d MRR@100", "C5", "higher", True, "unit", "test query",
-           values=lambda s: s.per_query["MRR@100"]),
+           values=lambda s: s.per_query["MRR@100"], bounds=(0.0, 1.0)),
     Metric("queries.uniformity", "query uniformity (t = 2)", "C5", "lower", True, "set", "test query",
            units=lambda s: len(s.units.test_rows),
            compute=lambda s, idx: float(np.log(_pair_mean(_kernels(s)["qq_gauss"], idx)))),
@@ -261,16 +323,22 @@ METRICS: tuple[Metric, ...] = (
            False, "set", "test query", units=lambda s: len(s.units.test_rows),
            compute=lambda s, idx: _joint_uniformity(s, idx)),
     Metric("q2d.nDCG@10", "q2d nDCG@10", "C5", "higher", False, "unit", "test query",
-           values=lambda s: s.per_query["nDCG@10"]),
+           values=lambda s: s.per_query["nDCG@10"], bounds=(0.0, 1.0)),
+    Metric("s2d.nDCG@10", "held-out statements nDCG@10", "C5", "higher", False, "unit", "test statement",
+           values=lambda s: _statement_values(s, "nDCG@10"), cluster=lambda s: s.units.statement_clusters,
+           bounds=(0.0, 1.0), note="the statements of the test topics as queries, resampled by topic"),
     # Ranking only.
     Metric("q2d.MRR@10", "q2d MRR@10", None, "higher", False, "unit", "test query",
-           values=lambda s: s.per_query["MRR@10"]),
+           values=lambda s: s.per_query["MRR@10"], bounds=(0.0, 1.0)),
+    Metric("s2d.MRR@10", "held-out statements MRR@10", None, "higher", False, "unit", "test statement",
+           values=lambda s: _statement_values(s, "MRR@10"), cluster=lambda s: s.units.statement_clusters,
+           bounds=(0.0, 1.0), note="the statements of the test topics as queries, resampled by topic"),
     Metric("q2d.R@100", "q2d Recall@100", None, "higher", False, "unit", "test query",
-           values=lambda s: s.per_query["R@100"]),
+           values=lambda s: s.per_query["R@100"], bounds=(0.0, 1.0)),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 #: The ranking table's rows (per-query measures), in order.
-RANKING_KEYS = ("q2d.MRR@10", "q2d.MRR@100", "q2d.nDCG@10", "q2d.R@100", "d2q.RR@10")
+RANKING_KEYS = ("q2d.MRR@10", "q2d.MRR@100", "q2d.nDCG@10", "q2d.R@100", "d2q.RR@10", "s2d.MRR@10", "s2d.nDCG@10")
 
 
 def nearest_levels(space: Space) -> dict:
