@@ -31,7 +31,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The rag24 experiment: 5 folds x (ANCE, DANCE stage 1, DANCE), report in reports/rag24/ (rerun to resume).
+# The rag24 experiment: 2 topic folds x seeds x (ANCE, DANCE stage 1, DANCE, control), report in reports/rag24/ (rerun to resume).
 reproduce: $(STAMP)
 	$(BIN)/python -m dance_analysis.reproduce
 

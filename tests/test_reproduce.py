@@ -1,5 +1,6 @@
-"""`python -m dance_analysis.reproduce` end to end on a tiny collection: folds, the three trained arms chained
-through their selected checkpoints, the zero-shot arm, the report folder, and resume without retraining.
+"""`python -m dance_analysis.reproduce` end to end on a tiny collection: folds, two seeds, the trained arms
+chained through their fixed branch steps at equal compute, the start and reference arms, the report folder, and
+resume without retraining.
 
 The report's numbers are checked against independent computations: run files rescored with ir-measures, the main
 contrast against scipy on the per-query values, README tables against metrics.json.
@@ -22,6 +23,8 @@ from dance_analysis.reproduce import write
 
 START, END = reproduce.README_START, reproduce.README_END
 FOLDS = 3
+SEEDS = (1, 2)
+SCALE_DOWN = 15   # the recipes' 120 / 60 / 30 steps, branch points 60 / 30 and refreshes every 30 become 8 / 4 / 2
 
 
 def _tiny_collection_with_test_split(root):
@@ -46,10 +49,12 @@ def _tiny_collection_with_test_split(root):
 
 def _args(tmp_path, manifest, encoder):
     sets = {"model.backbone": encoder, "model.query_max_length": 16, "model.doc_max_length": 32,
-            "data.collection": manifest, "optim.max_steps": 4, "optim.warmup_steps": 1, "optim.batch_size": 8,
-            "optim.lr": 1e-3, "mining.refresh_every": 2, "mining.top_k": 20, "mining.n": 4,
-            "mining.encode_batch_size": 16, "log.progress": False, "log.tensorboard": False}
-    args = ["--folds", str(FOLDS), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
+            "data.collection": manifest, "optim.warmup_steps": 1, "optim.batch_size": 8,
+            "optim.lr": 1e-3, "mining.top_k": 20, "mining.n": 4, "mining.query_top_k": 20,
+            "mining.encode_batch_size": 16, "mining.encode_precision": "fp32", "log.progress": False,
+            "log.tensorboard": False}
+    args = ["--folds", str(FOLDS), "--seeds", *map(str, SEEDS), "--scale-down", str(SCALE_DOWN),
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
             "--readme", str(tmp_path / "README.md")]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
@@ -70,8 +75,8 @@ def experiment(tmp_path_factory):
         (tmp_path / "README.md").write_text(f"# project\n\n{START}\nstale\n{END}\n\nmore text\n")
         assert reproduce.main(_args(tmp_path, manifest, encoder)) == 0
         runs = tmp_path / "runs"
-        # An interrupted experiment: the last fold's DANCE run is gone; the rerun trains only that one.
-        shutil.rmtree(runs / f"fold{FOLDS - 1}" / "dance")
+        # An interrupted experiment: the last fold's last DANCE run is gone; the rerun trains only that one.
+        shutil.rmtree(runs / f"fold{FOLDS - 1}" / f"dance-seed{SEEDS[-1]}")
         kept = {p: p.stat().st_mtime_ns for p in runs.glob("fold*/*/checkpoint-*/encoder/*")}
         assert reproduce.main(_args(tmp_path, manifest, encoder)) == 0
     finally:
@@ -93,7 +98,8 @@ def test_outputs_exist_and_finished_runs_are_not_retrained(experiment):
     assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
     sessions = json.loads((root / "runs" / "reproduce-timings.json").read_text())["sessions"]
     assert len(sessions) == 2
-    assert f"fold{FOLDS - 1}/dance" in sessions[1]["stages"] and "zero-shot encoding" in sessions[1]["stages"]
+    assert list(sessions[1]["stages"])[:1] == [f"fold{FOLDS - 1}/dance-seed{SEEDS[-1]}"]
+    assert "reference encoding" in sessions[1]["stages"]
 
 
 def test_folds_test_every_query_once_with_disjoint_train_dev_test(experiment):
@@ -105,30 +111,41 @@ def test_folds_test_every_query_once_with_disjoint_train_dev_test(experiment):
                     or set(parts["dev"]) & set(parts["test"]))
         assert parts["dev"] == cross_validation_splits(collection.queries, FOLDS, (fold + 1) % FOLDS)["test"]
         tested += parts["test"]
-        config = (experiment["root"] / "runs" / f"fold{fold}" / "ance" / "config.yaml").read_text()
+        config = (experiment["root"] / "runs" / f"fold{fold}" / "ance-seed1" / "config.yaml").read_text()
         assert f"fold: {fold}" in config
     assert sorted(tested) == sorted(collection.queries)
 
 
-def test_stages_start_from_the_selected_checkpoint_of_the_previous_arm(experiment):
+def test_stages_start_from_the_fixed_branch_step_of_the_previous_arm(experiment):
+    """Stage 1 starts at ANCE's step 4 (60 / 15), stage 2 and the control at stage 1's step 2 (30 / 15); every
+    trained arm ends at 8 steps of compute; the reused step-0 vectors equal what the stage's model encodes."""
     from dance_analysis.embeddings import Embeddings
     from dance_analysis.pipeline import embed_corpus, load_model
-    from dance_analysis.reproduce.evaluate import selected_checkpoint
 
     runs = experiment["root"] / "runs"
     collection = load_collection(str(experiment["manifest"]))
-    for arm, previous in (("dance-stage1", "ance"), ("dance", "dance-stage1")):
-        _, chosen, _ = selected_checkpoint(runs / "fold0" / previous)
-        config = (runs / "fold0" / arm / "config.yaml").read_text()
-        assert f"backbone: {runs / 'fold0' / previous}" in config
-        start = Embeddings.load(runs / "fold0" / arm / "checkpoint-0" / "embeddings" / "corpus").vectors
-        before = Embeddings.load(chosen / "embeddings" / "corpus").vectors
-        if arm == "dance-stage1":   # the stage normalises: its start is the ANCE vectors, L2-normalised
-            before = before / np.linalg.norm(before, axis=1, keepdims=True)
-        np.testing.assert_allclose(start, before, rtol=0, atol=1e-6)
-        # ... and equal to what the stage's own model encodes at step 0 (the reuse is exact).
-        fresh = embed_corpus(load_model(str(runs / "fold0" / arm / "checkpoint-0")), collection, progress=False)
-        np.testing.assert_allclose(start, fresh.vectors, rtol=0, atol=1e-5)
+    for seed in SEEDS:
+        for arm, previous, branch, steps in (("dance-stage1", "ance", 4, 4), ("dance", "dance-stage1", 2, 2),
+                                             ("dance-control", "dance-stage1", 2, 2)):
+            folder = runs / "fold0" / f"{arm}-seed{seed}"
+            config = (folder / "config.yaml").read_text()
+            assert f"backbone: {runs / 'fold0' / f'{previous}-seed{seed}'}" in config
+            assert f"select: step-{branch}" in config and f"max_steps: {steps}" in config
+            assert f"seed: {seed}" in config
+            start = Embeddings.load(folder / "checkpoint-0" / "embeddings" / "corpus").vectors
+            before = Embeddings.load(runs / "fold0" / f"{previous}-seed{seed}" / f"checkpoint-{branch}"
+                                     / "embeddings" / "corpus").vectors
+            if arm == "dance-stage1":   # the stage normalises: its start is the ANCE vectors, L2-normalised
+                before = before / np.linalg.norm(before, axis=1, keepdims=True)
+            np.testing.assert_allclose(start, before, rtol=0, atol=1e-6)
+            # ... and equal to what the stage's own model encodes at step 0 (the reuse is exact).
+            fresh = embed_corpus(load_model(str(folder / "checkpoint-0")), collection, progress=False)
+            np.testing.assert_allclose(start, fresh.vectors, rtol=0, atol=1e-5)
+            assert (folder / f"checkpoint-{steps}").is_dir() and not (folder / f"checkpoint-{steps + 2}").exists()
+    # Two seeds are two different models.
+    a, b = (Embeddings.load(runs / "fold0" / f"ance-seed{s}" / "checkpoint-8" / "embeddings" / "corpus").vectors
+            for s in SEEDS)
+    assert not np.allclose(a, b)
 
 
 def test_run_files_score_like_the_report_with_ir_measures(experiment):

@@ -1,22 +1,25 @@
-"""`make reproduce`: the paper's ANCE -> DANCE contrast on the built-in rag24-sample, cross-validated over every query.
+"""`make reproduce`: the paper's ANCE -> DANCE chain on the built-in sample, cross-validated, with seeds.
 
-Design (Li et al., DANCE, ICTIR 2021, section 3; the arms in :mod:`dance_analysis.reproduce.arms`):
+Design (Li et al., DANCE, ICTIR 2021, section 3; arms and branch points in :mod:`dance_analysis.reproduce.arms`,
+step numbers in the recipes ``train/rag24-*.yaml``; fixed before the runs it reports):
 
-1. Arms, all from the same all-MiniLM-L6-v2 backbone: ``zero-shot`` (the backbone as published, cosine);
-   ``ance`` (pooled vector -> identity-initialised Linear -> LayerNorm, dot product, q->d loss with ANCE
-   negatives, ``train/rag24-ance.yaml``); ``dance-stage1`` (normalisation tuning from the fold's selected ANCE
-   checkpoint: cosine / 0.01, q->d only); ``dance`` (from the fold's selected stage-1 checkpoint, + 0.1 x d->q).
-2. 5-fold cross-validation over all 301 queries (``data.folds``): in fold f the model trains on three folds,
-   selects its checkpoint on the next one (dev MRR@10 at every refresh) and is tested on fold f, so every query
-   with a relevant passage is tested once by a model that neither trained nor selected on it.
-3. Statistics (:mod:`dance_analysis.comparison`): per-query values pooled over folds, paired randomisation
-   tests and bootstrap CIs; set statistics per fold with a bootstrap inside the folds; three-way verdicts.
+1. Data: ``rag24-statements`` (:mod:`dance_analysis.data.statements`): the sample's 6,011 passages; training
+   queries are the cited statements of the RAG answers of the training topics; the real queries of the held-out
+   topics are the test (the held-out topics' statements a second test). 2-fold cross-validation over the 301
+   topics: every real query with a relevant passage is tested once, by models that never saw its topic.
+2. Arms: ``start`` (all-MiniLM-L6-v2 cut to 3 layers, identity Linear + LayerNorm head: where ANCE starts),
+   ``minilm`` (the full model zero-shot, a reference), ``ance`` (120 steps), ``dance-stage1`` (normalisation
+   tuning branched from ANCE at step 60, 60 steps), ``dance`` (+ 0.1 x the dual loss, branched from stage 1 at
+   step 30, 30 steps) and ``dance-control`` (the same with dual weight 1.0): every trained arm ends at 120 steps
+   of compute, and is evaluated there (the dev-selected checkpoints are a secondary result).
+3. Seeds: every trained arm of every fold is trained with each seed of ``--seeds``; statistics average the seeds
+   per query and resample queries and seeds (:mod:`dance_analysis.comparison`).
 4. Outputs in ``reports/rag24/`` (:mod:`dance_analysis.reproduce.write`): ``index.html``, ``metrics.json``, one
-   TREC run per arm (``runs/<arm>.trec.gz``, every tested query once), ``per_unit.csv`` and ``README.md``; the
-   project README's results section between the ``rag24-results`` markers.
+   TREC run per arm and seed, each run's ``metrics.jsonl``, ``per_unit.csv``, ``README.md``, and the project
+   README's results section between the ``rag24-results`` markers.
 
 Every step is resumable: a finished training run is kept, a started one resumes from its last checkpoint, the
-zero-shot vectors are encoded once; the report is rebuilt beside ``reports/rag24`` and swapped in when complete.
+reference arm is encoded once; the report is rebuilt beside ``reports/rag24`` and swapped in when complete.
 Wall time is summed over invocations in ``<runs-dir>/reproduce-timings.json``.
 """
 
@@ -30,15 +33,15 @@ from pathlib import Path
 
 from ..cli.common import user_errors_exit_2
 from ..logs import messages_shown
-from .arms import ARMS, TRAINED, ZERO_SHOT, run_dir, train_command
+from .arms import ARMS, START, TRAINED, plans, train_command
 from .timing import Clock
 from .write import README_END, README_START
 
 logger = logging.getLogger(__name__)
 
-FOLDS = 5
+FOLDS = 2
 FOLD_SEED = 13
-SEED = 1
+SEEDS = (1, 2, 3)
 COMMAND = "make reproduce"
 
 
@@ -50,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=FOLDS, help=f"cross-validation folds (default: {FOLDS})")
     parser.add_argument("--fold-seed", type=int, default=FOLD_SEED,
                         help=f"seed of the query shuffle that makes the folds (default: {FOLD_SEED})")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"training seed of every run (default: {SEED})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help=f"training seeds; every trained arm of every fold is trained once per seed "
+                             f"(default: {' '.join(map(str, SEEDS))})")
+    parser.add_argument("--scale-down", type=int, default=1, metavar="D",
+                        help="divide every step count of the recipes by D (a smoke run; default: 1)")
     parser.add_argument("--runs-dir", default="runs/rag24", help="where the runs go (default: runs/rag24)")
     parser.add_argument("--out", default="reports/rag24", help="report folder (default: reports/rag24)")
     parser.add_argument("--readme", default="README.md",
@@ -73,27 +80,34 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock(runs_dir / "reproduce-timings.json")
 
-    for fold in range(args.folds):
-        for arm in TRAINED:
-            cmd = train_command(arm, runs_dir, fold, args.folds, args.fold_seed, args.seed, args.overrides)
-            print(f"== dance-train {' '.join(cmd)}", flush=True)
-            with clock.stage(f"fold{fold}/{arm.name}"):
-                status = train.main(cmd)
-            if status:
-                return status
+    steps = plans(args.scale_down)
+    for seed in args.seeds:           # all folds of the first seed first: an interrupted run has whole seeds
+        for fold in range(args.folds):
+            for arm in TRAINED:
+                cmd = train_command(arm, runs_dir, fold, args.folds, args.fold_seed, seed, args.overrides,
+                                    steps[arm.name])
+                print(f"== dance-train {' '.join(cmd)}", flush=True)
+                with clock.stage(f"fold{fold}/{arm.name}-seed{seed}"):
+                    status = train.main(cmd)
+                if status:
+                    return status
 
-    from .evaluate import encode_zero_shot, evaluate_all
+    from .evaluate import encode_reference, evaluate_all
     from .write import write_outputs
 
-    with clock.stage("zero-shot encoding"):
-        zero_shot = encode_zero_shot(runs_dir, run_dir(runs_dir, 0, TRAINED[0].name))
+    with clock.stage("reference encoding"):
+        reference = encode_reference(runs_dir, args.seeds[0])
     with clock.stage("evaluation and statistics"):
-        results = evaluate_all(runs_dir, args.folds, zero_shot, log=lambda m: print(m, flush=True))
+        results = evaluate_all(runs_dir, args.folds, args.seeds, steps, reference,
+                               log=lambda m: print(m, flush=True))
     with clock.stage("report"):
         results["experiment"] = {
             "command": COMMAND, "invocation": ["python", "-m", "dance_analysis.reproduce", *(argv or sys.argv[1:])],
-            "folds": args.folds, "fold_seed": args.fold_seed, "seed": args.seed, "overrides": args.overrides,
-            "arms": [{"name": a.name, "label": a.label, "recipe": a.recipe, "starts_from": a.starts_from}
+            "folds": args.folds, "fold_seed": args.fold_seed, "seeds": list(args.seeds),
+            "scale_down": args.scale_down, "overrides": args.overrides,
+            "arms": [{"name": a.name, "label": a.label, "recipe": a.recipe, "starts_from": a.starts_from,
+                      **({"steps": steps[a.name].steps, "branch_step": steps[a.name].branch,
+                          "total_steps": steps[a.name].offset + steps[a.name].steps} if a.recipe else {})}
                      for a in ARMS],
             "runs_dir": str(runs_dir)}
         clock.finish()
@@ -102,4 +116,4 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     return 0
 
 
-__all__ = ["main", "COMMAND", "README_START", "README_END", "ZERO_SHOT"]
+__all__ = ["main", "COMMAND", "README_START", "README_END", "START"]

@@ -1,22 +1,39 @@
-"""Load every arm's selected model of every fold and compute the experiment's statistics."""
+"""Load every arm of every fold and seed at its fixed step, and compute the experiment's statistics.
+
+Besides the spaces handed to :func:`~dance_analysis.comparison.compare`, this module measures what the report
+needs to show that training moved the models (``movement``), the claim metrics at every checkpoint of every run
+(``trajectories``, on total-compute steps so that the stages line up with ANCE), and the dev-selected
+checkpoints (``selections``, a secondary result).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from ..analysis.claim_metrics import mmd2_linear_unbiased
+from ..analysis.geometry import mean_pairwise_cosine
 from ..atomic import building_dir, write_json
-from ..comparison import FoldUnits, Space, build_space, compare, fold_units, load_vectors
+from ..comparison import Space, build_space, compare, fold_units, load_vectors
 from ..errors import DanceError
+from ..index import search
+from ..metrics import evaluate_per_query
 from ..training import checkpoint as ckpt
 from ..training.config import load_recipe
-from .arms import ARMS, CONTRASTS, TRAINED, ZERO_SHOT, run_dir
+from .arms import ARM_BY_NAME, ARMS, CONTRASTS, REFERENCE, START, TRAINED, Plan, run_dir
 
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "MRR@10"
+#: Passages (a fixed random sample, the same for every arm) for the document-side trajectory statistics.
+TRAJECTORY_DOCS = 1000
+#: (arm, compared with): the pairs whose test top 10 and parameters the movement table compares.
+MOVEMENT_PAIRS = (("ance", "start"), ("dance-stage1", "ance"), ("dance", "dance-stage1"),
+                  ("dance-control", "dance-stage1"), ("dance", "ance"), ("dance", "start"))
 
 
 def _run_config(folder: Path):
@@ -24,23 +41,21 @@ def _run_config(folder: Path):
     return load_recipe(folder / "config.yaml")
 
 
-def encode_zero_shot(runs_dir: Path, reference_run: Path) -> Path:
-    """Encode the corpus and all queries with the backbone as published, at the reference run's lengths, once.
-
-    The backbone is the reference run's ``model.backbone`` (the ANCE arm's start); the vectors go to
-    ``<runs_dir>/zero-shot/embeddings``; a complete folder is reused.
-    """
+def encode_reference(runs_dir: Path, seed: int) -> Path:
+    """Encode the corpus and all queries with the reference model (``minilm``, as published), at the ANCE runs'
+    lengths, once; the vectors go to ``<runs_dir>/minilm/embeddings`` (a complete folder is reused)."""
     from ..data import load_collection
     from ..model import DualEncoder
     from ..pipeline import embed_corpus, embed_queries
 
-    folder = Path(runs_dir) / ZERO_SHOT.name
+    folder = Path(runs_dir) / REFERENCE.name
     emb = folder / "embeddings"
     if (emb / "corpus.npy").is_file() and (emb / "queries.npy").is_file() and (folder / "meta.json").is_file():
         return folder
-    recipe = _run_config(reference_run)
-    lengths = json.loads((reference_run / "checkpoint-0" / "encoder" / "encoder.json").read_text(encoding="utf-8"))
-    model = DualEncoder.load(recipe.model.backbone, query_max_length=lengths["query_max_length"],
+    first = run_dir(runs_dir, 0, TRAINED[0].name, seed)
+    recipe = _run_config(first)
+    lengths = json.loads((first / "checkpoint-0" / "encoder" / "encoder.json").read_text(encoding="utf-8"))
+    model = DualEncoder.load(REFERENCE.backbone, query_max_length=lengths["query_max_length"],
                              doc_max_length=lengths["doc_max_length"])
     collection = load_collection(recipe.data.collection, min_relevance=recipe.data.min_relevance)
     batch = recipe.mining.encode_batch_size
@@ -49,61 +64,178 @@ def encode_zero_shot(runs_dir: Path, reference_run: Path) -> Path:
         embed_corpus(model, collection, batch_size=batch, out=str(tmp / "embeddings" / "corpus"), device="cpu")
         embed_queries(model, collection, sorted(collection.queries), batch_size=batch,
                       out=str(tmp / "embeddings" / "queries"), device="cpu")
-        write_json(tmp / "meta.json", {"backbone": recipe.model.backbone, "encoder": model.config.to_dict(),
+        write_json(tmp / "meta.json", {"backbone": REFERENCE.backbone, "encoder": model.config.to_dict(),
                                        "temperature": model.config.temperature})
     return folder
 
 
 def selected_checkpoint(folder: Path) -> tuple[int, Path, float]:
-    """The run's checkpoint with the best dev MRR@10 (earliest on ties): the one that represents the arm."""
+    """The run's checkpoint with the best dev MRR@10 (earliest on ties): the secondary, dev-selected result."""
     best = ckpt.best_checkpoint(folder, SELECTION_METRIC)
     if best is None:
         raise DanceError(f"{folder}: no checkpoint with dev {SELECTION_METRIC}; did the run finish?")
     return best
 
 
-def evaluate_all(runs_dir: Path, folds: int, zero_shot: Path, *, log: Callable[[str], None] = logger.info) -> dict:
-    """Spaces of every arm on every fold, then :func:`~dance_analysis.comparison.compare`."""
-    from ..data import cross_validation_splits, load_collection
+def _checkpoint(folder: Path, step: int) -> Path:
+    path = Path(folder) / f"checkpoint-{step}"
+    if not ckpt.is_complete(path):
+        raise DanceError(f"{path}: missing or incomplete; did the run finish its {step} steps?")
+    return path
 
-    reference = run_dir(runs_dir, 0, TRAINED[0].name)
-    recipe = _run_config(reference)
+
+def _temperature(path: Path) -> float:
+    return float(json.loads((path / "encoder" / "encoder.json").read_text(encoding="utf-8"))["temperature"])
+
+
+def parameters(encoder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of an ``encoder/`` folder (backbone and head safetensors), as float64 arrays."""
+    from safetensors.numpy import load_file
+
+    out: dict[str, np.ndarray] = {}
+    for file in sorted(Path(encoder).glob("*.safetensors")):
+        for name, value in load_file(str(file)).items():
+            out[f"{file.stem}/{name}"] = np.asarray(value, dtype=np.float64)
+    return out
+
+
+def relative_distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """``||a - b|| / ||b||`` over all parameters both share (same names and shapes)."""
+    shared = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not shared:
+        raise DanceError("the two encoders share no parameter")
+    diff = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in shared)
+    norm = sum(float(np.sum(b[k] ** 2)) for k in shared)
+    return float(np.sqrt(diff / norm))
+
+
+def top10_changed(a: Space, b: Space) -> float:
+    """Share of the test queries whose ordered top 10 differs between two spaces of the same fold."""
+    x, y = np.asarray(a.rankings.indices)[:, :10], np.asarray(b.rankings.indices)[:, :10]
+    return float(np.mean(np.any(x != y, axis=1)))
+
+
+def _trajectory_point(vectors: tuple, units, doc_rows: np.ndarray, collection) -> dict[str, float]:
+    """Test ranking and geometry of one checkpoint's vectors (cheap statistics for the curves)."""
+    corpus, queries = vectors
+    q = np.asarray(queries.vectors, dtype=np.float32)[units.test_rows]
+    d = np.asarray(corpus.vectors, dtype=np.float32)
+    rankings = search(q, d, 100, query_ids=units.test_qids, doc_ids=corpus.ids, device="cpu")
+    values = evaluate_per_query(rankings, collection.qrels, min_relevance=collection.min_relevance,
+                                measures=("MRR@10", "nDCG@10"), query_ids=units.test_qids)
+    docs = d[doc_rows]
+    return {"q2d.MRR@10": float(np.mean(values["MRR@10"])), "q2d.nDCG@10": float(np.mean(values["nDCG@10"])),
+            "query_mean_cosine": float(mean_pairwise_cosine(q)), "doc_mean_cosine": float(mean_pairwise_cosine(docs)),
+            "query_doc_mmd2": float(mmd2_linear_unbiased(q, docs))}
+
+
+def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[str, Plan], reference: Path, *,
+                 log: Callable[[str], None] = logger.info) -> dict:
+    """Spaces of every arm on every fold (one per seed for the trained arms), then
+    :func:`~dance_analysis.comparison.compare`; plus movement, trajectories, selections and the run folders."""
+    from ..data import fold_splits, load_collection
+
+    first = run_dir(runs_dir, 0, TRAINED[0].name, seeds[0])
+    recipe = _run_config(first)
     collection = load_collection(recipe.data.collection, min_relevance=recipe.data.min_relevance)
-    zs_meta = json.loads((zero_shot / "meta.json").read_text(encoding="utf-8"))
-    zs_corpus, zs_queries = load_vectors(zero_shot / "embeddings")
-    corpus_ids, query_ids = zs_corpus.ids, zs_queries.ids
-    spaces: list[dict[str, Space]] = []
-    selections: list[dict] = []
+    ref_meta = json.loads((reference / "meta.json").read_text(encoding="utf-8"))
+    ref_corpus, ref_queries = load_vectors(reference / "embeddings")
+    corpus_ids, query_ids = ref_corpus.ids, ref_queries.ids
+    doc_rows = np.sort(np.random.default_rng(0).choice(len(corpus_ids), min(TRAJECTORY_DOCS, len(corpus_ids)),
+                                                       replace=False))
+    spaces: list[dict[str, list[Space]]] = []
+    selections, movement, trajectories, runs = [], [], [], []
     for fold in range(folds):
-        fold_recipe = _run_config(run_dir(runs_dir, fold, TRAINED[0].name))
+        fold_recipe = _run_config(run_dir(runs_dir, fold, TRAINED[0].name, seeds[0]))
         data = fold_recipe.data
         if data.folds != folds or data.fold != fold:
-            raise DanceError(f"{run_dir(runs_dir, fold, TRAINED[0].name)}: trained on fold {data.fold} of "
-                             f"{data.folds}, expected fold {fold} of {folds}")
-        splits = cross_validation_splits(collection.queries, data.folds, fold, seed=data.fold_seed)
-        units: FoldUnits = fold_units(collection, fold, splits, corpus_ids, query_ids)
-        per_arm = {ZERO_SHOT.name: build_space(ZERO_SHOT.name, units, zs_corpus, zs_queries,
-                                               float(zs_meta["temperature"]), collection)}
-        for arm in TRAINED:
-            folder = run_dir(runs_dir, fold, arm.name)
-            step, path, dev = selected_checkpoint(folder)
+            raise DanceError(f"{run_dir(runs_dir, fold, TRAINED[0].name, seeds[0])}: trained on fold {data.fold} "
+                             f"of {data.folds}, expected fold {fold} of {folds}")
+        splits = fold_splits(collection, data.folds, fold, seed=data.fold_seed)
+        units = fold_units(collection, fold, splits, corpus_ids, query_ids)
+
+        def space(arm: str, path: Path, units=units) -> Space:
             corpus, queries = load_vectors(path / "embeddings", corpus_ids, query_ids)
-            encoder = json.loads((path / "encoder" / "encoder.json").read_text(encoding="utf-8"))
-            per_arm[arm.name] = build_space(arm.name, units, corpus, queries, float(encoder["temperature"]),
-                                            collection)
-            selections.append({"fold": fold, "arm": arm.name, "checkpoint": path.name, "step": step,
-                               "dev_MRR@10": dev, "run": str(folder)})
+            return build_space(arm, units, corpus, queries, _temperature(path), collection)
+
+        start_path = _checkpoint(run_dir(runs_dir, fold, "ance", seeds[0]), 0)
+        per_arm: dict[str, list[Space]] = {
+            REFERENCE.name: [build_space(REFERENCE.name, units, ref_corpus, ref_queries,
+                                         float(ref_meta["temperature"]), collection)],
+            START.name: [space(START.name, start_path)]}
+        start_params = parameters(start_path / "encoder")
+        finals: dict[tuple[str, int], Path] = {}
+        for arm in TRAINED:
+            plan = steps[arm.name]
+            per_arm[arm.name] = []
+            for seed in seeds:
+                folder = run_dir(runs_dir, fold, arm.name, seed)
+                final = _checkpoint(folder, plan.steps)
+                finals[arm.name, seed] = final
+                per_arm[arm.name].append(space(arm.name, final))
+                runs.append({"fold": fold, "seed": seed, "arm": arm.name, "path": str(folder)})
+                best_step, best_path, dev = selected_checkpoint(folder)
+                chosen = space(arm.name, best_path)
+                selections.append({"fold": fold, "seed": seed, "arm": arm.name, "step": best_step,
+                                   "total_step": plan.offset + best_step, "dev_MRR@10": dev,
+                                   "test_MRR@10": float(np.mean(chosen.per_query["MRR@10"])), "run": str(folder)})
+                for step, path in ckpt.list_checkpoints(folder):
+                    point = _trajectory_point(load_vectors(path / "embeddings", corpus_ids, query_ids), units,
+                                              doc_rows, collection)
+                    point["dev.MRR@10"] = (ckpt.read_dev_metrics(path) or {}).get(SELECTION_METRIC)
+                    trajectories.append({"fold": fold, "seed": seed, "arm": arm.name, "step": plan.offset + step,
+                                         "metrics": point})
+        for seed_index, seed in enumerate(seeds):
+            params = {arm.name: parameters(finals[arm.name, seed] / "encoder") for arm in TRAINED}
+            params[START.name] = start_params
+            for arm, other in MOVEMENT_PAIRS:
+                a = per_arm[arm][seed_index]
+                b = per_arm[other][seed_index if ARM_BY_NAME[other].recipe else 0]
+                movement.append({"fold": fold, "seed": seed, "arm": arm, "vs": other,
+                                 "mrr10_change": float(np.mean(a.per_query["MRR@10"]) - np.mean(b.per_query["MRR@10"])),
+                                 "top10_changed_share": top10_changed(a, b),
+                                 "relative_param_distance": relative_distance(params[arm], params[other])})
         log(f"fold {fold}: {len(units.test_qids)} test queries, {len(units.anchors)} relevant passages, "
-            f"query pool {len(units.pool_qids)}; selected " +
-            ", ".join(f"{s['arm']} step {s['step']}" for s in selections if s["fold"] == fold))
+            f"query pool {len(units.pool_qids)}; " + ", ".join(
+                f"{m['arm']} vs {m['vs']} seed {m['seed']}: top 10 changed for {m['top10_changed_share']:.0%}"
+                for m in movement if m["fold"] == fold and m["vs"] != "start"))
         spaces.append(per_arm)
     results = compare(spaces, [arm.name for arm in ARMS], CONTRASTS, log=log)
-    results["selections"] = selections
-    results["folds"] = [{"fold": s[ZERO_SHOT.name].units.fold, "test_queries": len(s[ZERO_SHOT.name].units.test_qids),
-                         "relevant_passages": len(s[ZERO_SHOT.name].units.anchors),
-                         "query_pool": len(s[ZERO_SHOT.name].units.pool_qids)} for s in spaces]
+    results.update(selections=selections, movement=movement, trajectories=trajectories, runs=runs,
+                   branch_checks=branch_checks(runs_dir, folds, seeds, steps, corpus_ids, query_ids))
+    results["folds"] = [{"fold": s[START.name][0].units.fold, "test_queries": len(s[START.name][0].units.test_qids),
+                         "relevant_passages": len(s[START.name][0].units.anchors),
+                         "query_pool": len(s[START.name][0].units.pool_qids)} for s in spaces]
     results["collection"] = {"name": collection.name, "source": collection.source,
                              "min_relevance": collection.min_relevance, "documents": int(len(corpus_ids)),
-                             "queries": int(len(query_ids)), "backbone": str(zs_meta.get("backbone"))}
+                             "queries": int(len(query_ids)), "backbone": recipe.model.backbone,
+                             "reference": str(ref_meta.get("backbone"))}
     results["_spaces"] = spaces  # arrays for the run files, per-unit table and figures; not written to JSON
     return results
+
+
+def branch_checks(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[str, Plan],
+                  corpus_ids: np.ndarray, query_ids: np.ndarray) -> list[dict]:
+    """The built-in check that a stage starts where its parent was at the branch step: the largest difference
+    between the cosine of every (query, passage) direction of the stage's step-0 vectors and of the parent's
+    vectors at the branch step (0 up to rounding; the stages' step 0 reuses the parent's vectors, normalised)."""
+    out = []
+    for fold in range(folds):
+        for seed in seeds:
+            for arm in TRAINED:
+                plan = steps[arm.name]
+                if not arm.starts_from:
+                    continue
+                mine = load_vectors(_checkpoint(run_dir(runs_dir, fold, arm.name, seed), 0) / "embeddings",
+                                    corpus_ids, query_ids)
+                parent = load_vectors(_checkpoint(run_dir(runs_dir, fold, arm.starts_from, seed), plan.branch)
+                                      / "embeddings", corpus_ids, query_ids)
+                gap = max(float(np.max(np.abs(_unit(m.vectors) - _unit(p.vectors)))) for m, p in zip(mine, parent))
+                out.append({"fold": fold, "seed": seed, "arm": arm.name, "parent": arm.starts_from,
+                            "branch_step": plan.branch, "max_direction_difference": gap})
+    return out
+
+
+def _unit(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -441,6 +441,9 @@ class Recipe:
             (0 < self.distributed.poll_seconds < 60 * self.distributed.timeout_minutes,
              "distributed.poll_seconds must be > 0 and shorter than distributed.timeout_minutes"),
             (self.loss.w_q2d >= 0 and self.loss.w_d2q >= 0, "loss weights must be >= 0"),
+            (self.model.select in ("best", "last") or (self.model.select.startswith("step-")
+                                                       and self.model.select[5:].isdigit()),
+             f"model.select must be best, last or step-<N>, got {self.model.select!r}"),
             (self.model.temperature is None or self.model.temperature > 0, "model.temperature must be > 0"),
             (self.data.max_train_queries is None or self.data.max_train_queries >= 1,
              "data.max_train_queries must be >= 1"),
@@ -450,9 +453,6 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise DanceError(f"recipe: {message}")
-            (self.model.select in ("best", "last") or (self.model.select.startswith("step-")
-                                                       and self.model.select[5:].isdigit()),
-             f"model.select must be best, last or step-<N>, got {self.model.select!r}"),
         self.mining.rules("doc")
         if self.loss.objective == "dance":
             self.mining.rules("query")
