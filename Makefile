@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes reports/demo/index.html
+demo: $(STAMP)  ## trains demo-ance and demo-dance, then writes runs/reports/demo/index.html (all under runs/)
 	$(BIN)/python -m dance_analysis.demo
 
 # ruff's rules are in pyproject.toml ([tool.ruff]); `make test` lints first.

@@ -2,7 +2,9 @@
 
 Runs `dance-train train/demo-ance.yaml`, `dance-train train/demo-dance.yaml` (each resumed when already
 started, so an interrupted demo continues and a finished one is not repeated) and
-`dance-analyze runs/demo-ance runs/demo-dance --out reports/demo`, and prints the report's path.
+`dance-analyze runs/demo-ance runs/demo-dance --out runs/reports/demo --overwrite`, and prints the report's path.
+Everything it writes lies under runs/ (ignored by git): the committed reports/demo/ is only ever rewritten on
+purpose (reports/README.md names the command).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from .cli import analyze, train
 from .logs import messages_shown
 
 RUNS = (("train/demo-ance.yaml", "runs/demo-ance"), ("train/demo-dance.yaml", "runs/demo-dance"))
-REPORT = "reports/demo"
+REPORT = "runs/reports/demo"
 
 
 def main() -> int:
@@ -31,8 +33,8 @@ def _run() -> int:
         status = train.main(args)
         if status:
             return status
-    print(f"== dance-analyze {' '.join(out for _, out in RUNS)} --out {REPORT}", flush=True)
-    return analyze.main([out for _, out in RUNS] + ["--out", REPORT])
+    print(f"== dance-analyze {' '.join(out for _, out in RUNS)} --out {REPORT} --overwrite", flush=True)
+    return analyze.main([out for _, out in RUNS] + ["--out", REPORT, "--overwrite"])
 
 
 if __name__ == "__main__":

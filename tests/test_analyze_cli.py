@@ -11,7 +11,7 @@ import pytest
 
 from dance_analysis.cli.analyze import main
 from dance_analysis.data import load_collection
-from report_support import write_checkpoint, write_embeddings, write_run
+from report_support import fake_space, write_checkpoint, write_embeddings, write_run
 
 FAST = ["--umap-points", "120", "--quiet"]
 
@@ -163,9 +163,13 @@ def test_two_runs_side_by_side(tmp_path, two_runs, rag, capsys):
     claims_rows = list(csv.DictReader((out / "claims.csv").open()))
     assert {r["claim"] for r in claims_rows} == {"C1", "C2", "C3", "C4", "C5"}
 
-    # Running again replaces the report as a whole.
+    # Running again replaces the report only with --overwrite, and then as a whole.
     (out / "stale.csv").write_text("old\n")
-    assert main([str(ance), str(dance), "--sample", "40", "--seed", "7", "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main([str(ance), str(dance), "--sample", "40", "--seed", "7", "--out", str(out), *FAST]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "stale.csv").exists()
+    assert main([str(ance), str(dance), "--sample", "40", "--seed", "7", "--out", str(out), "--overwrite",
+                 *FAST]) == 0
     assert not (out / "stale.csv").exists()
 
 
@@ -238,3 +242,54 @@ def test_help_describes_paths(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "checkpoint-<step>" in text and "minilm" in text and "--sample" in text
+
+
+# ----------------------------------------------------------------------------------------------- where reports go
+def test_reports_go_under_runs_and_are_never_silently_replaced(tmp_path, rag, monkeypatch, capsys):
+    """Two different inputs whose folders have the same names get two reports under runs/reports/ (not in the
+    committed reports/); an earlier report is replaced only with --overwrite."""
+    doc_ids, docs, query_ids, queries = fake_space(rag, 16, 3, concentrate=0.4, anisotropy=1.0)
+    meta = {"collection": rag.source}
+    first = write_embeddings(tmp_path / "a" / "exported" / "minilm", doc_ids, docs, query_ids, queries, meta)
+    second = write_embeddings(tmp_path / "b" / "exported" / "minilm", doc_ids, docs[:, ::-1], query_ids,
+                              queries[:, ::-1], meta)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["--sample", "12", "--umap-points", "40", "--quiet"]
+    assert main([str(first), *args]) == 0
+    one = work / "runs" / "reports" / "exported-minilm"
+    assert f"report: {one.relative_to(work) / 'index.html'}" in capsys.readouterr().out
+    before = (one / "metrics.json").read_bytes()
+    assert main([str(second), *args]) == 0
+    printed = capsys.readouterr().out
+    others = [p for p in (work / "runs" / "reports").iterdir() if p != one]
+    assert len(others) == 1 and others[0].name.startswith("exported-minilm-") and str(others[0].name) in printed
+    assert (one / "metrics.json").read_bytes() == before                 # the first report is untouched
+    assert json.loads((others[0] / "metrics.json").read_text())["provenance"]["inputs"] == [str(second.resolve())]
+    assert not (work / "reports").exists()
+
+    assert main([str(first), *args]) == 2                                # the same input again: refused
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(one.relative_to(work)) in err and "--overwrite" in err
+    assert (one / "metrics.json").read_bytes() == before
+    assert main([str(first), *args, "--overwrite"]) == 0
+    assert (one / "metrics.json").read_bytes() != before                 # replaced (a new creation time)
+
+
+def test_output_is_a_bar_and_a_summary_keys_only_with_verbose(two_runs, tmp_path, capsys):
+    ance, dance = two_runs
+    assert main([str(ance), str(dance), "--sample", "30", "--umap-points", "40", "--out",
+                 str(tmp_path / "quiet-keys")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.replace("\r", "\n").splitlines() if line.strip()]
+    assert not [line for line in lines if line.startswith(("levels:", "contrast ", "["))], lines
+    assert "ance-run: a run of 3 checkpoints; checkpoint-20 stands for it: best dev MRR@10 (0.2000)" in lines
+    assert "dance-run: a run of 3 checkpoints" in captured.err and "checkpoint(s)" not in captured.err
+    assert "queries for documents (d2q)" in captured.out and "effect of DANCE - ANCE" in captured.out
+
+    assert main([str(ance), "--sample", "30", "--umap-points", "40", "--out", str(tmp_path / "verbose"),
+                 "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert "levels: " in captured.err
+    assert "claims C1-C5 (DANCE vs ANCE): not compared" in captured.out

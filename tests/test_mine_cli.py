@@ -137,7 +137,10 @@ def test_sentence_transformers_rows(data, capsys):
     code, out = run(data, "--n", "5", "--sampling", "top", fmt="sentence-transformers", name="st5.jsonl")
     rows = _load_jsonl(out)
     assert [r["query"] for r in rows] == ["second query"] and rows[0]["negative_5"] == "text of document 1"
-    assert "1 left out" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # the count says what it counts: rows (query, relevant passage) and the queries they belong to
+    assert "wrote 1 sentence-transformers row (one per query and relevant passage)" in printed
+    assert "left out: 1 row of 1 query with fewer than 5 negatives" in printed
 
 
 def test_tevatron_lines(data):

@@ -181,6 +181,18 @@ def test_non_empty_output_directory_is_refused(env, tmp_path, capsys):
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [0, 2]
 
 
+def test_resume_of_a_finished_run_says_it_has_nothing_to_do(env, sync_run, tmp_path, capsys):
+    run_dir, _ = sync_run
+    recipe_path = ts.write_recipe(tmp_path / "r.yaml", ts.recipe_dict(env["manifest"], env["encoder"], env["cache"]))
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert train_main([str(recipe_path), "--output-dir", str(run_dir), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert f"{run_dir}: finished already (checkpoint-12, step 12 of 12); nothing to do" in captured.out
+    assert "done:" not in captured.out + captured.err          # no new training time
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env, tmp_path, monkeypatch, capsys):
     from dance_analysis import losses
 

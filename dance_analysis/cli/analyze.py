@@ -20,7 +20,8 @@ Each PATH is one of:
   a checkpoint folder (checkpoint.json)        one subject
   a run folder (checkpoint-<step>/ folders)     every checkpoint in step order (a trajectory); the checkpoint
                                                 with the best dev metric (else the last) stands for the run
-  a model folder or the alias 'minilm'          encoded on the collection
+  a model folder or the alias 'minilm'          encoded on the collection (a Hugging Face, DualEncoder.save or
+                                                sentence-transformers folder, read with its own modules)
   a folder of saved embeddings                  corpus.npy, corpus.ids.npy, queries.npy, queries.ids.npy
                                                 (optional meta.json {"collection": ...})
 Several PATHs are compared side by side (typically an ANCE run and a DANCE run). Embeddings saved in a checkpoint
@@ -31,8 +32,18 @@ queries plus N other documents drawn with the seed (ranking numbers are then tho
 says so). Without it, every query of the split with a relevant document and the whole corpus are analysed.
 
 Writes DIR/index.html (self-contained: figures inline, no network request), DIR/metrics.json and CSV tables,
-all at once (nothing is written when an input is bad). The claims C1-C5 are decided from the numbers; with a
-single run they are 'not measurable here'.
+all at once (nothing is written when an input is bad). DIR is --out, else runs/reports/<name>/ (runs/ is ignored
+by git; the committed reports/ are never written by default), <name> being --name or made from the inputs'
+paths (runs/demo-dance/checkpoint-40 -> demo-dance-checkpoint-40, the alias -> minilm; a short hash is added
+when that folder holds the report of other inputs). An earlier report is replaced only with --overwrite.
+
+q2d: queries retrieve documents (MRR@10, nDCG@10, ...); d2q: each relevant document retrieves its queries among
+all analysed queries (DANCE's dual task). The claims C1-C5 of the DANCE paper (listed in the README) get a
+verdict from the numbers: reproduced, contradicted, inconclusive, not measurable here (the design cannot move the
+metric), or not compared (the inputs hold no ANCE-trained and DANCE-trained pair to compare, e.g. one model).
+
+Shows one line per input and a progress bar (--verbose: also every statistic as it is computed; --quiet:
+nothing), then a short summary on stdout.
 """
 
 
@@ -47,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the one recorded in the checkpoints)")
     parser.add_argument("--split", default=None,
                         help="query split to analyse, or 'all' (default: test when the collection has it, else all)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<name>/)")
-    parser.add_argument("--name", default=None, help="report name (default: the input names joined by -vs-)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: runs/reports/<name>/, see below)")
+    parser.add_argument("--name", default=None, help="report name (default: made from the inputs' paths, joined "
+                                                     "by -vs-)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier report in the report folder (without it, an existing report is "
+                             "never replaced)")
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="analyse N queries and a sub-corpus (see below)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every sample and of UMAP (default: 0)")
@@ -66,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "vectors); auto: bf16 where the hardware has native bf16 and a short measurement "
                              "shows a gain and top-20 neighbours that agree with fp32 (default: %(default)s: "
                              "the report's numbers are claims)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="no progress output")
+    output.add_argument("--verbose", action="store_true",
+                        help="also print every statistic as it is computed (keys as in metrics.json)")
     return parser
 
 
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import DanceError
     from ..report.build import build_report, claims_text
     from ..report.compute import AnalysisSettings
+    from ..report.progress import ReportProgress
 
     for flag, value in (("--sample", args.sample), ("--umap-points", args.umap_points),
                         ("--batch-size", args.batch_size)):
@@ -92,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = AnalysisSettings(split=args.split, sample=args.sample, seed=args.seed, umap_points=args.umap_points,
                                 batch_size=args.batch_size, device=args.device, progress=not args.quiet,
                                 encoder_overrides=overrides)
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    progress = ReportProgress(enabled=not args.quiet, verbose=args.verbose)
     command = ["dance-analyze", *(argv if argv is not None else sys.argv[1:])]
-    with encoding_precision(args.precision) as precision:
-        result = build_report(args.paths, collection=args.collection, out=args.out, name=args.name,
-                              settings=settings, min_relevance=args.min_relevance, command=command, log=log)
+    try:
+        with encoding_precision(args.precision) as precision:
+            result = build_report(args.paths, collection=args.collection, out=args.out, name=args.name,
+                                  settings=settings, min_relevance=args.min_relevance, command=command,
+                                  progress=progress, overwrite=args.overwrite)
+    finally:
+        progress.close()
     results = result.results
     selection = results["selection"]
     print(f"{results['collection']['name']} / {selection['split']}: {selection['queries']} queries, "
@@ -105,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         for subject in run["subjects"]:
             if subject["label"] == run["representative"]:
                 q2d, d2q = subject["ranking"]["q2d"], subject["ranking"]["d2q"]
-                print(f"  {run['name']}: q2d MRR@10 {_num(q2d.get('MRR@10'))}, nDCG@10 {_num(q2d.get('nDCG@10'))}, "
-                      f"d2q MRR@10 {_num(d2q.get('MRR@10'))}")
-    print("claims (DANCE vs ANCE):")
-    print(claims_text(results))
+                print(f"  {run['name']}: documents for queries (q2d) MRR@10 {_num(q2d.get('MRR@10'))}, nDCG@10 "
+                      f"{_num(q2d.get('nDCG@10'))}; queries for documents (d2q) MRR@10 {_num(d2q.get('MRR@10'))}")
+    claims = results["comparison"]["claims"]
+    if claims and all(claim["verdict"] == "not compared" for claim in claims):
+        print("claims C1-C5 (DANCE vs ANCE): not compared (the inputs hold no ANCE-trained and DANCE-trained pair)")
+    else:
+        print("claims C1-C5 (DANCE vs ANCE; effect of DANCE - ANCE with its 95 % CI):")
+        print(claims_text(results))
     if args.precision != "fp32" and precision.used:
         print(f"{precision.describe()} "
               f"(--precision {args.precision}; the report's command line records it)")

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grade that counts as relevant (default: the collection's, 2 for rag24-sample)")
     parser.add_argument("--k", type=int, default=1000, help="documents retrieved per query (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for run.trec and metrics.json (default: runs/eval/<model>-<split>)")
+                        help="folder for run.trec and metrics.json (default: runs/eval/<model>-<split>, <model> "
+                             "made from the model's path: runs/exported/minilm -> exported-minilm)")
     parser.add_argument("--run", type=Path, default=None, help="path of the TREC run file (overrides --out)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                               query_ids=queries.ids, doc_ids=corpus.ids, progress=True)
     metrics = evaluate(rankings, collection.qrels, min_relevance=collection.min_relevance, query_ids=query_ids)
 
+    from ..outputs import OUTPUT_ROOT, input_slug
+
     name = Path(str(args.model).rstrip("/")).name or "model"
-    out = args.out or Path("runs") / "eval" / f"{name}-{args.split}"
+    out = args.out or OUTPUT_ROOT / "eval" / f"{input_slug(args.model)}-{args.split}"
     run_path = args.run or out / "run.trec"
     metrics_path = run_path.parent / "metrics.json"
     run_path.parent.mkdir(parents=True, exist_ok=True)

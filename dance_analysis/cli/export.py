@@ -1,7 +1,7 @@
 """dance-export: a trained encoder as a folder other tools load.
 
-    dance-export runs/demo-dance/checkpoint-40 --format sentence-transformers exported/demo-dance
-    dance-export minilm --format sentence-transformers exported/minilm
+    dance-export runs/demo-dance/checkpoint-40 --format sentence-transformers runs/exported/demo-dance
+    dance-export minilm --format sentence-transformers runs/exported/minilm
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ Documents are truncated at the model's doc_max_length, queries (encode_query) at
 Separate query and document towers, or a head whose LayerNorm the documents skip (doc_layernorm: false), are
 written as a query / document Router (sentence-transformers >= 5). Scores are dot products
 (similarity_fn_name "dot"); the training temperature is not part of the folder. OUT is replaced as a whole.
+dance-eval, dance-analyze and dance-mine read OUT back with these modules and give the model's numbers.
 """
 
 

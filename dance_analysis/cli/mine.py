@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` with its noun, plural when n != 1 ("1 row", "13 queries")."""
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n:,} {noun if n == 1 else plural}"
+
+
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -125,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{precision.describe()} "
               f"(--precision {args.precision})")
     print(summary_table(result))
-    left_out = f", {written['short']} left out (too few negatives)" if written["short"] else ""
-    print(f"wrote {written['rows']} {args.format} rows{left_out}: {args.out}")
+    row = "query and relevant passage" if args.format == "sentence-transformers" else "query"
+    print(f"wrote {_count(written['rows'], f'{args.format} row')} (one per {row}): {args.out}")
+    if written["short"]:
+        why = f"fewer than {args.n} negatives" if args.format == "sentence-transformers" else "no negative"
+        print(f"left out: {_count(written['short'], 'row')} of {_count(written['short_queries'], 'query')} "
+              f"with {why}")
     return 0
 
 

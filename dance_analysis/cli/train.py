@@ -72,6 +72,26 @@ def _prepare_command(args) -> str:
     return " ".join(parts + ["--prepare"])
 
 
+def _finished(run_dir, recipe) -> bool:
+    """``--resume`` of a run whose last checkpoint is at ``optim.max_steps`` already: say that there is nothing
+    to do (with its checkpoints) and return True. The recipe is checked against the run's as a resume checks it."""
+    from ..training import checkpoint as ckpt
+    from ..training.run_folder import check_run_dir
+
+    last = check_run_dir(run_dir, recipe, resume=True, overwrite=False)
+    step = ckpt.checkpoint_step(last) if last is not None else None
+    if step is None or step < recipe.optim.max_steps:
+        return False
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{run_dir}: finished already ({last.name}, step {step} of {recipe.optim.max_steps}); nothing to do "
+              f"(--overwrite trains it again, --set optim.max_steps=N with a new --output-dir trains longer)")
+        print(f"final checkpoint: {last}")
+        best = ckpt.best_checkpoint(run_dir, recipe.checkpoint.best_metric)
+        if best is not None:
+            print(f"best checkpoint: {best[1]} ({recipe.checkpoint.best_metric} {best[2]:.4f})")
+    return True
+
+
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -110,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ.get("RANK", "0")) != 0:
                 return 2    # rank 0 says what to run: one line, not one per rank
             raise
+    if args.resume and _finished(run_dir, recipe):
+        return 0
     from ..training.loop import train
 
     try:

@@ -44,25 +44,27 @@ def _chunks(result, collection) -> Iterator[tuple[str, str, list[tuple[str, str]
 
 def write_sentence_transformers(path: str | os.PathLike, result, collection) -> dict[str, int]:
     """Write ``result`` (a :class:`~dance_analysis.hard_negatives.SplitNegatives`) as sentence-transformers
-    n-tuples; returns ``{"rows": written, "short": pairs left out for want of n negatives}``."""
+    n-tuples, one row per query and relevant passage; returns ``{"rows": written, "short": rows left out for want
+    of n negatives, "short_queries": the queries those rows belong to}``."""
     n = result.n
-    written = short = 0
+    written = short = short_queries = 0
     with atomic_file(path, "w") as handle:
         for _, query, positives, negatives in _chunks(result, collection):
+            if positives and len(negatives) < n:
+                short += len(positives)
+                short_queries += 1
+                continue
             for _, positive in positives:
-                if len(negatives) < n:
-                    short += 1
-                    continue
                 row = {"query": query, "positive": positive}
                 row.update({f"negative_{i}": text for i, (_, text) in enumerate(negatives, start=1)})
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 written += 1
-    return {"rows": written, "short": short}
+    return {"rows": written, "short": short, "short_queries": short_queries}
 
 
 def write_tevatron(path: str | os.PathLike, result, collection) -> dict[str, int]:
-    """Write ``result`` as Tevatron training lines; returns ``{"rows": written, "short": queries left out
-    without negatives}``."""
+    """Write ``result`` as Tevatron training lines, one row per query; returns ``{"rows": written, "short": rows
+    (queries) left out without negatives, "short_queries": the same count}``."""
     written = short = 0
     with atomic_file(path, "w") as handle:
         for qid, query, positives, negatives in _chunks(result, collection):
@@ -75,12 +77,12 @@ def write_tevatron(path: str | os.PathLike, result, collection) -> dict[str, int
                 "negative_passages": [{"docid": d, "title": "", "text": t} for d, t in negatives],
             }, ensure_ascii=False) + "\n")
             written += 1
-    return {"rows": written, "short": short}
+    return {"rows": written, "short": short, "short_queries": short}
 
 
 def _write_ids(path: str | os.PathLike, result, collection) -> dict[str, int]:
     result.write_ids(path)
-    return {"rows": len(result.query_ids), "short": 0}
+    return {"rows": len(result.query_ids), "short": 0, "short_queries": 0}
 
 
 #: ``dance-mine --format`` -> writer(path, result, collection).

@@ -1,10 +1,18 @@
-"""The whole report in one call: resolve the inputs, check them, compute, draw, render and write atomically."""
+"""The whole report in one call: resolve the inputs, check them, compute, draw, render and write atomically.
+
+Where a report goes: ``--out`` when given; else ``runs/reports/<name>/`` (``runs/`` is ignored by git, so a
+user's reports stay apart from the committed ones in ``reports/``), ``<name>`` being ``--name`` or made from the
+inputs' paths (:func:`default_name`). Two different inputs never share a default folder: when the named folder
+holds the report of other inputs, a short hash of the inputs is added to the name. An earlier report is
+replaced only with ``overwrite`` (``--overwrite``).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -13,13 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..outputs import OUTPUT_ROOT, input_slug, safe_name
 from .comparison_figures import make_comparison_figures, projection_panels
 from .compute import AnalysisSettings, compute_all
 from .figures import make_figures
 from .inputs import RunInput, check_dims, collection_spec, resolve_inputs
-from .render import build_tables, check_replaceable, render_html, write_report
+from .progress import ReportProgress
+from .render import build_tables, check_replaceable, earlier_report, render_html, write_report
 
 #: Packages whose versions the provenance section records.
+#: Where reports go without --out: under runs/ (ignored by git), apart from the committed reports/.
+DEFAULT_ROOT = OUTPUT_ROOT / "reports"
 VERSION_PACKAGES = ("dance-analysis", "numpy", "scipy", "scikit-learn", "torch", "transformers", "faiss-cpu",
                     "faiss-gpu-cu12", "umap-learn", "pynndescent", "numba", "matplotlib", "jinja2")
 
@@ -35,11 +47,43 @@ class ReportResult:
     timings: dict = field(default_factory=dict)
 
 
+def input_key(run: RunInput) -> str:
+    """What identifies an input: the absolute path of its folder, or the alias (``minilm``) as it is."""
+    folder = Path(run.path).expanduser()
+    return str(folder.resolve()) if folder.exists() else run.path
+
+
 def default_name(runs: Sequence[RunInput]) -> str:
-    """A folder-safe report name from the run names (``a-vs-b``)."""
-    name = "-vs-".join(run.name for run in runs)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
-    return name[:120]
+    """A folder-safe report name from the inputs' paths (``a-vs-b``): ``runs/demo-dance/checkpoint-40`` ->
+    ``demo-dance-checkpoint-40``, ``runs/exported/minilm`` -> ``exported-minilm``, the alias -> ``minilm``."""
+    return safe_name("-vs-".join(input_slug(run.path) for run in runs))
+
+
+def default_out(runs: Sequence[RunInput], root: Path = DEFAULT_ROOT) -> Path:
+    """``root/<default_name>``, or ``root/<default_name>-<hash of the inputs>`` when the first holds a report
+    of other inputs (or of inputs it does not record): two inputs never share a default folder."""
+    keys = [input_key(run) for run in runs]
+    name = default_name(runs)
+    out = root / name
+    if out.exists() and earlier_report(out).get("inputs") != keys:
+        digest = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:8]
+        out = root / f"{name}-{digest}"
+    return out
+
+
+def describe_input(run: RunInput) -> str:
+    """One line on what an input is: a model, a checkpoint, a run of N checkpoints and which stands for it, or
+    saved embeddings."""
+    if run.kind == "run":
+        n = len(run.subjects)
+        return (f"{run.name}: a run of {n} checkpoint{'s' if n != 1 else ''}; "
+                f"{run.representative.label.rsplit('/', 1)[-1]} stands for it: {run.selection}")
+    what = {"model": "a model, encoded on the collection", "embeddings": "saved embeddings",
+            "checkpoint": "a checkpoint"}.get(run.kind, run.kind)
+    subject = run.subjects[0]
+    if run.kind == "checkpoint":
+        what += " (saved embeddings)" if subject.embeddings_dir is not None else " (encoded on the collection)"
+    return f"{run.name}: {what}"
 
 
 def package_versions() -> dict[str, str]:
@@ -72,27 +116,42 @@ def git_revision(folder: Path | None = None) -> str:
 def build_report(paths: Sequence[str], *, collection: str | None = None, out: str | os.PathLike | None = None,
                  name: str | None = None, settings: AnalysisSettings | None = None,
                  min_relevance: int | None = None, command: Sequence[str] | None = None,
-                 log: Callable[[str], None] = lambda message: None) -> ReportResult:
+                 log: Callable[[str], None] | None = None, progress: ReportProgress | None = None,
+                 overwrite: bool = False) -> ReportResult:
     """Analyse ``paths`` (see :mod:`dance_analysis.report.inputs`) and write the report folder.
 
-    ``out`` defaults to ``reports/<name>/`` with ``name`` derived from the inputs. Raises :class:`DanceError`
-    on bad input before anything is written; the folder appears only when the report is complete.
+    ``out`` defaults to ``runs/reports/<name>/`` (see the module docstring). ``progress`` shows the steps as they
+    run (:class:`~dance_analysis.report.progress.ReportProgress`); ``log`` (else the progress' log) receives a line
+    per input and per statistic.
+    Raises :class:`DanceError` on bad input, and for an earlier report in the folder without ``overwrite``,
+    before anything is computed or written; the folder appears only when the report is complete.
     """
     from ..data import load_collection
 
     started = time.perf_counter()
     settings = settings or AnalysisSettings()
+    progress = progress or ReportProgress(enabled=False)
+    log = log or progress.log
+    step = progress.step
     runs = resolve_inputs(paths)
     spec = collection_spec(runs, collection)
-    log("inputs: " + ", ".join(f"{run.name} ({run.kind}, {len(run.subjects)} checkpoint(s))" for run in runs))
+    for run in runs:
+        log("input " + describe_input(run))
+    if out is not None:
+        out_dir = Path(out)
+    elif name is not None:
+        out_dir = DEFAULT_ROOT / name
+    else:
+        out_dir = default_out(runs)
+    report_name = name or out_dir.name
+    check_replaceable(out_dir, overwrite=overwrite)
     coll = load_collection(spec, min_relevance=min_relevance)
     dim = check_dims(runs, settings.encoder_overrides)
     log(f"collection: {coll.name} ({len(coll.corpus)} documents, {len(coll.queries)} queries); dimension {dim}")
-    report_name = name or default_name(runs)
-    out_dir = Path(out) if out is not None else Path("reports") / report_name
-    check_replaceable(out_dir)
 
-    results, arrays = compute_all(runs, coll, settings, log=log)
+    progress.start(sum(len(run.subjects) for run in runs))
+    results, arrays = compute_all(runs, coll, settings, log=log, step=step)
+    step("figures")
     drawn = time.perf_counter()
     figures = make_figures(results, arrays)
     labels = {run["name"]: run["name"] for run in results["runs"]}
@@ -103,6 +162,7 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     results["timings"]["figures"] = round(time.perf_counter() - drawn, 3)
     provenance = {
         "name": report_name,
+        "inputs": [input_key(run) for run in runs],
         "command": shlex.join(list(command)) if command is not None else shlex.join(["dance-analyze", *paths]),
         "cwd": os.getcwd(),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -111,8 +171,10 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     }
     results["provenance"] = provenance
     results["timings"]["total_before_writing"] = round(time.perf_counter() - started, 3)
+    step("page")
     html = render_html(results, figures, tables, provenance, panels)
-    index = write_report(out_dir, html, results, tables)
+    index = write_report(out_dir, html, results, tables, overwrite=overwrite)
+    progress.close()
     seconds = time.perf_counter() - started
     return ReportResult(index=index, out=out_dir, results=results, seconds=seconds, timings=results["timings"])
 
@@ -140,4 +202,5 @@ def claims_text(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_report", "ReportResult", "claims_text", "default_name", "git_revision", "package_versions"]
+__all__ = ["DEFAULT_ROOT", "build_report", "ReportResult", "claims_text", "default_name", "default_out",
+           "describe_input", "git_revision", "input_key", "package_versions"]

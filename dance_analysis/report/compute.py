@@ -570,8 +570,10 @@ def examples(collection, selection: Selection, rankings_by_run: dict[str, Any], 
 
 # ----------------------------------------------------------------------------------------------- everything
 def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings,
-                log: Callable[[str], None] = lambda message: None) -> tuple[dict, dict]:
-    """Analyse every subject of every run, the claims, UMAP and examples.
+                log: Callable[[str], None] = lambda message: None,
+                step: Callable[[str], None] = lambda description: None) -> tuple[dict, dict]:
+    """Analyse every subject of every run, the claims, UMAP and examples; ``step`` is told each step as it starts
+    (each subject, "UMAP", "statistics"), ``log`` gets a line per subject and per statistic.
 
     Returns ``(results, arrays)``: a JSON-able dict (see :mod:`dance_analysis.report.render` for its use) and the
     arrays needed only by the figures (UMAP coordinates).
@@ -590,6 +592,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     for run in runs:
         for subject in run.subjects:
             done += 1
+            step(subject.label)
             log(f"[{done}/{total}] {subject.label}")
             started = time.perf_counter()
             corpus, queries, source = subject_embeddings(
@@ -612,6 +615,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
             del corpus, queries, arrays
     release_models()
 
+    step("UMAP")
     started = time.perf_counter()
     labels = [label for label in umap_wanted if label in umap_inputs]
     umap_info: dict = {"subjects": labels, "queries": int(len(umap_q)), "documents": int(len(umap_d)),
@@ -627,6 +631,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
         umap_info["skipped"] = "too few points for a projection"
     timer.add("umap", started)
 
+    step("statistics")
     started = time.perf_counter()
     with single_threaded_blas():
         comparison, comparison_arrays = compare_inputs(runs, representatives, collection, selection,

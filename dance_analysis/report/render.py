@@ -6,7 +6,8 @@ data (``templates/report.html``) and rendered with autoescaping on, so every tex
 document texts, paths, configs) is escaped.
 
 The output folder is built in a temporary folder beside it and renamed into place when complete: a failure
-leaves no partial report, and an existing report folder is replaced as a whole.
+leaves no partial report. An existing report folder is replaced, as a whole, only when asked (``overwrite``):
+a report never silently replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -139,8 +140,18 @@ def render_html(results: dict, figures: dict, tables: dict[str, Table], provenan
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def check_replaceable(out: Path) -> None:
-    """Raise :class:`DanceError` unless ``out`` is absent or an earlier report folder (safe to replace)."""
+def earlier_report(out: Path) -> dict:
+    """What an earlier report in ``out`` records about itself: ``{"inputs": [...], "created": ...}`` from its
+    ``metrics.json`` (empty when it records nothing readable)."""
+    try:
+        provenance = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("provenance") or {}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return {}
+    return {key: provenance[key] for key in ("inputs", "created", "command") if key in provenance}
+
+
+def check_replaceable(out: Path, *, overwrite: bool = False) -> None:
+    """Raise :class:`DanceError` unless ``out`` is absent, or an earlier report folder and ``overwrite`` is set."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -150,16 +161,26 @@ def check_replaceable(out: Path) -> None:
     if foreign:
         raise DanceError(f"{out}: exists and holds files that are not part of a report ({', '.join(foreign[:3])}"
                          f"{', ...' if len(foreign) > 3 else ''}); choose another --out folder")
+    if not overwrite:
+        earlier = earlier_report(out)
+        what = ""
+        if earlier.get("command"):
+            what = f" (made by `{earlier['command']}`" + (f" on {earlier['created']}" if earlier.get("created")
+                                                          else "") + ")"
+        raise DanceError(f"{out}: holds an earlier report{what}; pass --overwrite to replace it, or choose another "
+                         f"folder with --out or --name")
 
 
-def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[str, Table]) -> Path:
+def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[str, Table], *,
+                 overwrite: bool = False) -> Path:
     """Write ``index.html``, ``metrics.json`` and one CSV per table into ``out``, atomically.
 
     Everything goes to a temporary folder beside ``out`` first; it is renamed into place only when complete
-    (an earlier report in ``out`` is swapped out and deleted afterwards). Returns the path of ``index.html``.
+    (an earlier report in ``out``, replaced only with ``overwrite``, is swapped out and deleted afterwards).
+    Returns the path of ``index.html``.
     """
     out = Path(out)
-    check_replaceable(out)
+    check_replaceable(out, overwrite=overwrite)
     with building_dir(out) as tmp:
         (tmp / "index.html").write_text(html, encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
