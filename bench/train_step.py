@@ -9,7 +9,15 @@ machine's load affects both alike; the medians are compared. Refreshes are not p
 the wall time of a real run is read from its summary.json (--run-dir).
 Target (issue 3): overhead at most 10 % outside refreshes.
 
+``--precisions fp32 bf16`` instead compares training precisions on the CPU: copies of the same starting weights
+train on the same batches, one per precision under ``torch.autocast`` (fp32: none), plus a second fp32 copy whose
+dropout draws differ (``fp32-reseeded``: the noise of the loss trajectory at full precision). Blocks of steps
+alternate between the copies; the script prints the median step time of each, the speed-up over fp32, and how far
+each loss trajectory lies from the fp32 one (mean and max absolute difference per step, and of the running mean
+over 10 steps) next to that noise.
+
     python bench/train_step.py                                    # demo-dance recipe (MiniLM, rag24-sample)
+    python bench/train_step.py --precisions fp32 bf16 --steps 50  # bf16 autocast training against fp32
     python bench/train_step.py --steps 30 --run-dir runs/demo-dance --json bench/train_step.json
     python bench/train_step.py --tiny                             # a tiny random encoder, a generated collection
 """
@@ -17,6 +25,7 @@ Target (issue 3): overhead at most 10 % outside refreshes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -50,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder on a generated collection")
     parser.add_argument("--run-dir", default=None, help="a finished run: report its share of time in refreshes")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "bf16"),
+                        help="compare training precisions instead of the trainer's overhead (see above)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")     # as dance-train sets it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -111,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         trainer.log.log(record)
         return time.perf_counter() - t0
 
+    if args.precisions:
+        result = compare_precisions(args, recipe, trainer, batches)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+
     for i in range(args.warmup):
         bare_step(batches[i])
         trainer_step()
@@ -152,6 +169,83 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def compare_precisions(args, recipe, trainer, batches) -> dict:
+    """Train copies of the starting weights side by side, one per precision (and a re-seeded fp32 copy)."""
+    import numpy as np
+    import torch
+
+    from dance_analysis.encode import bf16_hardware
+    from dance_analysis.training.loop import build_optimizer
+
+    data, objective = trainer.data, trainer.objective
+    use_qneg = objective.uses_query_negatives
+    arms = {name: {"dtype": None if name.startswith("fp32") else torch.bfloat16, "seed": 1 if name == "fp32-reseeded"
+                   else 0} for name in dict.fromkeys(["fp32", *args.precisions, "fp32-reseeded"])}
+    for arm in arms.values():
+        arm["model"] = copy.deepcopy(trainer.model)
+        arm["model"].train()
+        arm["opt"] = build_optimizer(arm["model"], recipe)
+        arm["times"], arm["losses"] = [], []
+
+    def step(arm: dict, index: int, rows: np.ndarray) -> None:
+        torch.manual_seed(10_000 * arm["seed"] + index)         # the dropout draws of this arm and step
+        t0 = time.perf_counter()
+        arm["opt"].zero_grad(set_to_none=True)
+        q_rows = data.train_query_rows[rows[:, 0]]
+        if use_qneg:
+            q_rows = np.concatenate([q_rows, data.train_query_rows[rows[:, 3]]])
+        q_ids, q_mask = data.query_tokens.batch(q_rows)
+        d_ids, d_mask = data.doc_tokens.batch(np.concatenate([rows[:, 1], rows[:, 2]]))
+        model = arm["model"]
+        with (torch.autocast("cpu", dtype=arm["dtype"]) if arm["dtype"] is not None else contextlib.nullcontext()):
+            q_emb = model.encode(q_ids, q_mask, "query")
+            d_emb = model.encode(d_ids, d_mask, "doc")
+        m = len(rows)
+        q_emb, d_emb = q_emb.float(), d_emb.float()
+        loss, _ = objective(q_emb[:m], d_emb[:m], d_emb[m:], q_emb[m:] if use_qneg else None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip or float("inf"))
+        arm["opt"].step()
+        elapsed = time.perf_counter() - t0
+        if index >= args.warmup:
+            arm["times"].append(elapsed)
+        arm["losses"].append(float(loss.detach()))
+
+    names = list(arms)
+    for start in range(0, len(batches), args.block):
+        order = names if (start // args.block) % 2 == 0 else list(reversed(names))
+        for name in order:
+            for i in range(start, min(len(batches), start + args.block)):
+                step(arms[name], i, batches[i])
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return np.convolve(values, np.ones(10) / 10, mode="valid") if len(values) >= 10 else values
+
+    reference = np.asarray(arms["fp32"]["losses"])
+    medians = {name: statistics.median(arm["times"]) for name, arm in arms.items()}
+    native, hardware = bf16_hardware("cpu")
+    result = {"recipe": recipe.name, "steps": len(batches), "measured_steps": args.steps,
+              "batch_size": recipe.optim.batch_size, "threads": torch.get_num_threads(), "hardware": hardware,
+              "native_bf16": native, "arms": {}}
+    print(f"{recipe.name}: {len(batches)} steps of {recipe.optim.batch_size} instances per copy ({args.warmup} "
+          f"unmeasured), blocks of {args.block} alternating, {torch.get_num_threads()} thread(s); {hardware}")
+    for name, arm in arms.items():
+        losses = np.asarray(arm["losses"])
+        diff, smooth_diff = np.abs(losses - reference), np.abs(smooth(losses) - smooth(reference))
+        entry = {"median_step_seconds": round(medians[name], 4),
+                 "speedup_over_fp32": round(medians["fp32"] / medians[name], 3),
+                 "loss_first": round(float(losses[0]), 4), "loss_last10_mean": round(float(losses[-10:].mean()), 4),
+                 "loss_abs_diff_mean": round(float(diff.mean()), 4), "loss_abs_diff_max": round(float(diff.max()), 4),
+                 "smoothed_abs_diff_max": round(float(smooth_diff.max()), 4), "losses": [round(v, 5) for v in losses]}
+        result["arms"][name] = entry
+        print(f"  {name:<14} step median {entry['median_step_seconds']:.3f}s  x{entry['speedup_over_fp32']:.2f}  "
+              f"loss {entry['loss_first']:.4f} -> last-10 mean {entry['loss_last10_mean']:.4f}  |loss - fp32| mean "
+              f"{entry['loss_abs_diff_mean']:.4f} max {entry['loss_abs_diff_max']:.4f} (10-step mean: max "
+              f"{entry['smoothed_abs_diff_max']:.4f})")
+    print("  fp32-reseeded = fp32 with other dropout draws: the noise against which the bf16 trajectory is judged")
+    return result
 
 
 if __name__ == "__main__":

@@ -285,7 +285,9 @@ class PrecisionDecision:
     was asked (``fp32`` / ``bf16`` / ``auto``); ``reason`` why; ``device`` the device type; ``hardware`` what
     :func:`bf16_hardware` found; ``timings`` the seconds of each probe batch per precision (paired: batch ``i``
     of both lists encoded the same texts back to back); ``agreement`` the guard's numbers (``mean_cosine`` of
-    the probe vectors, ``overlap`` of the top-``k`` neighbours, ``k``, ``queries``, ``docs``).
+    the probe vectors, ``overlap`` of the top-``k`` neighbours, ``k``, ``queries``, ``docs``; a training step's
+    decision: the loss of the timed batch in each precision). ``scope`` says what runs in it: ``encode`` or
+    ``training``.
     """
 
     precision: str
@@ -295,6 +297,7 @@ class PrecisionDecision:
     hardware: str = ""
     timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
     agreement: dict[str, float] | None = None
+    scope: str = "encode"
 
     @property
     def speedup(self) -> float | None:
@@ -307,7 +310,7 @@ class PrecisionDecision:
     def to_dict(self) -> dict:
         """A JSON-able record (for ``refresh.json``, the trainer state and the metrics log)."""
         record = {"precision": self.precision, "requested": self.requested, "reason": self.reason,
-                  "device": self.device, "hardware": self.hardware}
+                  "device": self.device, "hardware": self.hardware, "scope": self.scope}
         if self.timings:
             record["timings"] = {name: [round(v, 5) for v in values] for name, values in self.timings.items()}
             record["speedup"] = round(self.speedup, 4) if self.speedup is not None else None
@@ -324,22 +327,25 @@ class PrecisionDecision:
                    reason or str(record.get("reason", "")), str(record.get("device", "cpu")),
                    str(record.get("hardware", "")),
                    {k: tuple(float(x) for x in v) for k, v in (record.get("timings") or {}).items()},
-                   dict(record["agreement"]) if record.get("agreement") else None)
+                   dict(record["agreement"]) if record.get("agreement") else None,
+                   str(record.get("scope", "encode")))
 
     def describe(self) -> str:
         """One line: the choice, why, and the numbers (for a log or a benchmark)."""
-        text = f"encode precision: {self.precision} (requested {self.requested}; {self.reason}"
+        text = f"{self.scope} precision: {self.precision} (requested {self.requested}; {self.reason}"
         if self.hardware:
             text += f"; {self.hardware}"
         if self.speedup is not None:
             medians = {name: statistics.median(values) for name, values in self.timings.items()}
-            text += (f"; {len(self.timings['fp32'])} paired probe batch(es): median fp32 "
+            text += (f"; {len(self.timings['fp32'])} paired round(s): median fp32 "
                      f"{medians['fp32'] * 1e3:.0f} ms, bf16 {medians['bf16'] * 1e3:.0f} ms, "
                      f"speed-up x{self.speedup:.2f}")
-        if self.agreement:
-            a = self.agreement
+        a = self.agreement
+        if a and "overlap" in a:
             text += (f"; agreement on {int(a['queries'])} x {int(a['docs'])} probe texts: mean cosine "
                      f"{a['mean_cosine']:.5f}, top-{int(a['k'])} overlap {a['overlap']:.4f}")
+        elif a:
+            text += "; " + ", ".join(f"{key} {value:.4f}" for key, value in a.items())
         return text + ")"
 
 

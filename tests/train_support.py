@@ -89,7 +89,7 @@ def recipe_dict(manifest: Path, backbone: Path, cache_dir: Path, **sections) -> 
         "data": {"collection": str(manifest), "train_split": "train", "dev_split": "dev",
                  "cache_dir": str(cache_dir)},
         "loss": {"objective": "dance", "w_d2q": 0.1},
-        "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 12, "batch_size": 8, "seed": 7},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 12, "batch_size": 8, "seed": 7, "precision": "fp32"},
         "mining": {"refresh_every": 6, "top_k": 20, "n": 4, "mode": "sync", "encode_batch_size": 16,
                    "encode_precision": "fp32"},
         "checkpoint": {"keep_last": None},

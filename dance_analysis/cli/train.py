@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print_config:
-        sys.stdout.write(dump_recipe_with_help(recipe))
+        from ..training.precision import machine_note
+
+        sys.stdout.write(dump_recipe_with_help(recipe) + machine_note(recipe))
         return 0
     from pathlib import Path
 

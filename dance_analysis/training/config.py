@@ -168,7 +168,9 @@ class OptimConfig:
 
     ``batch_size`` counts training instances (q, d+, d-, q-) per optimizer step over all processes and
     accumulation steps; each process runs ``batch_size / (world_size * grad_accum)`` per micro-batch.
-    ``precision`` ``auto`` is fp16 autocast on CUDA and fp32 on the CPU. ``grad_clip`` 0 turns clipping off.
+    ``precision`` ``auto`` is the GPU's autocast on CUDA (bf16 where supported, else fp16); on a CPU with native
+    bf16, bf16 autocast when a timing of the first step shows a gain, else fp32
+    (:mod:`dance_analysis.training.precision`). ``grad_clip`` 0 turns clipping off.
     """
 
     optimizer: str = field(default="adamw", metadata={"help": "the optimiser: adamw, or lamb (the reference runs' "
@@ -193,8 +195,10 @@ class OptimConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (batch_size must be a "
                                                          "multiple)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this value; 0: no clipping"})
-    precision: str = field(default="auto", metadata={"help": "autocast precision: auto is fp16 on CUDA and fp32 on "
-                                                             "the CPU",
+    precision: str = field(default="auto", metadata={"help": "autocast precision of the training step: auto is the "
+                                                             "GPU's autocast on CUDA; on a CPU with native bf16, "
+                                                             "bf16 when a timing of the first step shows a gain, "
+                                                             "else fp32; kept on resume",
                                                      **_choices("auto", "fp32", "fp16", "bf16")})
     seed: int = field(default=42, metadata={"help": "seed of the initial head, the instance order, mining and "
                                                     "dropout"})

@@ -48,6 +48,7 @@ from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
+from .precision import dtype_of, fixed_precision, kept_train_precision, measure_train_precision, needs_measurement
 from .prepare import prepared_checkpoint, publish_prepared_set, require_prepared
 from .refresh import (
     NEGATIVES_DIR,
@@ -261,7 +262,11 @@ class Trainer:
             self.towers = towers
         self.optimizer = build_optimizer(self.model, recipe)
         self.scheduler = build_scheduler(self.optimizer, recipe)
-        self.amp = autocast_dtype(opt.precision, self.device)
+        # The step's precision (.precision): decided now, or (auto on a CPU with native bf16) by timing the first
+        # step; a resumed run keeps the one its checkpoint records.
+        self.train_precision = (None if needs_measurement(opt.precision, self.device)
+                                else fixed_precision(opt.precision, self.device))
+        self.amp = dtype_of(self.train_precision) if self.train_precision is not None else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.step = 0
         self.stream: InstanceStream | None = None
@@ -298,6 +303,8 @@ class Trainer:
         }
         if self.encode_precision is not None:
             state["encode_precision"] = self.encode_precision.to_dict()
+        # null: auto, not decided yet (a checkpoint before the first step); decided at the first step after resume
+        state["train_precision"] = self.train_precision.to_dict() if self.train_precision is not None else None
         save_trainer_state(folder, state, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model,
                            rng=rng)
 
@@ -308,6 +315,10 @@ class Trainer:
                              scaler=self.scaler, device=self.device)
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.refresh_seconds = float(state.get("refresh_seconds", 0.0))
+        if state.get("train_precision") or ("train_precision" not in state and self.train_precision is None):
+            self.train_precision = kept_train_precision(state.get("train_precision"), folder.name,
+                                                        self.recipe.optim.precision, self.device)
+            self.amp = dtype_of(self.train_precision)
         if self.recipe.mining.mode == "sync":   # (the async miner keeps its own: its sets record it)
             self.encode_precision = kept_precision(state.get("encode_precision"), folder.name, self.device)
         restore_rng(folder, self.dist.rank)
@@ -473,6 +484,10 @@ class Trainer:
         started = time.perf_counter()
         rows = self.stream.take(opt.batch_size)
         use_qneg = self.objective.uses_query_negatives
+        if self.train_precision is None:
+            self._decide_train_precision(rows[:self.micro])
+            self.train_seconds += time.perf_counter() - started
+            started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         nonfinite = None
@@ -531,6 +546,31 @@ class Trainer:
                   "grad_norm": grad_norm, "step_time": round(elapsed, 4), "epoch": self.stream.epoch,
                   "negatives_step": self.stream.step}
         return record
+
+    def _decide_train_precision(self, rows: np.ndarray) -> None:
+        """``optim.precision`` auto on a CPU with native bf16: rank 0 times forward and backward of its first
+        micro-batch ``rows`` in fp32 and bf16 (:func:`.precision.measure_train_precision`, gradients dropped,
+        generator restored); every rank takes its decision."""
+        use_qneg = self.objective.uses_query_negatives
+        towers = _Towers(self.model)  # not the DDP wrapper: no collective while rank 0 measures
+
+        def run(dtype) -> float:
+            q_ids, q_mask, d_ids, d_mask = instance_batch(self.data, rows, use_qneg, self.device)
+            with (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
+                  else contextlib.nullcontext()):
+                q_emb, d_emb = towers(q_ids, q_mask, d_ids, d_mask)
+            m = len(rows)
+            loss, _ = self.objective(q_emb[:m].float(), d_emb[:m].float(), d_emb[m:].float(),
+                                     q_emb[m:].float() if use_qneg else None)
+            loss.backward()
+            self.model.zero_grad(set_to_none=True)
+            return float(loss.detach())
+
+        decision = self.dist.on_main(lambda: measure_train_precision(run, self.device), self._poll_seconds())
+        self.train_precision = self.dist.broadcast_object(decision)
+        self.amp = dtype_of(self.train_precision)
+        if self.dist.is_main:
+            self._say(self.train_precision.describe())
 
     def _diverged(self, what: str) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir)
