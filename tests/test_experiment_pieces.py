@@ -4,6 +4,7 @@ refresh geometry, and step-0 vectors taken from the starting checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,115 @@ def test_step0_vectors_come_from_the_start_only_when_they_are_exact(tiny):
                                                                       "select": "last"})
     rec = json.loads((tiny["root"] / "other" / "checkpoint-0" / "refresh.json").read_text())
     assert not rec.get("embeddings_from_cache")
+
+
+# ----------------------------------------------------------------------------- the report of an experiment
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The report folder written from a synthetic results dict: two folds, an untrained start, ANCE and DANCE
+    with two training seeds each, the movement, trajectories, selections and training logs the experiment
+    passes."""
+    import gzip as _gzip
+
+    import reproduce_support as rs
+    from dance_analysis.comparison import statistics as st
+    from dance_analysis.reproduce.timing import Clock
+    from dance_analysis.reproduce.write import write_outputs
+
+    root = tmp_path_factory.mktemp("written")
+    coll, folds = rs.synthetic_experiment()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(st, "UNIT_RESAMPLES", 2000)
+    mp.setattr(st, "SET_RESAMPLES", 50)
+    try:
+        results = st.compare(folds, ["start", "ance", "dance"],
+                             [("dance", "ance", "the paper's contrast"), ("ance", "start", "ANCE vs its start")],
+                             log=lambda m: None)
+    finally:
+        mp.undo()
+    runs = []
+    for fold in range(2):
+        for arm in ("ance", "dance"):
+            for seed in (1, 2):
+                folder = root / "runs" / f"fold{fold}" / f"{arm}-seed{seed}"
+                folder.mkdir(parents=True)
+                (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.5 + seed}) + "\n")
+                runs.append({"fold": fold, "seed": seed, "arm": arm, "path": str(folder)})
+    results["experiment"] = {
+        "command": "make reproduce", "invocation": ["python", "-m", "dance_analysis.reproduce"], "folds": 2,
+        "fold_seed": 13, "seed": [1, 2], "overrides": [], "runs_dir": str(root / "runs"),
+        "arms": [{"name": "start", "label": "start <i>L3</i>", "recipe": None, "starts_from": None},
+                 {"name": "ance", "label": "ANCE", "recipe": "train/rag24-ance.yaml", "starts_from": "start"},
+                 {"name": "dance", "label": "DANCE & <script>x</script>", "recipe": "train/rag24-dance.yaml",
+                  "starts_from": "ance"}]}
+    results["movement"] = [{"fold": f, "seed": s, "arm": arm, "vs": vs, "mrr10_change": 0.01 * s,
+                            "top10_changed_share": 0.5, "relative_param_distance": 0.02}
+                           for f in range(2) for s in (1, 2) for arm, vs in (("ance", "start"), ("dance", "ance"))]
+    results["trajectories"] = [{"fold": f, "seed": s, "arm": arm, "step": base + step,
+                                "metrics": {"q2d.MRR@10": 0.5 + 0.001 * (base + step) + 0.01 * s,
+                                            "query_mean_cosine": 0.6 - 0.001 * step, "dev.MRR@10": 0.4}}
+                               for f in range(2) for s in (1, 2)
+                               for arm, base in (("ance", 0), ("dance", 30)) for step in (0, 10, 20, 30)]
+    results["selections"] = [{"fold": f, "arm": arm, "seed": s, "step": 20, "dev_MRR@10": 0.41}
+                             for f in range(2) for arm in ("ance", "dance") for s in (1, 2)]
+    results["runs"] = runs
+    results["folds"] = [{"fold": f, "test_queries": len(folds[f]["start"][0].units.test_qids),
+                         "relevant_passages": len(folds[f]["start"][0].units.anchors),
+                         "query_pool": len(folds[f]["start"][0].units.pool_qids)} for f in range(2)]
+    results["collection"] = {"name": coll.name, "source": {}, "min_relevance": coll.min_relevance,
+                             "documents": len(coll.corpus.ids), "queries": len(coll.queries), "backbone": "tiny"}
+    results["_spaces"] = folds
+    readme = root / "README.md"
+    readme.write_text("# project\n\n<!-- rag24-results:start -->\nold\n<!-- rag24-results:end -->\n")
+    out = write_outputs(results, root / "report", readme, Clock(root / "timings.json"))
+    real_qrels = {q: dict(j) for q, j in coll.qrels.items() if coll.topics[q] == q}
+    return {"out": out, "readme": readme, "qrels": real_qrels, "runs": runs, "gzip": _gzip}
+
+
+def test_written_report_files(written):
+    out = written["out"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "ance-seed1.trec.gz", "ance-seed2.trec.gz", "dance-seed1.trec.gz", "dance-seed2.trec.gz", "start.trec.gz"]
+    for run in written["runs"]:
+        log = out / "logs" / f"fold{run['fold']}" / f"{run['arm']}-seed{run['seed']}.metrics.jsonl.gz"
+        with written["gzip"].open(log, "rt") as handle:
+            assert handle.read() == (Path(run["path"]) / "metrics.jsonl").read_text()
+    assert (out / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"files", "seeds", "movement", "trajectories", "selections", "levels", "contrasts", "claims"} <= set(metrics)
+    assert metrics["settings"]["p_floor_unit"] == pytest.approx(1 / 2001)      # 2,000 resamples in this test
+    header = (out / "per_unit.csv").read_text().splitlines()[0]
+    assert header == "metric,fold,unit,cluster,arm,seed,value"
+
+
+def test_written_tables_agree_with_metrics_json_and_the_run_files(written):
+    import reproduce_support as rs
+
+    out = written["out"]
+    rs.check_readme_tables(out, [out / "README.md", written["readme"]])
+    rs.check_claims_table(out)
+    assert rs.check_run_files(out, written["qrels"]) == 5
+    rs.check_main_contrast_with_scipy(out)
+    text = (out / "README.md").read_text()
+    assert "## Do the models move?" in text and "| 0 | 1 | ANCE | start <i>L3</i> | +0.0100 | 50.0 % | 0.0200 |" in text
+    assert "## Dev-selected checkpoints (secondary)" in text and "## Trajectories" in text
+    assert "held-out statements MRR@10" in text
+
+
+def test_written_page_escapes_text_from_data(written):
+    html = (written["out"] / "index.html").read_text()
+    assert "<script>x</script>" not in html and "DANCE &amp; &lt;script&gt;x&lt;/script&gt;" in html
+    assert "<i>L3</i>" not in html and "start &lt;i&gt;L3&lt;/i&gt;" in html
+    for anchor in ('id="table-arms"', 'id="table-movement"', 'id="fig-trajectories"', 'id="table-selections"'):
+        assert anchor in html
+
+
+def test_p_values_are_never_finer_than_the_resampling():
+    from dance_analysis.reproduce.write import fmt_p
+
+    assert fmt_p(0.0, 999) == "< 1/1000"
+    assert fmt_p(0.0009, 999) == "< 1/1000"
+    assert fmt_p(0.002, 999) == "0.0020"
+    assert fmt_p(2 / 10_001, 10_000) == "0.0002"
+    assert fmt_p(0.00003, 2 ** 20, exact=True) == "3.0e-05"
+    assert fmt_p(None) == "n/a" and fmt_p(0.5) == "0.5000"

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..analysis import claim_metrics as cm
 from ..analysis.geometry import mean_pairwise_cosine
+from ..analysis.isotropy import effective_rank_from_eigenvalues, isoscore_from_variances
 from ..analysis.sampling import sampling_uniformity, softmax_stats
 from .spaces import SAMPLING_KS, SAMPLING_N, Space
 
@@ -164,23 +165,70 @@ def _test_queries(space: Space, idx: np.ndarray) -> np.ndarray:
     return cached[idx]
 
 
-def _pc1(x: np.ndarray) -> float:
+def _spectrum(space: Space, idx: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Covariance eigenvalues (decreasing) of the test queries ``idx`` (with repetition), their number of rows
+    and their dimension in row-space coordinates, computed once per resample for the three C1 statistics.
+
+    A unit drawn c times weighs c: with Y the centred distinct rows scaled by sqrt(c / n), the covariance Y'Y and
+    the m x m Gram matrix YY' (m distinct units, about 63 % of N) have the same non-zero eigenvalues, so the
+    smaller eigenproblem gives the spectrum (padded with zeros to the dimension). Every statistic read from it is
+    a ratio of eigenvalues, so the divisor (n or n - 1) does not matter."""
+    cache = space.__dict__.setdefault("_spectra", {})
+    key = hashlib.blake2b(np.ascontiguousarray(idx).tobytes(), digest_size=12).digest()
+    if key not in cache:
+        if len(cache) > 4096:
+            cache.clear()
+        x = _test_queries(space, slice(None))
+        c = np.bincount(idx, minlength=len(x)).astype(np.float64)
+        keep = c > 0
+        xs, w = x[keep], c[keep]
+        n = float(w.sum())
+        y = (xs - (w @ xs) / n) * np.sqrt(w / n)[:, None]
+        vals = np.clip(np.linalg.eigvalsh(y @ y.T)[::-1], 0.0, None)
+        dim = x.shape[1]
+        vals = np.concatenate([vals[:dim], np.zeros(max(0, dim - len(vals)))])
+        cache[key] = (vals, int(len(idx)), int(dim))
+    return cache[key]
+
+
+def _pc1(space: Space, idx: np.ndarray) -> float:
+    """Share of the variance on the first principal component (:func:`~dance_analysis.analysis.claim_metrics.
+    first_component_share`)."""
+    vals, _, _ = _spectrum(space, idx)
+    total = vals.sum()
+    return float(vals[0] / total) if total > 0 else float("nan")
+
+
+def _subspace(space: Space, idx: np.ndarray, what: str) -> float:
+    """IsoScore or effective rank in the top-k PCA subspace, k = max(2, N // 4) (:func:`~dance_analysis.analysis.
+    claim_metrics.subspace_isotropy`)."""
+    vals, n, dim = _spectrum(space, idx)
+    k = min(max(2, n // 4), min(n - 1, dim))
+    if k < 2:
+        return float("nan")
+    top = vals[:k]
+    return float(isoscore_from_variances(top) if what == "isoscore" else effective_rank_from_eigenvalues(top))
+
+
+def _pc1_of(x: np.ndarray) -> float:
     return float(cm.first_component_share(x))
 
 
-def _isoscore_sub(x: np.ndarray) -> float:
+def _isoscore_of(x: np.ndarray) -> float:
     return float(cm.subspace_isotropy(x)["isoscore"])
 
 
-def _erank_sub(x: np.ndarray) -> float:
+def _erank_of(x: np.ndarray) -> float:
     return float(cm.subspace_isotropy(x)["effective_rank"])
 
 
-def _pair_contributions(space: Space, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sampler's candidates at ``k`` as sparse entries (pool pair row, pool query, inclusion probability):
-    pair r adds min(n, |cand(r)|) / |cand(r)| to each of its candidates (its top ``k`` pool queries minus the
-    passage's judged ones), as :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals` (the exact
-    search returns each query at most once per row, so there are no repeats to drop)."""
+def _pair_contributions(space: Space, k: int):
+    """The sampler's candidates at ``k`` as a sparse [pool queries, pool pairs] matrix of inclusion
+    probabilities: pair r adds min(n, |cand(r)|) / |cand(r)| to each of its candidates (its top ``k`` pool queries
+    minus the passage's judged ones), as :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals`
+    (the exact search returns each query at most once per row, so there are no repeats to drop)."""
+    from scipy.sparse import csr_matrix
+
     cache = space.__dict__.setdefault("_pair_contributions", {})
     if k not in cache:
         topk = space.pool_topk[:, :k]
@@ -189,7 +237,8 @@ def _pair_contributions(space: Space, k: int) -> tuple[np.ndarray, np.ndarray, n
         size = cand.sum(axis=1)
         prob = np.minimum(SAMPLING_N, size) / np.maximum(size, 1)
         rows, cols = np.nonzero(cand)
-        cache[k] = (rows, topk[rows, cols].astype(np.int64), prob[rows])
+        cache[k] = csr_matrix((prob[rows], (topk[rows, cols].astype(np.int64), rows)),
+                              shape=(len(space.units.pool_rows), len(topk)))
     return cache[k]
 
 
@@ -197,12 +246,12 @@ def sampling_probabilities(space: Space, k: int, idx: np.ndarray | None = None) 
     """Each pool query's expected draws as a negative when the pool pairs ``idx`` (default: all, with repetition
     counted) mine from their passage's top ``k`` pool queries: the sum of the pairs' rows of
     :func:`~dance_analysis.analysis.sampling.negative_sampling_marginals` (pi is a sum over pairs)."""
-    rows, cols, prob = _pair_contributions(space, k)
-    n_pool = len(space.units.pool_rows)
+    matrix = _pair_contributions(space, k)
     if idx is None:
-        return np.bincount(cols, weights=prob, minlength=n_pool)
-    counts = np.bincount(idx, minlength=len(space.units.pool_anchors)).astype(np.float64)
-    return np.bincount(cols, weights=prob * counts[rows], minlength=n_pool)
+        counts = np.ones(matrix.shape[1])
+    else:
+        counts = np.bincount(idx, minlength=matrix.shape[1]).astype(np.float64)
+    return np.asarray(matrix @ counts, dtype=np.float64).reshape(-1)
 
 
 def _sampling(space: Space, idx: np.ndarray, k: int, what: str) -> float:
@@ -273,13 +322,13 @@ METRICS: tuple[Metric, ...] = (
            reference=_isotropic(mean_pairwise_cosine)),
     Metric("queries.pc1_share", "query variance share of the first principal component", "C1", "lower", True,
            "set", "test query", units=lambda s: len(s.units.test_rows),
-           compute=lambda s, idx: _pc1(_test_queries(s, idx)), reference=_isotropic(_pc1)),
+           compute=_pc1, reference=_isotropic(_pc1_of)),
     Metric("queries.isoscore_sub", "query IsoScore in the top-k PCA subspace (k = N/4)", "C1", "higher", False,
            "set", "test query", units=lambda s: len(s.units.test_rows),
-           compute=lambda s, idx: _isoscore_sub(_test_queries(s, idx)), reference=_isotropic(_isoscore_sub)),
+           compute=lambda s, idx: _subspace(s, idx, "isoscore"), reference=_isotropic(_isoscore_of)),
     Metric("queries.erank_sub", "query effective rank in the top-k PCA subspace (k = N/4)", "C1", "higher",
            False, "set", "test query", units=lambda s: len(s.units.test_rows),
-           compute=lambda s, idx: _erank_sub(_test_queries(s, idx)), reference=_isotropic(_erank_sub)),
+           compute=lambda s, idx: _subspace(s, idx, "erank"), reference=_isotropic(_erank_of)),
     # C2: queries closer to the documents.
     Metric("qd.mmd2", "query-document MMD² (linear kernel, unbiased, normalised vectors)", "C2", "lower", True,
            "set", "test query", units=lambda s: len(s.units.test_rows),

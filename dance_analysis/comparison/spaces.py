@@ -48,8 +48,8 @@ class FoldUnits:
     pool_qids: the fold's training queries with a relevant passage (the d2q sampler's query pool), with
         ``pool_anchors`` the corpus row of the passage of each of their positive pairs (the trainer draws query
         negatives once per pair) and ``pool_excluded`` [n_pool_pairs, n_pool] bool: pool queries the sampler never
-        draws for that passage (judged grade >= the exclusion grade, 1 as in the trainer); ``pool_clusters``:
-        the topic of each pair's query.
+        draws for that passage (judged grade >= the exclusion grade, 1 as in the trainer); ``pool_pair_queries``:
+        each pair's query (position in ``pool_qids``); ``pool_clusters``: the topic of each pair's query.
     statement_qids / statement_rows / statement_clusters: the held-out statements of the test topics with a
         relevant passage (``splits["test-statements"]``, the second ranking test), their rows and topics; empty
         without such a split.
@@ -72,6 +72,7 @@ class FoldUnits:
     d2q_rows: np.ndarray = field(repr=False, default=None)
     anchor_clusters: np.ndarray = field(repr=False, default=None)
     pool_clusters: np.ndarray = field(repr=False, default=None)
+    pool_pair_queries: np.ndarray = field(repr=False, default=None)
     statement_qids: list[str] = field(repr=False, default_factory=list)
     statement_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
     statement_clusters: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=object))
@@ -126,6 +127,7 @@ def fold_units(collection, fold: int, splits: dict[str, list[str]], corpus_ids: 
     pool_anchors = [a for _, a in pool_pairs]
     pool_clusters = np.array([topics.get(q, q) if topics else q for q, _ in pool_pairs], dtype=object)
     pool_index = {q: i for i, q in enumerate(pool_qids)}
+    pair_queries = np.array([pool_index[q] for q, _ in pool_pairs], dtype=np.int64)
     judged_by: dict[int, list[int]] = {}
     for q in pool_qids:
         for d, grade in collection.qrels.get(q, {}).items():
@@ -143,7 +145,8 @@ def fold_units(collection, fold: int, splits: dict[str, list[str]], corpus_ids: 
                      pool_rows=np.array([query_row[q] for q in pool_qids], dtype=np.int64),
                      pool_anchors=np.array(pool_anchors, dtype=np.int64), pool_excluded=excluded, judged=judged,
                      min_relevance=collection.min_relevance, corpus_ids=corpus_ids, d2q_rows=d2q_rows,
-                     anchor_clusters=anchor_clusters, pool_clusters=pool_clusters, statement_qids=statements,
+                     anchor_clusters=anchor_clusters, pool_clusters=pool_clusters,
+                     pool_pair_queries=pair_queries, statement_qids=statements,
                      statement_rows=np.array([query_row[q] for q in statements], dtype=np.int64),
                      statement_clusters=np.array([topics.get(q, q) if topics else q for q in statements],
                                                  dtype=object))

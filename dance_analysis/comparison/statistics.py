@@ -329,7 +329,17 @@ def compare(folds: Folds, arms: Sequence[str], contrasts: Sequence[tuple[str, st
     """Levels of every arm, every contrast ``(treatment, control, description)`` whose arms are present, and the
     claims' verdicts from the contrast ``claims_from`` (treatment, control: DANCE - ANCE). JSON-able.
 
-    ``folds``: per fold, per arm, the list of its spaces (one per training seed; a bare Space is one seed)."""
+    ``folds``: per fold, per arm, the list of its spaces (one per training seed; a bare Space is one seed).
+    Runs with one BLAS thread: thousands of small products and eigenproblems, for which a multi-threaded BLAS
+    mostly spins on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _compare(folds, arms, contrasts, claims_from=claims_from, seed=seed, log=log)
+
+
+def _compare(folds: Folds, arms: Sequence[str], contrasts: Sequence[tuple[str, str, str]], *,
+             claims_from: tuple[str, str], seed: int, log: Callable[[str], None]) -> dict:
     folds = as_seed_lists(folds)
     memo = _Memo()
     present = [a for a in arms if all(a in f for f in folds)]

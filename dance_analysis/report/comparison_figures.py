@@ -13,7 +13,8 @@ import numpy as np
 from .figures import Figure, encode_figure, pyplot
 
 #: Fixed colours of the experiment's arms; other arms (e.g. run names in dance-analyze) take the palette in turn.
-ARM_COLORS = {"zero-shot": "#8c8c8c", "ance": "#d1495b", "dance-stage1": "#edae49", "dance": "#00798c"}
+ARM_COLORS = {"zero-shot": "#8c8c8c", "minilm": "#8c8c8c", "start": "#2e4057", "ance": "#d1495b",
+              "dance-stage1": "#edae49", "dance": "#00798c", "dance-control": "#66a182"}
 PALETTE = ("#d1495b", "#00798c", "#edae49", "#8c8c8c", "#66a182", "#2e4057", "#8d96a3")
 QUERY_COLOR, DOC_COLOR = "#d1495b", "#30638e"
 
@@ -90,7 +91,7 @@ def _lorenz(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) -> Figure | None:
+def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str], k: int = 10) -> Figure | None:
     if not sampling:
         return None
     plt = pyplot()
@@ -102,7 +103,7 @@ def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) ->
         ax1.hist(values, bins=bins, histtype="step", lw=1.4, color=colors[arm], label=labels[arm])
         x, y = _lorenz(values)
         ax2.plot(x, y, color=colors[arm], lw=1.4, label=labels[arm])
-    ax1.set_xlabel("expected draws as a negative per refresh (K = 10)", fontsize=8)
+    ax1.set_xlabel(f"expected draws as a negative per refresh (K = {k})", fontsize=8)
     ax1.set_ylabel("queries", fontsize=8)
     ax2.plot([0, 1], [0, 1], color="#999", ls=":", lw=1)
     ax2.set_xlabel("share of queries (least drawn first)", fontsize=8)
@@ -113,7 +114,8 @@ def _sampling_figure(sampling: dict[str, np.ndarray], labels: dict[str, str]) ->
     fig.tight_layout()
     return encode_figure(fig, "fig-sampling", "How evenly the query-retrieval sampler would draw the queries",
                          "Each training query's probability of being drawn as a negative, summed over the passages "
-                         "that retrieve it among their 10 nearest (own queries removed), all folds pooled. Left: "
+                         f"that retrieve it among their {k} nearest (own queries removed), averaged over the training "
+                         "seeds, all folds pooled. Left: "
                          "histogram; right: Lorenz curve (the diagonal = every query drawn equally often).")
 
 
@@ -204,9 +206,65 @@ def make_comparison_figures(results: dict, arrays: dict, labels: dict[str, str])
     names = arrays.get("difference_arms") or ("dance", "ance")
     diffs = np.asarray(arrays.get("rr_differences", np.zeros(0)))
     for key, fig in (("differences", _differences_figure(diffs, *(labels.get(n, n).split(" (")[0] for n in names))),
-                     ("sampling", _sampling_figure(arrays.get("sampling") or {}, labels)),
+                     ("sampling", _sampling_figure(arrays.get("sampling") or {}, labels, arrays.get("sampling_k", 10))),
                      ("distributions", _distribution_figure(arrays.get("nearest") or {}, arrays.get("norms") or {},
                                                             labels))):
         if fig is not None:
             figures[key] = fig
     return figures
+
+
+#: Trajectory panels: metric key in the trainer's log -> what a reader sees.
+TRAJECTORY_LABELS = {"q2d.MRR@10": "test MRR@10", "q2d.nDCG@10": "test nDCG@10", "dev.MRR@10": "dev MRR@10",
+                     "query_mean_cosine": "query mean cosine", "doc_mean_cosine": "passage mean cosine",
+                     "query_doc_mmd2": "query-passage MMD²"}
+
+
+def trajectory_figure(trajectories: list[dict], labels: dict[str, str]) -> Figure | None:
+    """Small multiples of the claim metrics along training: one panel per metric, one colour per arm; the line is
+    the mean over seeds and folds at each step, the band the range (min to max) over seeds and folds.
+
+    ``trajectories``: dicts ``{"fold", "seed", "arm", "step", "metrics": {key: value}}``; ``step`` counts the
+    training steps from the common start (a stage's steps added to its parent's), so the arms of the chain line
+    up and a stage starts where its parent's curve is."""
+    if not trajectories:
+        return None
+    keys = [k for k in TRAJECTORY_LABELS if any(k in (t.get("metrics") or {}) for t in trajectories)]
+    keys += sorted({k for t in trajectories for k in (t.get("metrics") or {})} - set(keys))
+    if not keys:
+        return None
+    arms = list(dict.fromkeys(t["arm"] for t in trajectories))
+    colors = arm_colors(arms)
+    plt = pyplot()
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        for arm in arms:
+            by_step: dict[float, list[float]] = {}
+            for t in trajectories:
+                value = (t.get("metrics") or {}).get(key)
+                if t["arm"] == arm and value is not None and np.isfinite(value):
+                    by_step.setdefault(float(t["step"]), []).append(float(value))
+            if not by_step:
+                continue
+            steps = np.array(sorted(by_step))
+            mean = np.array([np.mean(by_step[s]) for s in steps])
+            low = np.array([np.min(by_step[s]) for s in steps])
+            high = np.array([np.max(by_step[s]) for s in steps])
+            ax.plot(steps, mean, color=colors[arm], lw=1.5, marker="o", ms=2.5, label=labels.get(arm, arm))
+            ax.fill_between(steps, low, high, color=colors[arm], alpha=0.18, lw=0)
+        ax.set_title(TRAJECTORY_LABELS.get(key, key), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("training steps from the start", fontsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    handles, names = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return encode_figure(fig, "fig-trajectories", "The claim metrics along training",
+                         "One panel per metric, one colour per arm. Line: the mean over training seeds and folds at "
+                         "each step (steps counted from the common start, so a stage begins where its parent's curve "
+                         "is: DANCE and stage 1 coincide at the branch point by construction); band: the range over "
+                         "seeds and folds.")
