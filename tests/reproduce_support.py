@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: The arms of the tiny end-to-end experiment (the checks read the arms of a folder from its metrics.json).
-ARMS = ("zero-shot", "ance", "dance-stage1", "dance")
+#: The arms of the experiment (the checks read the arms and run files of a folder from its metrics.json).
+ARMS = ("minilm", "start", "ance", "dance-stage1", "dance", "dance-control")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 NUMBER = r"(-?[\d.]+|n/a)"
 

@@ -178,6 +178,8 @@ def written(tmp_path_factory):
     results["selections"] = [{"fold": f, "arm": arm, "seed": s, "step": 20, "dev_MRR@10": 0.41}
                              for f in range(2) for arm in ("ance", "dance") for s in (1, 2)]
     results["runs"] = runs
+    results["branch_checks"] = [{"fold": f, "seed": s, "arm": "dance", "parent": "ance", "branch_step": 30,
+                                 "max_direction_difference": 2e-7} for f in range(2) for s in (1, 2)]
     results["folds"] = [{"fold": f, "test_queries": len(folds[f]["start"][0].units.test_qids),
                          "relevant_passages": len(folds[f]["start"][0].units.anchors),
                          "query_pool": len(folds[f]["start"][0].units.pool_qids)} for f in range(2)]
@@ -219,6 +221,7 @@ def test_written_tables_agree_with_metrics_json_and_the_run_files(written):
     assert "## Do the models move?" in text and "| 0 | 1 | ANCE | start <i>L3</i> | +0.0100 | 50.0 % | 0.0200 |" in text
     assert "## Dev-selected checkpoints (secondary)" in text and "## Trajectories" in text
     assert "held-out statements MRR@10" in text
+    assert "Branch check" in text and "over 4 stage runs: 2e-07" in text
 
 
 def test_written_page_escapes_text_from_data(written):

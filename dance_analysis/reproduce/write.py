@@ -395,6 +395,12 @@ def readme(results: dict, clock: Clock, run_names: list[str], logs: list[str], h
     movement = movement_table(results)
     if movement:
         lines += ["## Do the models move?", "", *movement, ""]
+    checks = results.get("branch_checks") or []
+    if checks:
+        worst = max(float(c.get("max_direction_difference", 0.0)) for c in checks)
+        lines += [f"Branch check: each stage's step-0 vectors point where its parent's were at the branch step "
+                  f"(largest difference of a normalised coordinate over {len(checks)} stage runs: {worst:.2g}), so a "
+                  "stage and its parent start as one model.", ""]
     if has_trajectories:
         lines += ["## Trajectories", "", "![The claim metrics along training](trajectories.png)", "",
                   "One panel per metric, one colour per arm; line: the mean over seeds and folds at each training "
