@@ -51,7 +51,7 @@ def _args(tmp_path, manifest, encoder):
     sets = {"model.backbone": encoder, "model.query_max_length": 16, "model.doc_max_length": 32,
             "data.collection": manifest, "optim.warmup_steps": 1, "optim.batch_size": 8,
             "optim.lr": 1e-3, "mining.top_k": 20, "mining.n": 4, "mining.query_top_k": 20,
-            "mining.encode_batch_size": 16, "mining.encode_precision": "fp32", "log.progress": False,
+            "mining.encode_batch_size": 16, "mining.encode_precision": "fp32", "optim.precision": "fp32", "log.progress": False,
             "log.tensorboard": False}
     args = ["--folds", str(FOLDS), "--seeds", *map(str, SEEDS), "--scale-down", str(SCALE_DOWN),
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
