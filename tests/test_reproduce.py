@@ -51,8 +51,8 @@ def _args(tmp_path, manifest, encoder):
     sets = {"model.backbone": encoder, "model.query_max_length": 16, "model.doc_max_length": 32,
             "data.collection": manifest, "optim.warmup_steps": 1, "optim.batch_size": 8,
             "optim.lr": 1e-3, "mining.top_k": 20, "mining.n": 4, "mining.query_top_k": 20,
-            "mining.encode_batch_size": 16, "mining.encode_precision": "fp32", "optim.precision": "fp32", "log.progress": False,
-            "log.tensorboard": False}
+            "mining.encode_batch_size": 16, "mining.encode_precision": "fp32", "optim.precision": "fp32",
+            "log.progress": False, "log.tensorboard": False}
     args = ["--folds", str(FOLDS), "--seeds", *map(str, SEEDS), "--scale-down", str(SCALE_DOWN),
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
             "--readme", str(tmp_path / "README.md")]
@@ -93,7 +93,11 @@ def test_outputs_exist_and_finished_runs_are_not_retrained(experiment):
     report = root / "report"
     for name in ("index.html", "metrics.json", "README.md", "per_unit.csv"):
         assert (report / name).is_file(), name
-    assert sorted(p.name for p in (report / "runs").iterdir()) == sorted(f"{a}.trec.gz" for a in rs.ARMS)
+    expected = [f"{a}.trec.gz" for a in ("start", "minilm")]
+    expected += [f"{a}-seed{s}.trec.gz" for a in ("ance", "dance-stage1", "dance", "dance-control") for s in SEEDS]
+    assert sorted(p.name for p in (report / "runs").iterdir()) == sorted(expected)
+    assert sorted(p.name for p in (report / "logs" / "fold0").iterdir()) == sorted(
+        f"{a}-seed{s}.metrics.jsonl.gz" for a in ("ance", "dance-stage1", "dance", "dance-control") for s in SEEDS)
     kept = experiment["kept"]
     assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
     sessions = json.loads((root / "runs" / "reproduce-timings.json").read_text())["sessions"]
@@ -151,7 +155,7 @@ def test_stages_start_from_the_fixed_branch_step_of_the_previous_arm(experiment)
 def test_run_files_score_like_the_report_with_ir_measures(experiment):
     collection = load_collection(str(experiment["manifest"]))
     qrels = {q: dict(d) for q, d in collection.qrels.items()}
-    assert rs.check_run_files(experiment["root"] / "report", qrels) == len(rs.ARMS)
+    assert rs.check_run_files(experiment["root"] / "report", qrels) == 2 + 4 * len(SEEDS)
 
 
 def test_main_contrast_agrees_with_scipy(experiment):

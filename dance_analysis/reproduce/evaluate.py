@@ -154,9 +154,9 @@ def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[s
         splits = fold_splits(collection, data.folds, fold, seed=data.fold_seed)
         units = fold_units(collection, fold, splits, corpus_ids, query_ids)
 
-        def space(arm: str, path: Path, units=units) -> Space:
+        def space(arm: str, path: Path, seed: int | None = None, units=units) -> Space:
             corpus, queries = load_vectors(path / "embeddings", corpus_ids, query_ids)
-            return build_space(arm, units, corpus, queries, _temperature(path), collection)
+            return build_space(arm, units, corpus, queries, _temperature(path), collection, seed=seed)
 
         start_path = _checkpoint(run_dir(runs_dir, fold, "ance", seeds[0]), 0)
         per_arm: dict[str, list[Space]] = {
@@ -172,19 +172,20 @@ def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[s
                 folder = run_dir(runs_dir, fold, arm.name, seed)
                 final = _checkpoint(folder, plan.steps)
                 finals[arm.name, seed] = final
-                per_arm[arm.name].append(space(arm.name, final))
+                per_arm[arm.name].append(space(arm.name, final, seed))
                 runs.append({"fold": fold, "seed": seed, "arm": arm.name, "path": str(folder)})
-                best_step, best_path, dev = selected_checkpoint(folder)
-                chosen = space(arm.name, best_path)
-                selections.append({"fold": fold, "seed": seed, "arm": arm.name, "step": best_step,
-                                   "total_step": plan.offset + best_step, "dev_MRR@10": dev,
-                                   "test_MRR@10": float(np.mean(chosen.per_query["MRR@10"])), "run": str(folder)})
+                points = {}
                 for step, path in ckpt.list_checkpoints(folder):
                     point = _trajectory_point(load_vectors(path / "embeddings", corpus_ids, query_ids), units,
                                               doc_rows, collection)
                     point["dev.MRR@10"] = (ckpt.read_dev_metrics(path) or {}).get(SELECTION_METRIC)
+                    points[step] = point
                     trajectories.append({"fold": fold, "seed": seed, "arm": arm.name, "step": plan.offset + step,
                                          "metrics": point})
+                best_step, _, dev = selected_checkpoint(folder)
+                selections.append({"fold": fold, "seed": seed, "arm": arm.name, "step": best_step,
+                                   "total_step": plan.offset + best_step, "dev_MRR@10": dev,
+                                   "test_MRR@10": points[best_step]["q2d.MRR@10"], "run": str(folder)})
         for seed_index, seed in enumerate(seeds):
             params = {arm.name: parameters(finals[arm.name, seed] / "encoder") for arm in TRAINED}
             params[START.name] = start_params
