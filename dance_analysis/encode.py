@@ -16,19 +16,23 @@ turns this off, ``DANCE_CPU_LINEAR=onednn`` forces it (when it works).
 
 Reduced precision (``precision`` of :func:`encode_tokens`, ``mining.encode_precision``, ``--precision``):
 ``fp32`` computes in float32 (on the CPU bit for bit as without the option); ``bf16`` runs the forward pass under
-``torch.autocast`` with bfloat16 (weights stay float32, the output vectors are float32); ``auto`` picks bf16 only
-where it is safe and pays, decided by :func:`choose_precision`: the hardware must have native bfloat16
-(:func:`bf16_hardware`: the CPU flags ``avx512_bf16`` / ``amx_bf16``, or a CUDA GPU that supports it), a short
-timing on the workload's own batches must show a gain (paired rounds: every probe batch is encoded in both
-precisions back to back, the order alternating; bf16 wins when the median of the per-batch ratios is at least
-:data:`MIN_SPEEDUP`), and the agreement guard must pass: on a probe of the texts (:data:`PROBE_SIZE`), the top-k
-neighbours of every probe query among the probe documents computed from bf16 vectors must overlap those from
-float32 vectors by at least :data:`AGREEMENT_THRESHOLD` (k: the depth mining uses, at most 20). Otherwise float32.
-The decision (:class:`PrecisionDecision`: precision, reason, CPU flags, timings, agreement) is logged at INFO and,
-for a call without an explicit decision, made once per process and workload shape. On CUDA, ``auto`` is the GPU's
-autocast (bfloat16 where supported, else float16) as before the option. ``precision=None`` takes the value of the
-enclosing :func:`encoding_precision` block (the command-line tools set it from ``--precision``); outside any block
-the CPU computes in float32 and CUDA in its autocast precision, as before.
+``torch.autocast`` with bfloat16 (weights stay float32: the matrix products run in bf16, the residual stream and
+the normalisations in float32); ``bf16-weights`` encodes with a bfloat16 copy of the model (no casts at run time,
+everything in bf16: faster, a little less exact). The output vectors are float32 (or the ``dtype`` asked) in every
+case. ``auto`` picks a reduced precision only where it is safe and pays, decided by :func:`choose_precision`: the
+hardware must have native bfloat16 (:func:`bf16_hardware`: the CPU flags ``avx512_bf16`` / ``amx_bf16``, or a
+CUDA GPU that supports it); a short timing on the workload's own batches must show a gain (paired rounds: every
+probe batch is encoded in fp32, bf16 and bf16-weights back to back, the order alternating; a candidate gains when
+the median of its per-batch ratios to fp32 is at least :data:`MIN_SPEEDUP`); and the agreement guard must pass: on
+a probe of the texts (:data:`PROBE_SIZE`), the top-k neighbours of every probe query among the probe documents
+computed from the candidate's vectors must overlap those from float32 vectors by at least
+:data:`AGREEMENT_THRESHOLD` (k: the depth mining uses, at most 20). The fastest candidate that passes runs;
+otherwise float32 (with a warning when a faster one failed the guard). The decision (:class:`PrecisionDecision`:
+precision, reason, CPU flags, timings, agreement) is logged at INFO and, for a call without an explicit decision,
+made once per process and model. On CUDA, ``auto`` is the GPU's autocast (bfloat16 where supported, else
+float16) as before the option. ``precision=None`` takes the value of the enclosing :func:`encoding_precision`
+block (the command-line tools set it from ``--precision``); outside any block the CPU computes in float32 and
+CUDA in its autocast precision, as before.
 """
 
 from __future__ import annotations
@@ -68,7 +72,11 @@ _MAX_ROWS = 1024  # rows of the timed products are capped (and bucketed to power
 _CPU_LINEAR: dict[tuple, LinearDecision] = {}  # (threads, choice, shapes) -> decision, once per process
 
 #: Encode precisions a caller can ask for.
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "bf16-weights", "auto")
+#: What a computation can run in (``fp16``: CUDA autocast on GPUs without bf16).
+COMPUTE_PRECISIONS = ("fp32", "bf16", "bf16-weights", "fp16")
+#: The reduced precisions ``auto`` measures on a CPU with native bf16, in order of preference at equal speed.
+CANDIDATES = ("bf16", "bf16-weights")
 #: CPU flags that mean native bfloat16 arithmetic (x86: AVX512-BF16, AMX-BF16; Arm: the BF16 extension).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 #: CPU flags shown beside a decision (what the answer depends on).
@@ -279,15 +287,15 @@ def bf16_hardware(device: torch.device | str = "cpu") -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class PrecisionDecision:
-    """The precision an encoding runs in, and the evidence behind the choice.
+    """The precision an encoding (or a training step) runs in, and the evidence behind the choice.
 
-    ``precision`` is what runs: ``fp32``, ``bf16``, or (CUDA autocast without bf16) ``fp16``; ``requested`` what
-    was asked (``fp32`` / ``bf16`` / ``auto``); ``reason`` why; ``device`` the device type; ``hardware`` what
-    :func:`bf16_hardware` found; ``timings`` the seconds of each probe batch per precision (paired: batch ``i``
-    of both lists encoded the same texts back to back); ``agreement`` the guard's numbers (``mean_cosine`` of
-    the probe vectors, ``overlap`` of the top-``k`` neighbours, ``k``, ``queries``, ``docs``; a training step's
-    decision: the loss of the timed batch in each precision). ``scope`` says what runs in it: ``encode`` or
-    ``training``.
+    ``precision`` is what runs (:data:`COMPUTE_PRECISIONS`: ``fp32``; ``bf16``: autocast; ``bf16-weights``: a
+    bfloat16 copy of the model; ``fp16``: CUDA autocast without bf16); ``requested`` what was asked; ``reason``
+    why; ``device`` the device type; ``hardware`` what :func:`bf16_hardware` found; ``timings`` the seconds of each
+    probe batch per precision (paired: batch ``i`` of every list encoded the same texts back to back);
+    ``agreement`` per reduced precision the guard's numbers (``mean_cosine`` of the probe vectors, ``overlap`` of
+    the top-``k`` neighbours, ``k``, ``queries``, ``docs``; a training step: the loss of the timed batch in each
+    precision). ``scope`` says what runs in it: ``encode`` or ``training``.
     """
 
     precision: str
@@ -296,16 +304,25 @@ class PrecisionDecision:
     device: str = "cpu"
     hardware: str = ""
     timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    agreement: dict[str, float] | None = None
+    agreement: dict[str, dict[str, float]] | None = None
     scope: str = "encode"
 
     @property
+    def speedups(self) -> dict[str, float]:
+        """Per reduced precision, the median over the probe batches of float32 time / its time."""
+        fp32 = self.timings.get("fp32", ())
+        return {name: float(statistics.median(a / max(b, 1e-12) for a, b in zip(fp32, values)))
+                for name, values in self.timings.items()
+                if name != "fp32" and fp32 and len(values) == len(fp32)}
+
+    @property
     def speedup(self) -> float | None:
-        """Median over the probe batches of float32 time / bf16 time (``None`` when not measured)."""
-        fp32, bf16 = self.timings.get("fp32", ()), self.timings.get("bf16", ())
-        if not fp32 or len(fp32) != len(bf16):
+        """The speed-up of the precision chosen, or (float32 chosen) of the fastest one measured; ``None`` when
+        nothing was measured."""
+        speedups = self.speedups
+        if not speedups:
             return None
-        return float(statistics.median(a / max(b, 1e-12) for a, b in zip(fp32, bf16)))
+        return speedups.get(self.precision, max(speedups.values()))
 
     def to_dict(self) -> dict:
         """A JSON-able record (for ``refresh.json``, the trainer state and the metrics log)."""
@@ -313,21 +330,26 @@ class PrecisionDecision:
                   "device": self.device, "hardware": self.hardware, "scope": self.scope}
         if self.timings:
             record["timings"] = {name: [round(v, 5) for v in values] for name, values in self.timings.items()}
+            record["speedups"] = {name: round(v, 4) for name, v in self.speedups.items()}
             record["speedup"] = round(self.speedup, 4) if self.speedup is not None else None
         if self.agreement is not None:
-            record["agreement"] = dict(self.agreement)
+            record["agreement"] = {name: dict(values) for name, values in self.agreement.items()}
         return record
 
     @classmethod
     def from_dict(cls, record: dict, reason: str | None = None) -> PrecisionDecision:
-        """The decision of a :meth:`to_dict` record (``reason`` replaces the recorded one when given)."""
-        if not isinstance(record, dict) or record.get("precision") not in ("fp32", "bf16", "fp16"):
-            raise DanceError(f"not an encode precision record: {record!r}")
+        """The decision of a :meth:`to_dict` record (``reason`` replaces the recorded one when given). A record
+        with one flat agreement (written before bf16 weights were measured) is read as that of bf16."""
+        if not isinstance(record, dict) or record.get("precision") not in COMPUTE_PRECISIONS:
+            raise DanceError(f"not a precision record: {record!r}")
+        agreement = record.get("agreement") or None
+        if agreement and not all(isinstance(v, dict) for v in agreement.values()):
+            agreement = {"bf16": dict(agreement)}
         return cls(str(record["precision"]), str(record.get("requested", record["precision"])),
                    reason or str(record.get("reason", "")), str(record.get("device", "cpu")),
                    str(record.get("hardware", "")),
                    {k: tuple(float(x) for x in v) for k, v in (record.get("timings") or {}).items()},
-                   dict(record["agreement"]) if record.get("agreement") else None,
+                   {k: dict(v) for k, v in agreement.items()} if agreement else None,
                    str(record.get("scope", "encode")))
 
     def describe(self) -> str:
@@ -335,17 +357,21 @@ class PrecisionDecision:
         text = f"{self.scope} precision: {self.precision} (requested {self.requested}; {self.reason}"
         if self.hardware:
             text += f"; {self.hardware}"
-        if self.speedup is not None:
-            medians = {name: statistics.median(values) for name, values in self.timings.items()}
-            text += (f"; {len(self.timings['fp32'])} paired round(s): median fp32 "
-                     f"{medians['fp32'] * 1e3:.0f} ms, bf16 {medians['bf16'] * 1e3:.0f} ms, "
-                     f"speed-up x{self.speedup:.2f}")
-        a = self.agreement
-        if a and "overlap" in a:
-            text += (f"; agreement on {int(a['queries'])} x {int(a['docs'])} probe texts: mean cosine "
-                     f"{a['mean_cosine']:.5f}, top-{int(a['k'])} overlap {a['overlap']:.4f}")
-        elif a:
-            text += "; " + ", ".join(f"{key} {value:.4f}" for key, value in a.items())
+        speedups, agreement = self.speedups, self.agreement or {}
+        if speedups:
+            first = next(iter(agreement.values()), {})
+            probe = (f" on {int(first['queries'])} x {int(first['docs'])} probe texts" if "queries" in first
+                     else "")
+            text += (f"; {len(self.timings['fp32'])} paired round(s){probe}, median fp32 "
+                     f"{statistics.median(self.timings['fp32']) * 1e3:.0f} ms")
+            for name, speedup in speedups.items():
+                text += f"; {name} x{speedup:.2f}"
+                numbers = agreement.get(name)
+                if numbers and "overlap" in numbers:
+                    text += (f" (mean cosine {numbers['mean_cosine']:.5f}, top-{int(numbers['k'])} overlap "
+                             f"{numbers['overlap']:.4f})")
+                elif numbers:
+                    text += " (" + ", ".join(f"{key} {value:.4f}" for key, value in numbers.items()) + ")"
         return text + ")"
 
 
@@ -401,18 +427,30 @@ def encoding_precision(precision: str) -> Iterator[PrecisionScope]:
 
 
 def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision on ``device``: nothing for ``fp32``; bfloat16 (or float16)
-    autocast for ``bf16`` (``fp16``)."""
+    """The autocast context of a resolved precision on ``device``: nothing for ``fp32``; bfloat16 autocast for
+    ``bf16`` and ``bf16-weights`` (whose weights are bfloat16 already: autocast then only matters where a float32
+    tensor meets them, e.g. a head after mean pooling); float16 autocast for ``fp16``."""
     device = torch.device(device)
     if precision == "fp32" or device.type not in ("cpu", "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def bf16_copy(model: DualEncoder) -> DualEncoder:
+    """A copy of ``model`` with bfloat16 weights (``bf16-weights``: no casts at run time, the residual stream
+    in bfloat16 too), in eval mode; the model itself is left as it is."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.to(torch.bfloat16)
+    return clone.eval()
 
 
 def _forward(model: DualEncoder, cache: TokenSource, rows: np.ndarray, side: str, device: torch.device,
              precision: str, shapes) -> np.ndarray:
-    """float32 vectors of ``rows`` (one batch) in ``precision``, as :func:`encode_tokens` computes them."""
+    """float32 vectors of ``rows`` (one batch) in ``precision``, as :func:`encode_tokens` computes them
+    (``bf16-weights``: ``model`` is the :func:`bf16_copy`)."""
     input_ids, attention_mask = cache.batch(rows)
     if device.type != "cpu":
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -433,24 +471,28 @@ def _probe_rows(total: int, size: int, rows: np.ndarray | None = None) -> np.nda
     return pool[np.unique(np.linspace(0, len(pool) - 1, size).round().astype(np.int64))]
 
 
-def _paired_encode(model: DualEncoder, cache: TokenSource, rows: np.ndarray, side: str, device: torch.device,
-                   batch_size: int, precisions=("fp32", "bf16"), timed: bool = True):
-    """Encode ``rows`` in each of ``precisions``, batch by batch (longest first, as :func:`encode_tokens`), the
-    precisions of one batch back to back, their order alternating from batch to batch. Returns ``(vectors per
-    precision, seconds of each batch per precision)``; a few rows of the first batch warm both up untimed."""
+def _paired_encode(models: dict[str, DualEncoder], cache: TokenSource, rows: np.ndarray, side: str,
+                   device: torch.device, batch_size: int, timed: bool = True):
+    """Encode ``rows`` in each precision of ``models`` (precision -> the model that runs it), batch by batch
+    (longest first, as :func:`encode_tokens`), the precisions of one batch back to back, their order reversed
+    from batch to batch. Returns ``(vectors per precision, seconds of each batch per precision)``; a few rows of
+    the first batch warm every precision up untimed."""
+    precisions = tuple(models)
+    reference = models[precisions[0]]
     lengths = np.asarray(cache.lengths)[rows].astype(np.int64)
     order = np.argsort(-lengths, kind="stable")
-    shapes = workload_linear_shapes(model, batch_size, lengths) if device.type == "cpu" else None
-    out = {p: np.empty((len(rows), model.dim), dtype=np.float32) for p in precisions}
+    shapes = workload_linear_shapes(reference, batch_size, lengths) if device.type == "cpu" else None
+    out = {p: np.empty((len(rows), reference.dim), dtype=np.float32) for p in precisions}
     timings: dict[str, list[float]] = {p: [] for p in precisions}
     if timed and len(rows):
-        for precision in precisions:
+        for precision, model in models.items():
             _forward(model, cache, rows[order[:min(8, batch_size)]], side, device, precision, shapes)
     for number, start in enumerate(range(0, len(rows), batch_size)):
         positions = order[start:start + batch_size]
         for precision in (precisions if number % 2 == 0 else tuple(reversed(precisions))):
             began = time.perf_counter()
-            out[precision][positions] = _forward(model, cache, rows[positions], side, device, precision, shapes)
+            out[precision][positions] = _forward(models[precision], cache, rows[positions], side, device,
+                                                 precision, shapes)
             if timed:
                 timings[precision].append(time.perf_counter() - began)
     return out, timings
@@ -495,12 +537,13 @@ def choose_precision(model, docs: TokenSource, requested: str = "auto", *, devic
     """Decide the precision of encoding ``docs`` (and ``queries``) with ``model`` on ``device`` (see the module
     docstring); logs the decision at INFO.
 
-    ``fp32`` / ``bf16`` are taken as asked (bf16 on a CUDA GPU without it is a :class:`DanceError`). ``auto``:
-    CUDA uses its autocast precision; elsewhere bf16 needs :func:`bf16_hardware`, then up to ``probe`` rows of
-    ``docs`` (of ``doc_rows``) and of ``queries`` (of ``query_rows``) are encoded in float32 and bf16 in batches
-    of ``batch_size`` (the timing: paired rounds; the guard: :func:`agreement` at ``k`` = min(``k``,
-    :data:`AGREEMENT_K`)); bf16 is chosen when its median speed-up is at least :data:`MIN_SPEEDUP` and the
-    overlap at least :data:`AGREEMENT_THRESHOLD`. Without ``queries`` the probe documents are their own queries.
+    ``fp32`` / ``bf16`` / ``bf16-weights`` are taken as asked (bf16 on a CUDA GPU without it is a
+    :class:`DanceError`). ``auto``: CUDA uses its autocast precision; elsewhere bf16 needs :func:`bf16_hardware`,
+    then up to ``probe`` rows of ``docs`` (of ``doc_rows``) and of ``queries`` (of ``query_rows``) are encoded in
+    float32 and in each of :data:`CANDIDATES` in batches of ``batch_size`` (the timing: paired rounds; the guard:
+    :func:`agreement` at ``k`` = min(``k``, :data:`AGREEMENT_K`)); the fastest candidate whose median speed-up is at
+    least :data:`MIN_SPEEDUP` and whose overlap is at least :data:`AGREEMENT_THRESHOLD` is chosen, else float32.
+    Without ``queries`` the probe documents are their own queries.
     """
     model = _unwrap(model)
     requested = check_precision(requested)
@@ -508,12 +551,13 @@ def choose_precision(model, docs: TokenSource, requested: str = "auto", *, devic
     native, hardware = bf16_hardware(target) if target.type in ("cpu", "cuda") else (False, "")
     if requested == "fp32":
         return PrecisionDecision("fp32", "fp32", "requested", target.type, hardware)
-    if requested == "bf16":
+    if requested in CANDIDATES:
         if target.type == "cuda" and not native:
-            raise DanceError(f"bf16 was requested but the GPU does not support it ({hardware}); use fp32 or auto")
+            raise DanceError(f"{requested} was requested but the GPU does not support bf16 ({hardware}); use fp32 "
+                             f"or auto")
         if target.type not in ("cpu", "cuda"):
-            raise DanceError(f"bf16 encoding runs on the CPU or a CUDA GPU, not on {target.type}")
-        decision = PrecisionDecision("bf16", "bf16", "requested" if native or target.type != "cpu" else
+            raise DanceError(f"{requested} encoding runs on the CPU or a CUDA GPU, not on {target.type}")
+        decision = PrecisionDecision(requested, requested, "requested" if native or target.type != "cpu" else
                                      "requested (no native bf16: emulated, likely slower)", target.type, hardware)
         logger.info("%s", decision.describe())
         return decision
@@ -538,30 +582,38 @@ def _measure(model, docs, queries, doc_rows, query_rows, target, batch_size, k, 
         d_rows = _probe_rows(len(docs), probe, doc_rows)
         if len(d_rows) == 0:
             return PrecisionDecision("fp32", "auto", "nothing to measure", target.type, hardware)
-        d_vectors, timings = _paired_encode(model, docs, d_rows, "doc", target, batch_size)
+        models = {"fp32": model, "bf16": model, "bf16-weights": bf16_copy(model)}
+        models = {name: models[name] for name in ("fp32", *CANDIDATES)}
+        d_vectors, timings = _paired_encode(models, docs, d_rows, "doc", target, batch_size)
         if queries is not None:
             q_rows = _probe_rows(len(queries), probe, query_rows)
-            q_vectors, _ = _paired_encode(model, queries, q_rows, "query", target, batch_size, timed=False)
-            numbers = agreement((q_vectors["fp32"], d_vectors["fp32"]), (q_vectors["bf16"], d_vectors["bf16"]),
-                                min(int(k), AGREEMENT_K))
+            q_vectors, _ = _paired_encode(models, queries, q_rows, "query", target, batch_size, timed=False)
         else:
-            numbers = agreement((d_vectors["fp32"], d_vectors["fp32"]), (d_vectors["bf16"], d_vectors["bf16"]),
-                                min(int(k), AGREEMENT_K), same_side=True)
+            q_vectors = d_vectors
+        numbers = {name: agreement((q_vectors["fp32"], d_vectors["fp32"]), (q_vectors[name], d_vectors[name]),
+                                   min(int(k), AGREEMENT_K), same_side=queries is None) for name in CANDIDATES}
     finally:
         model.train(was_training)
-    numbers = {key: (round(v, 6) if isinstance(v, float) else v) for key, v in numbers.items()}
+    numbers = {name: {key: (round(v, 6) if isinstance(v, float) else v) for key, v in values.items()}
+               for name, values in numbers.items()}
     measured = PrecisionDecision("fp32", "auto", "", target.type, hardware,
                                  {name: tuple(values) for name, values in timings.items()}, numbers)
-    speedup = measured.speedup or 0.0
-    if speedup < MIN_SPEEDUP:
-        reason, precision = f"bf16 not faster (x{speedup:.2f} < x{MIN_SPEEDUP:.2f})", "fp32"
-    elif numbers["overlap"] < AGREEMENT_THRESHOLD:
-        reason, precision = (f"bf16 disagrees with fp32: top-{numbers['k']} overlap {numbers['overlap']:.4f} < "
-                             f"{AGREEMENT_THRESHOLD}; falling back to fp32"), "fp32"
-    else:
-        reason, precision = "measured: faster and in agreement", "bf16"
-    if precision == "fp32" and speedup >= MIN_SPEEDUP:
+    speedups = measured.speedups
+    faster = [name for name in CANDIDATES if speedups[name] >= MIN_SPEEDUP]
+    agreeing = [name for name in faster if numbers[name]["overlap"] >= AGREEMENT_THRESHOLD]
+    if agreeing:
+        precision = max(agreeing, key=lambda name: speedups[name])
+        reason = "measured: the fastest in agreement"
+    elif faster:
+        precision = "fp32"
+        reason = ("reduced precision disagrees with fp32: " + ", ".join(
+            f"{name} top-{numbers[name]['k']} overlap {numbers[name]['overlap']:.4f}" for name in faster)
+            + f" < {AGREEMENT_THRESHOLD}; falling back to fp32")
         logger.warning("encode precision: %s", reason)
+    else:
+        precision = "fp32"
+        reason = "bf16 not faster (" + ", ".join(f"{name} x{speedups[name]:.2f}" for name in CANDIDATES) + \
+            f" < x{MIN_SPEEDUP:.2f})"
     return PrecisionDecision(precision, "auto", reason, target.type, hardware, measured.timings, numbers)
 
 
@@ -610,11 +662,11 @@ def _requested_mode(precision, model, cache, rows, side, target, batch_size):
             return "fp32", None
         decision = _workload_decision(model, cache, rows, side, target, batch_size)
         return decision.precision, decision
-    if precision == "bf16":
+    if precision in CANDIDATES:
         if target.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DanceError("bf16 was requested but the GPU does not support it; use fp32 or auto")
+            raise DanceError(f"{precision} was requested but the GPU does not support bf16; use fp32 or auto")
         if target.type not in ("cpu", "cuda"):
-            raise DanceError(f"bf16 encoding runs on the CPU or a CUDA GPU, not on {target.type}")
+            raise DanceError(f"{precision} encoding runs on the CPU or a CUDA GPU, not on {target.type}")
     return precision, None
 
 
@@ -760,6 +812,7 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
                                     if target.type == "cpu" else None) if mode in ("fp32", "legacy")
                    else contextlib.nullcontext())
         amp = autocast(target) if mode == "legacy" else precision_context(mode, target)
+        encoder = bf16_copy(model) if mode == "bf16-weights" else model
         with target_array as result, torch.inference_mode(), amp, kernels:
             for start in range(0, n, batch_size):
                 positions = order[start:start + batch_size]
@@ -767,7 +820,7 @@ def encode_tokens(model: DualEncoder, cache: TokenSource, side: str, *, batch_si
                 if target.type != "cpu":
                     input_ids = input_ids.to(target, non_blocking=non_blocking)
                     attention_mask = attention_mask.to(target, non_blocking=non_blocking)
-                vectors = model.encode(input_ids, attention_mask, side)
+                vectors = encoder.encode(input_ids, attention_mask, side)
                 result[positions] = vectors.float().to(dtype=torch_dtype).cpu().numpy()
                 bar.update(len(positions))
             if out is not None:

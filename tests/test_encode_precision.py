@@ -102,6 +102,18 @@ def test_bf16_runs_under_autocast_and_returns_float32_vectors(tiny, tokens, monk
     assert half.dtype == np.float16
 
 
+def test_bf16_weights_encode_with_a_bf16_copy_and_leave_the_model_alone(tiny, tokens):
+    fp32 = encode_tokens(tiny, tokens, "doc", batch_size=8, progress=False, precision="fp32").vectors
+    weights = encode_tokens(tiny, tokens, "doc", batch_size=8, progress=False, precision="bf16-weights").vectors
+    assert all(p.dtype == torch.float32 for p in tiny.parameters())
+    assert weights.dtype == np.float32 and not np.array_equal(weights, fp32)
+    cosine = np.sum(weights * fp32, axis=1) / (np.linalg.norm(weights, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.99
+    assert np.array_equal(fp32, encode_tokens(tiny, tokens, "doc", batch_size=8, progress=False).vectors)
+    copy = encode.bf16_copy(tiny)
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters()) and not copy.training
+
+
 def test_the_scope_sets_the_precision_of_calls_that_name_none(tiny, tokens):
     ids = [str(i) for i in range(6)]
     docs = texts(6, seed=3)
@@ -113,9 +125,9 @@ def test_the_scope_sets_the_precision_of_calls_that_name_none(tiny, tokens):
     assert np.array_equal(explicit, encode_texts(tiny, ids, docs, "query", progress=False).vectors)
     assert scope.used == {"query": ["bf16", "fp32"]} and scope.requested == "bf16"
     assert "query bf16/fp32" in scope.describe()
-    with pytest.raises(DanceError, match="fp32, bf16, auto"):
+    with pytest.raises(DanceError, match="fp32, bf16, bf16-weights, auto"):
         encode_tokens(tiny, tokens, "doc", progress=False, precision="int8")
-    with pytest.raises(DanceError, match="fp32, bf16, auto"):
+    with pytest.raises(DanceError, match="fp32, bf16, bf16-weights, auto"):
         with encoding_precision("fp8"):
             pass
 
@@ -145,36 +157,63 @@ def test_auto_without_native_bf16_is_fp32_and_measures_nothing(tiny, tokens, mon
     assert np.array_equal(vectors, encode_tokens(tiny, tokens, "doc", progress=False).vectors)
 
 
-def _stub_measurement(monkeypatch, fp32_seconds, bf16_seconds, noise: float = 0.0):
-    """``_paired_encode`` returning the true float32 vectors (bf16: plus ``noise``) and the given timings."""
-    def paired(model, cache, rows, side, device, batch_size, precisions=("fp32", "bf16"), timed=True):
-        reference = encode_tokens(model, cache, side, indices=rows, progress=False, precision="fp32").vectors
-        noisy = reference + noise * np.random.default_rng(len(rows)).standard_normal(reference.shape)
-        timings = {"fp32": list(fp32_seconds), "bf16": list(bf16_seconds)} if timed else {"fp32": [], "bf16": []}
-        return {"fp32": reference, "bf16": noisy.astype(np.float32)}, timings
+def _stub_measurement(monkeypatch, seconds: dict[str, list[float]], noise: dict[str, float] | None = None):
+    """``_paired_encode`` returning the true float32 vectors for every precision (plus ``noise[precision]``
+    times normal noise) and the given ``seconds`` per precision."""
+    noise = noise or {}
+
+    def paired(models, cache, rows, side, device, batch_size, timed=True):
+        reference = encode_tokens(models["fp32"], cache, side, indices=rows, progress=False,
+                                  precision="fp32").vectors
+        rng = np.random.default_rng(len(rows))
+        vectors = {name: (reference + noise.get(name, 0.0) * rng.standard_normal(reference.shape)
+                          ).astype(np.float32) for name in models}
+        return vectors, {name: list(seconds[name]) if timed else [] for name in models}
 
     monkeypatch.setattr(encode, "_paired_encode", paired)
 
 
-def test_auto_picks_bf16_when_faster_and_in_agreement(tiny, tokens, query_tokens, monkeypatch, caplog):
+def test_auto_picks_the_fastest_candidate_in_agreement(tiny, tokens, query_tokens, monkeypatch, caplog):
     stub_hardware(monkeypatch, True)
-    _stub_measurement(monkeypatch, [1.0, 1.1, 0.9], [0.6, 0.6, 0.7])
+    _stub_measurement(monkeypatch, {"fp32": [1.0, 1.1, 0.9], "bf16": [0.6, 0.6, 0.7],
+                                    "bf16-weights": [0.5, 0.5, 0.5]})
     with caplog.at_level(logging.INFO, logger="dance_analysis.encode"):
         decision = choose_precision(tiny, tokens, "auto", device="cpu", queries=query_tokens, batch_size=8, k=200)
-    assert decision.precision == "bf16" and decision.reason.startswith("measured")
-    assert decision.speedup == pytest.approx(np.median([1 / 0.6, 1.1 / 0.6, 0.9 / 0.7]))
-    assert decision.agreement["overlap"] == 1.0 and decision.agreement["k"] == 20   # capped at 20
-    assert "encode precision: bf16" in caplog.text and "top-20 overlap 1.0000" in caplog.text
+    assert decision.precision == "bf16-weights" and decision.reason.startswith("measured")
+    assert decision.speedups["bf16"] == pytest.approx(np.median([1 / 0.6, 1.1 / 0.6, 0.9 / 0.7]))
+    assert decision.speedup == decision.speedups["bf16-weights"] == pytest.approx(2.0)
+    assert decision.agreement["bf16"]["overlap"] == 1.0 and decision.agreement["bf16"]["k"] == 20  # capped
+    assert "encode precision: bf16-weights" in caplog.text and "top-20 overlap 1.0000" in caplog.text
     record = json.loads(json.dumps(decision.to_dict()))
-    assert PrecisionDecision.from_dict(record).precision == "bf16"
+    assert PrecisionDecision.from_dict(record) == decision
     assert PrecisionDecision.from_dict(record, reason="kept").reason == "kept"
+
+
+def test_a_faster_candidate_that_disagrees_gives_way_to_one_that_agrees(tiny, tokens, query_tokens, monkeypatch):
+    stub_hardware(monkeypatch, True)
+    _stub_measurement(monkeypatch, {"fp32": [1.0] * 3, "bf16": [0.7] * 3, "bf16-weights": [0.5] * 3},
+                      noise={"bf16-weights": 1.0})
+    decision = choose_precision(tiny, tokens, "auto", device="cpu", queries=query_tokens, batch_size=8)
+    assert decision.precision == "bf16"
+    assert decision.agreement["bf16-weights"]["overlap"] < encode.AGREEMENT_THRESHOLD
 
 
 def test_auto_keeps_fp32_when_bf16_is_not_faster(tiny, tokens, monkeypatch):
     stub_hardware(monkeypatch, True)
-    _stub_measurement(monkeypatch, [1.0, 1.0, 1.0], [0.98, 1.0, 1.2])
+    _stub_measurement(monkeypatch, {"fp32": [1.0, 1.0, 1.0], "bf16": [0.98, 1.0, 1.2],
+                                    "bf16-weights": [1.0, 0.99, 1.01]})
     decision = choose_precision(tiny, tokens, "auto", device="cpu", batch_size=8)
     assert decision.precision == "fp32" and "not faster" in decision.reason
+
+
+def test_a_record_written_before_bf16_weights_were_measured_still_reads():
+    old = {"precision": "bf16", "requested": "auto", "reason": "measured: faster and in agreement",
+           "device": "cpu", "hardware": "CPU flags: x", "timings": {"fp32": [2.0, 2.2], "bf16": [1.0, 1.0]},
+           "speedup": 2.1, "agreement": {"mean_cosine": 0.99999, "overlap": 0.996, "k": 20, "queries": 256,
+                                         "docs": 256}}
+    decision = PrecisionDecision.from_dict(old, reason="kept from checkpoint-6")
+    assert decision.precision == "bf16" and decision.agreement["bf16"]["overlap"] == 0.996
+    assert decision.speedup == pytest.approx(2.1) and "bf16 x2.10" in decision.describe()
 
 
 def test_the_guard_falls_back_to_fp32_when_bf16_disagrees(tiny, tokens, query_tokens, monkeypatch, caplog):
@@ -184,7 +223,7 @@ def test_the_guard_falls_back_to_fp32_when_bf16_disagrees(tiny, tokens, query_to
     forward = encode._forward
 
     def disagreeing(model, cache, rows, side, device, precision, shapes):
-        vectors = forward(model, cache, rows, side, device, "fp32", shapes)
+        vectors = forward(model, cache, rows, side, device, precision, shapes)
         if precision == "fp32":
             time.sleep(0.02)
             return vectors
@@ -195,7 +234,8 @@ def test_the_guard_falls_back_to_fp32_when_bf16_disagrees(tiny, tokens, query_to
     with caplog.at_level(logging.INFO, logger="dance_analysis.encode"):
         decision = choose_precision(tiny, tokens, "auto", device="cpu", queries=query_tokens, batch_size=8)
     assert decision.precision == "fp32" and "disagrees" in decision.reason and "falling back" in decision.reason
-    assert decision.speedup > 1.5 and decision.agreement["overlap"] < encode.AGREEMENT_THRESHOLD
+    assert decision.speedup > 1.5
+    assert all(numbers["overlap"] < encode.AGREEMENT_THRESHOLD for numbers in decision.agreement.values())
     assert any(r.levelno == logging.WARNING and "falling back to fp32" in r.getMessage() for r in caplog.records)
 
 
@@ -230,10 +270,11 @@ def test_auto_measures_on_this_machine_when_it_has_native_bf16(tiny, tokens, que
         return
     assert decision.hardware == hardware and ("avx512_bf16" in hardware or "amx_bf16" in hardware
                                               or "bf16" in hardware)
-    assert len(decision.timings["fp32"]) == len(decision.timings["bf16"]) == 5   # 40 texts in batches of 8
-    assert 0.99 < decision.agreement["mean_cosine"] <= 1.0 + 1e-6
-    assert 0.0 <= decision.agreement["overlap"] <= 1.0
-    assert decision.precision in ("fp32", "bf16")
+    assert set(decision.timings) == {"fp32", "bf16", "bf16-weights"}
+    assert all(len(values) == 5 for values in decision.timings.values())   # 40 texts in batches of 8
+    for numbers in decision.agreement.values():
+        assert 0.99 < numbers["mean_cosine"] <= 1.0 + 1e-6 and 0.0 <= numbers["overlap"] <= 1.0
+    assert decision.precision in ("fp32", "bf16", "bf16-weights")
 
 
 def test_agreement_counts_shared_neighbours():
@@ -279,7 +320,8 @@ def _recipe(env, precision: str):
     return recipe_from_dict(raw).validate()
 
 
-def test_a_run_decides_at_its_first_refresh_records_it_and_keeps_it_on_resume(run_env, monkeypatch):
+@pytest.mark.parametrize("chosen", ["bf16", "bf16-weights"])
+def test_a_run_decides_at_its_first_refresh_records_it_and_keeps_it_on_resume(run_env, monkeypatch, chosen):
     from dance_analysis.embeddings import Embeddings
     from dance_analysis.training.loop import train
 
@@ -287,9 +329,10 @@ def test_a_run_decides_at_its_first_refresh_records_it_and_keeps_it_on_resume(ru
 
     def measured(model, docs, requested="auto", **kwargs):
         calls.append((requested, kwargs["k"], len(kwargs["query_rows"])))
-        return PrecisionDecision("bf16", "auto", "measured: faster and in agreement", "cpu", "CPU flags: stub",
-                                 {"fp32": (1.0,), "bf16": (0.5,)},
-                                 {"mean_cosine": 0.9999, "overlap": 0.995, "k": 20, "queries": 20, "docs": 48})
+        return PrecisionDecision(chosen, "auto", "measured: the fastest in agreement", "cpu", "CPU flags: stub",
+                                 {"fp32": (1.0,), chosen: (0.5,)},
+                                 {chosen: {"mean_cosine": 0.9999, "overlap": 0.995, "k": 20, "queries": 20,
+                                           "docs": 48}})
 
     monkeypatch.setattr(encode, "choose_precision", measured)
     full = run_env["root"] / "full"
@@ -297,13 +340,13 @@ def test_a_run_decides_at_its_first_refresh_records_it_and_keeps_it_on_resume(ru
     assert calls == [("auto", 20, 20)]                             # once, at the first refresh
     for step in (0, 6, 12):
         record = json.loads((full / f"checkpoint-{step}" / "refresh.json").read_text())
-        assert record["encode_precision"]["precision"] == "bf16"
+        assert record["encode_precision"]["precision"] == chosen
         state = json.loads((full / f"checkpoint-{step}" / "trainer_state.json").read_text())
-        assert state["encode_precision"]["precision"] == "bf16"
+        assert state["encode_precision"]["precision"] == chosen
     logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["encode_precision"]["speedup"] for r in logged if "encode_precision" in r] == [2.0, 2.0, 2.0]
 
-    # The refreshes really ran in bf16: the saved vectors are the bf16 encoding of the checkpoint's weights.
+    # The refreshes really ran in it: the saved vectors are that encoding of the checkpoint's weights.
     model = DualEncoder.load(str(full / "checkpoint-6" / "encoder"))
     saved = Embeddings.load(full / "checkpoint-6" / "embeddings" / "corpus").vectors
     from dance_analysis.data import load_collection
@@ -311,18 +354,18 @@ def test_a_run_decides_at_its_first_refresh_records_it_and_keeps_it_on_resume(ru
 
     doc_tokens = cached_tokens(load_collection(str(run_env["manifest"])), "doc", model.tokenizer,
                                model.config.doc_max_length, cache_dir=str(run_env["cache"]))
-    bf16 = encode_tokens(model, doc_tokens, "doc", batch_size=16, progress=False, precision="bf16").vectors
+    bf16 = encode_tokens(model, doc_tokens, "doc", batch_size=16, progress=False, precision=chosen).vectors
     fp32 = encode_tokens(model, doc_tokens, "doc", batch_size=16, progress=False, precision="fp32").vectors
     assert np.array_equal(saved, bf16) and not np.array_equal(saved, fp32)
 
-    # Resumed from checkpoint-6: nothing is measured again and checkpoint-12 is encoded in bf16 as before.
+    # Resumed from checkpoint-6: nothing is measured again and checkpoint-12 is encoded as before.
     resumed = run_env["root"] / "resumed"
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "checkpoint-12")
     monkeypatch.setattr(encode, "choose_precision", lambda *a, **k: pytest.fail("decided again on resume"))
     train(_recipe(run_env, "auto"), resumed, resume=True)
     record = json.loads((resumed / "checkpoint-12" / "refresh.json").read_text())
-    assert record["encode_precision"]["precision"] == "bf16"
+    assert record["encode_precision"]["precision"] == chosen
     assert record["encode_precision"]["reason"] == "kept from checkpoint-6"
     again = Embeddings.load(resumed / "checkpoint-12" / "embeddings" / "corpus").vectors
     assert np.array_equal(again, Embeddings.load(full / "checkpoint-12" / "embeddings" / "corpus").vectors)
@@ -370,7 +413,7 @@ def test_the_commands_take_precision_with_their_defaults(command, default):
 
     parser = importlib.import_module(f"dance_analysis.cli.{command}").build_parser()
     action = next(a for a in parser._actions if "--precision" in a.option_strings)
-    assert action.default == default and tuple(action.choices) == ("fp32", "bf16", "auto")
+    assert action.default == default and tuple(action.choices) == ("fp32", "bf16", "bf16-weights", "auto")
 
 
 def test_dance_analyze_and_dance_mine_encode_inside_the_precision_scope(monkeypatch, tmp_path, capsys):

@@ -97,7 +97,7 @@ def test_auto_deciding_fp32_trains_exactly_as_fp32(run_env, monkeypatch):
     assert calls == [1]
     record = _state(auto, 12)["train_precision"]
     assert record["precision"] == "fp32" and "not faster" in record["reason"]
-    assert np.isfinite(record["agreement"]["loss_bf16"])
+    assert np.isfinite(record["agreement"]["bf16"]["loss_bf16"])
     assert _state(reference, 12)["train_precision"]["reason"] == "requested"
     assert ts.encoder_state(auto / "checkpoint-12").keys() == ts.encoder_state(reference / "checkpoint-12").keys()
     for name, value in ts.encoder_state(reference / "checkpoint-12").items():

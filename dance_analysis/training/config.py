@@ -269,13 +269,14 @@ class MiningConfig:
     encode_batch_size: int = field(default=64, metadata={"help": "batch size of the corpus and query encoding at a "
                                                                  "refresh"})
     encode_precision: str = field(default="auto", metadata={"help": "precision of the refresh encoding: fp32; bf16 "
-                                                                    "(autocast, float32 vectors); auto: bf16 where "
-                                                                    "the hardware has native bf16, a timing at the "
-                                                                    "first refresh shows a gain and the top-20 "
-                                                                    "neighbours of a probe agree with fp32 (>= "
-                                                                    "0.99), else fp32 (CUDA: its autocast); kept "
-                                                                    "on resume",
-                                                            **_choices("auto", "fp32", "bf16")})
+                                                                    "(autocast); bf16-weights (a bf16 copy of the "
+                                                                    "model); auto: where the hardware has native "
+                                                                    "bf16, the fastest of the two that a timing at "
+                                                                    "the first refresh finds faster and whose "
+                                                                    "top-20 neighbours of a probe agree with fp32 "
+                                                                    "(>= 0.99), else fp32 (CUDA: its autocast); "
+                                                                    "vectors are float32; kept on resume",
+                                                            **_choices("auto", "fp32", "bf16", "bf16-weights")})
     device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the first GPU that no "
                                                           "training process uses (an error when all of several "
                                                           "train), cpu, or cuda:N"})

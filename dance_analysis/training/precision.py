@@ -102,7 +102,8 @@ def measure_train_precision(run: Callable[[torch.dtype | None], float], device,
         torch.random.set_rng_state(state)
     measured = PrecisionDecision("fp32", "auto", "", "cpu", hardware,
                                  {name: tuple(values) for name, values in timings.items()},
-                                 {f"loss_{name}": round(value, 6) for name, value in losses.items()}, "training")
+                                 {"bf16": {f"loss_{name}": round(value, 6) for name, value in losses.items()}},
+                                 "training")
     speedup = measured.speedup or 0.0
     if not math.isfinite(losses.get("bf16", math.nan)):
         precision, reason = "fp32", "the bf16 loss of the timed batch is not finite"
