@@ -20,6 +20,9 @@ Each PATH is one of:
   a checkpoint folder (checkpoint.json)        one subject
   a run folder (checkpoint-<step>/ folders)     every checkpoint in step order (a trajectory); the checkpoint
                                                 with the best dev metric (else the last) stands for the run
+  a Trainer output folder (checkpoint-<step>/   a run of the models saved by a transformers / sentence-transformers
+    model folders with trainer_state.json)      Trainer; the trainer's best_model_checkpoint (else the best logged
+                                                *MRR@10, else the last) stands for the run; give --collection
   a model folder or the alias 'minilm'          encoded on the collection (a Hugging Face, DualEncoder.save or
                                                 sentence-transformers folder, read with its own modules)
   a folder of saved embeddings                  corpus.npy, corpus.ids.npy, queries.npy, queries.ids.npy

@@ -6,6 +6,9 @@ A PATH is one of
 - a run folder (holds ``checkpoint-<step>/`` folders): every checkpoint, in numeric step order, is one point of
   the run's trajectory; the checkpoint with the best dev metric (``dev_metrics.json``; the last one when the
   checkpoints have none) stands for the run in comparisons;
+- the output folder of a transformers / sentence-transformers ``Trainer`` (``checkpoint-<step>/`` model folders
+  with ``trainer_state.json``): a run of model subjects, dev metrics from the trainer's logged evaluations
+  (:func:`_trainer_run`);
 - a model folder: one written by ``DualEncoder.save`` (``encoder.json``), a Hugging Face model folder
   (``config.json``), a sentence-transformers folder (``modules.json``; read with its own modules by
   :meth:`DualEncoder.load <dance_analysis.model.DualEncoder.load>`), or the alias ``minilm``;
@@ -251,6 +254,64 @@ def read_refresh_log(path: Path) -> list[dict]:
     return out
 
 
+def _is_trainer_checkpoint(folder: Path) -> bool:
+    """A checkpoint saved by a transformers / sentence-transformers ``Trainer``: a model folder (``modules.json``
+    or ``config.json``) beside the trainer's ``trainer_state.json``."""
+    return (folder / "trainer_state.json").is_file() and \
+        ((folder / "modules.json").is_file() or (folder / "config.json").is_file())
+
+
+def _trainer_run(folder: Path, text: str, base: str, steps: list[tuple[int, Path]], name: str | None) -> RunInput:
+    """The output folder of a transformers / sentence-transformers ``Trainer`` as a run: each
+    ``checkpoint-<step>/`` model folder is a subject (read with its own modules), its dev metrics are the
+    evaluation the trainer logged at that step (``eval_`` dropped from the keys, so an evaluator's
+    ``eval_<name>_MRR@10`` reads ``<name>_MRR@10``), and the checkpoint standing for the run is the trainer's
+    ``best_model_checkpoint`` when it recorded one (``metric_for_best_model``), else the one with the best logged
+    ``*MRR@10`` / ``*nDCG@10``, else the last; the training loss comes from ``log_history``."""
+    subjects, skipped = [], []
+    for step, child in steps:
+        if not _is_trainer_checkpoint(child):
+            skipped.append(f"{child.name}: no trainer_state.json beside a model")
+            continue
+        subjects.append(Subject(label=f"{base}/{child.name}", kind="model", path=str(child), step=step,
+                                model_source=str(child), encoder_config=_encoder_json(child)))
+    last_state = _read_json(Path(subjects[-1].path) / "trainer_state.json",
+                            "the trainer's JSON state {log_history, best_model_checkpoint, ...}")
+    if not isinstance(last_state, dict):
+        raise InputError(Path(subjects[-1].path) / "trainer_state.json", "a JSON object",
+                         got=type(last_state).__name__)
+    history = [r for r in last_state.get("log_history") or [] if isinstance(r, dict)]
+    evals: dict[int, dict] = {}
+    for record in history:
+        if isinstance(record.get("step"), int) and any(str(k).startswith("eval_") for k in record):
+            evals.setdefault(record["step"], {}).update(
+                {k[len("eval_"):]: float(v) for k, v in record.items()
+                 if str(k).startswith("eval_") and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for subject in subjects:
+        subject.dev_metrics = evals.get(subject.step) or None
+    index, selection = len(subjects) - 1, "last checkpoint (the trainer logged no ranking metric at every one)"
+    best = last_state.get("best_model_checkpoint")
+    chosen = [i for i, s in enumerate(subjects) if best and Path(s.path).name == Path(str(best)).name]
+    if chosen:
+        index = chosen[0]
+        selection = f"the trainer's best_model_checkpoint ({last_state.get('best_metric')})"
+    else:
+        for metric in SELECTION_METRICS:
+            keys = {k for s in subjects for k in (s.dev_metrics or {}) if k == metric or k.endswith("_" + metric)}
+            if len(keys) == 1:
+                key = keys.pop()
+                values = [(s.dev_metrics or {}).get(key) for s in subjects]
+                if all(isinstance(v, float) and np.isfinite(v) for v in values):
+                    index = max(range(len(values)), key=lambda i: (values[i], -i))
+                    selection = f"best dev {key} ({values[index]:.4f}, from trainer_state.json)"
+                    break
+    training_log = [{"step": r["step"], "loss": float(r["loss"])} for r in history
+                    if isinstance(r.get("step"), int) and isinstance(r.get("loss"), (int, float))
+                    and np.isfinite(r["loss"])]
+    return RunInput(name=name or base, path=text, kind="run", subjects=subjects, representative_index=index,
+                    selection=selection, skipped=skipped, training_log=training_log)
+
+
 def resolve_path(path: str, name: str | None = None) -> RunInput:
     """Turn one command-line PATH into a :class:`RunInput`; raises :class:`DanceError` when it is none of the
     accepted kinds (see the module docstring)."""
@@ -278,6 +339,9 @@ def resolve_path(path: str, name: str | None = None) -> RunInput:
             steps.append((int(match.group(1)), child))
     if steps:
         steps.sort()
+        if not any((child / "checkpoint.json").is_file() for _, child in steps) \
+                and any(_is_trainer_checkpoint(child) for _, child in steps):
+            return _trainer_run(folder, text, base, steps, name)
         subjects, skipped = [], []
         for _, child in steps:
             if not (child / "checkpoint.json").is_file():
