@@ -547,6 +547,8 @@ class DualEncoder(nn.Module):
           dropped, ``num_hidden_layers`` = N; what is saved is an ordinary N-layer model);
         - a released ANCE-layout checkpoint folder (``roberta.*`` + ``embeddingHead.*`` + ``norm.*`` weights in
           pytorch_model.bin or model.safetensors): CLS pooling, linear+layernorm head;
+        - a hub name of a sentence-transformers model (its ``modules.json``): its files (JSON, tokenizer,
+          safetensors) fetched or found in the Hugging Face cache, then read as a sentence-transformers folder;
         - any other Hugging Face model folder or hub name (defaults: CLS pooling, no head, no normalisation).
         ``tokenizer`` takes the tokenizer from another folder or hub name. ``head_init`` (``normal`` or
         ``identity``, see :class:`EncoderHead`) initialises a head that is new, i.e. put on a backbone that has
@@ -591,6 +593,9 @@ class DualEncoder(nn.Module):
             raise DanceError(f"{name}: expected a model folder or a hub name, got a file")
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise DanceError(f"{name}: no such model folder")
+        snapshot = _sentence_transformers_snapshot(name)
+        if snapshot is not None:
+            return cls._from_sentence_transformers(snapshot, overrides, tokenizer, head_init)
         return cls._from_backbone(name, EncoderConfig(backbone=name), overrides, tokenizer, head_init)
 
     @classmethod
@@ -772,6 +777,31 @@ def _ance_tokenizer(folder: Path, tokenizer: str | None):
     if loaded.pad_token_id is None:
         raise DanceError(f"{folder}: the RoBERTa tokenizer there has no padding token")
     return loaded
+
+
+#: Files of a hub sentence-transformers model that reading it needs: configs, tokenizer, safetensors weights, and
+#: the weights of its modules' folders (older Dense modules keep them in pytorch_model.bin, read weights-only).
+_ST_SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json", "*/*.safetensors",
+                      "*/pytorch_model.bin", "*/*.txt", "*/*.model"]
+
+
+def _sentence_transformers_snapshot(name: str) -> Path | None:
+    """The local copy of the hub model ``name`` when it is a sentence-transformers model (it has ``modules.json``),
+    fetched by huggingface_hub (or found in its cache); None for another model, or when the hub cannot be asked
+    (offline and not cached): the model then loads as a plain Hugging Face model."""
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+    except ImportError:
+        return None
+    try:
+        hf_hub_download(name, "modules.json")
+    except Exception:   # not a sentence-transformers model, unknown, or offline without a cached copy
+        return None
+    try:
+        return Path(snapshot_download(name, allow_patterns=_ST_SNAPSHOT_FILES))
+    except Exception as exc:
+        raise DanceError(f"{name}: a sentence-transformers model on the hub whose files cannot be fetched: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def _st_head_state(side) -> dict[str, Tensor]:

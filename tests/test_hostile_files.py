@@ -65,8 +65,10 @@ def test_resume_from_poisoned_optimizer_is_refused(tmp_path, capsys, monkeypatch
     run = tmp_path / "run"
     assert train_cli.main([str(recipe), "--output-dir", str(run)]) == 0
     capsys.readouterr()
+    # an interrupted run: its last checkpoint is checkpoint-2 (a finished run has nothing to resume or load)
+    shutil.rmtree(run / "checkpoint-4")
     marker = tmp_path / "pwned"
-    target = run / "checkpoint-4" / "optimizer.pt"
+    target = run / "checkpoint-2" / "optimizer.pt"
     poisoned_pt(target, marker)
     before = sorted(p.name for p in run.iterdir())
     code = train_cli.main([str(recipe), "--output-dir", str(run), "--resume"])
@@ -74,7 +76,7 @@ def test_resume_from_poisoned_optimizer_is_refused(tmp_path, capsys, monkeypatch
     assert code == 2, err
     assert "optimizer.pt" in err and "Traceback" not in err
     assert not marker.exists()
-    assert (run / "checkpoint-4" / "checkpoint.json").is_file()
+    assert (run / "checkpoint-2" / "checkpoint.json").is_file()
     assert sorted(p.name for p in run.iterdir()) == before
 
 

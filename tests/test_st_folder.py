@@ -240,3 +240,26 @@ def test_overrides_apply_on_top_of_the_folder(exported):
     assert (model.config.doc_max_length, model.config.normalize, model.config.pooling) == (20, False, "mean")
     with pytest.raises(Exception, match="shared=true"):
         DualEncoder.load(str(exported["separate-towers"][1]), shared=True)
+
+
+def test_a_hub_name_of_a_sentence_transformers_model_is_read_with_its_modules(exported, monkeypatch):
+    """A hub name whose repository has modules.json is fetched (here: served from a local folder) and read as a
+    sentence-transformers folder; a hub that cannot say (offline, not cached) leaves the plain loading path."""
+    import huggingface_hub
+
+    _, folder = exported["none-mean-True"]
+    asked = []
+
+    def download(repo, filename, **kwargs):
+        asked.append((repo, filename))
+        if repo != "org/st-model":
+            raise OSError("offline")
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kwargs: str(folder))
+    model = DualEncoder.load("org/st-model")
+    assert (model.config.pooling, model.config.normalize, model.config.doc_max_length) == ("mean", True, 32)
+    with pytest.raises(Exception, match="org/other"):          # the plain path: not on the hub here
+        DualEncoder.load("org/other")
+    assert asked == [("org/st-model", "modules.json"), ("org/other", "modules.json")]

@@ -1,7 +1,7 @@
 """What dance-analyze shows while it works: one progress bar over the report's steps (each subject, UMAP, the
 statistics, the figures, the page) with the current step's name and, during the statistics, the statistic being
 computed beside it, after one line per input saying what it is. ``verbose`` also prints every statistic's key as
-a line; nothing is shown when the bar is disabled (``--quiet``)."""
+a line; the bar is drawn on a terminal only, and nothing is shown with ``--quiet``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class ReportProgress:
         """Open the bar for a report of ``subjects`` subjects."""
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=subjects + FIXED_STEPS, desc="report", unit="step", disable=not self.enabled,
+        # disable=None: a bar on a terminal only (as the encoding bars), so logs of a piped run stay short
+        self.bar = tqdm(total=subjects + FIXED_STEPS, desc="report", unit="step",
+                        disable=None if self.enabled else True,
                         file=self.stream, dynamic_ncols=True, leave=False,
                         bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}")
 
