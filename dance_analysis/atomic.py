@@ -189,19 +189,29 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
         except FileNotFoundError:  # ``target`` went away meanwhile: a plain rename below
             exchanged = False
         if exchanged:
-            shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder
+            _discard(tmp)  # ``tmp`` now holds the old folder (or the file that stood there)
             fsync_path(target.parent)
             return target
         if os.path.lexists(target):
             old = temp_path_beside(target)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
             fsync_path(target.parent)
             return target
     os.replace(tmp, target)
     fsync_path(target.parent)
     return target
+
+
+def _discard(path: Path) -> None:
+    """Delete what was swapped out: a folder, or a file that stood where the folder goes (nothing is left
+    behind)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, replace: bool = True) -> Path:

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for run.trec and metrics.json (default: runs/eval/<model>-<split>, <model> "
                              "made from the model's path: runs/exported/minilm -> exported-minilm)")
     parser.add_argument("--run", type=Path, default=None, help="path of the TREC run file (overrides --out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a file at the run or metrics path that is not an earlier dance-eval output "
+                             "(without it such a file is never replaced; earlier outputs are)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
@@ -78,6 +81,37 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _is_trec_run(path: Path) -> bool:
+    """Whether ``path`` starts like a TREC run file (``qid Q0 docid rank score tag``; gzip when named .gz)."""
+    import gzip
+
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as handle:
+        fields = handle.readline(1 << 16).split()
+    return len(fields) == 6 and fields[1] == b"Q0"
+
+
+def _is_eval_metrics(path: Path) -> bool:
+    """Whether ``path`` is a metrics.json that dance-eval wrote."""
+    import json
+
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(record, dict) and {"model", "convention", "metrics"} <= set(record)
+
+
+def _output_paths(args) -> tuple[Path, Path]:
+    """The run file and metrics.json paths, checked before any work: a path holding something dance-eval did not
+    write is refused unless --overwrite (:mod:`dance_analysis.outputs`)."""
+    from ..outputs import OUTPUT_ROOT, check_output_file, input_slug
+
+    out = args.out or OUTPUT_ROOT / "eval" / f"{input_slug(args.model)}-{args.split}"
+    run_path = args.run or out / "run.trec"
+    metrics_path = run_path.parent / "metrics.json"
+    check_output_file(run_path, ours=_is_trec_run, what="a TREC run file", overwrite=args.overwrite)
+    check_output_file(metrics_path, ours=_is_eval_metrics, what="a metrics.json written by dance-eval",
+                      overwrite=args.overwrite)
+    return run_path, metrics_path
+
+
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -92,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     check_index_spec(args.index, args.index_params)  # a bad --index fails before the model is loaded
+    run_path, metrics_path = _output_paths(args)       # and a path holding a user's file, too
     overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
                                                ("doc_max_length", args.doc_max_length)) if value is not None}
     model = load_model(args.model, **overrides)
@@ -112,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                               query_ids=queries.ids, doc_ids=corpus.ids, progress=True)
     metrics = evaluate(rankings, collection.qrels, min_relevance=collection.min_relevance, query_ids=query_ids)
 
-    from ..outputs import OUTPUT_ROOT, input_slug
-
     name = Path(str(args.model).rstrip("/")).name or "model"
-    out = args.out or OUTPUT_ROOT / "eval" / f"{input_slug(args.model)}-{args.split}"
-    run_path = args.run or out / "run.trec"
-    metrics_path = run_path.parent / "metrics.json"
     run_path.parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run_path, rankings, tag=name)
     record = {

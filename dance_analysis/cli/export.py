@@ -25,7 +25,8 @@ vectors equal the project's within 1e-5, which the export checks on probe texts 
 Documents are truncated at the model's doc_max_length, queries (encode_query) at its query_max_length.
 Separate query and document towers, or a head whose LayerNorm the documents skip (doc_layernorm: false), are
 written as a query / document Router (sentence-transformers >= 5). Scores are dot products
-(similarity_fn_name "dot"); the training temperature is not part of the folder. OUT is replaced as a whole.
+(similarity_fn_name "dot"); the training temperature is not part of the folder. OUT must be absent or an empty
+folder; with --overwrite, whatever it holds is replaced as a whole (atomically, nothing left beside it).
 dance-eval, dance-analyze and dance-mine read OUT back with these modules and give the model's numbers.
 """
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to write (sentence-transformers: a SentenceTransformer folder)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what OUT holds (a file, or a non-empty folder); without it OUT must be "
+                             "absent or an empty folder")
     return parser
 
 
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
                                                ("doc_max_length", args.doc_max_length)) if value is not None}
+    from ..outputs import check_output_folder
+
+    check_output_folder(args.out, ours=None, what="an empty folder", overwrite=args.overwrite)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = export_sentence_transformers(args.checkpoint, args.out, overrides=overrides)
     layout = "query / document Router" if report.router else "one pipeline for both sides"

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSONL file to write")
     parser.add_argument("--format", default="ids", choices=("ids", "sentence-transformers", "tevatron"),
                         help="what to write (default: %(default)s; see below)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a file at --out (or a folder at --save-embeddings) that dance-mine did not "
+                             "write (without it such a path is never replaced; earlier outputs are)")
     parser.add_argument("--min-relevance", type=int, default=None,
                         help="grade that counts as relevant (default: the collection's, 2 for rag24-sample)")
     rules = parser.add_argument_group("mining options (the recipe keys mining.<name>)")
@@ -100,6 +103,36 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else plural}"
 
 
+#: The keys of the first line of each JSONL layout dance-mine writes (an earlier output is replaced).
+_OUR_KEYS = ({"query_id", "positive_ids", "negative_ids"}, {"query", "positive"},
+             {"query_id", "query", "positive_passages", "negative_passages"}, {"query", "pos", "neg"})
+
+
+def _is_mined_jsonl(path: Path) -> bool:
+    from ..outputs import first_json_line
+
+    record = first_json_line(path)
+    return record is not None and any(keys <= set(record) for keys in _OUR_KEYS)
+
+
+def _is_embeddings_folder(path: Path) -> bool:
+    names = {p.name for p in path.iterdir()}
+    return {"corpus.npy", "corpus.ids.npy", "queries.npy", "queries.ids.npy"} <= names and \
+        all(name.endswith(".npy") or name == "meta.json" for name in names)
+
+
+def _check_outputs(args) -> None:
+    """Refuse, before any work, paths that hold something dance-mine did not write (:mod:`dance_analysis.
+    outputs`)."""
+    from ..outputs import check_output_file, check_output_folder
+
+    check_output_file(args.out, ours=_is_mined_jsonl, what="a JSONL file of mined negatives",
+                      overwrite=args.overwrite)
+    if args.save_embeddings is not None:
+        check_output_folder(args.save_embeddings, ours=_is_embeddings_folder,
+                            what="a folder of saved embeddings", overwrite=args.overwrite)
+
+
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -117,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                            max_score=args.max_score, sampling=args.sampling)
     overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
                                                ("doc_max_length", args.doc_max_length)) if value is not None}
+    _check_outputs(args)
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
     with encoding_precision(args.precision) as precision:
         result = mine_split(args.model, collection, args.split, n=args.n, top_k=args.top_k, rules=rules,

@@ -156,6 +156,8 @@ def check_replaceable(out: Path, *, overwrite: bool = False) -> None:
         return
     if not out.is_dir():
         raise DanceError(f"{out}: exists and is not a folder; expected a new or an earlier report folder for --out")
+    if not any(out.iterdir()):
+        return                                  # an empty folder holds nothing to lose
     foreign = [p.name for p in out.iterdir()
                if p.name not in REPORT_FILES and not p.name.endswith(REPORT_SUFFIXES)]
     if foreign:
