@@ -28,6 +28,10 @@ written as a query / document Router (sentence-transformers >= 5). Scores are do
 (similarity_fn_name "dot"); the training temperature is not part of the folder. OUT must be absent or an empty
 folder; with --overwrite, whatever it holds is replaced as a whole (atomically, nothing left beside it).
 dance-eval, dance-analyze and dance-mine read OUT back with these modules and give the model's numbers.
+
+OUT/README.md is a model card (front matter for the Hugging Face Hub: library_name, pipeline_tag, base_model, tags,
+datasets and a model-index of the checkpoint's dev metrics; the body: usage, the resolved recipe, how the negatives
+were mined and the geometry at that checkpoint). Nothing is uploaded: the command to publish OUT is printed.
 """
 
 
@@ -41,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to write (sentence-transformers: a SentenceTransformer folder)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    parser.add_argument("--repo-id", default=None, metavar="OWNER/NAME",
+                        help="the Hub repository the model card and the printed upload command name (default: "
+                             "<your-user>/<OUT's name>); nothing is uploaded")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what OUT holds (a file, or a non-empty folder); without it OUT must be "
                              "absent or an empty folder")
@@ -58,13 +65,23 @@ def main(argv: list[str] | None = None) -> int:
 
     check_output_folder(args.out, ours=None, what="an empty folder", overwrite=args.overwrite)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = export_sentence_transformers(args.checkpoint, args.out, overrides=overrides)
+    from ..interop.model_card import model_card
+
+    def card(report) -> str:
+        return model_card(args.checkpoint, dim=report.dim, query_max_length=report.query_max_length,
+                          doc_max_length=report.doc_max_length, router=report.router,
+                          max_abs_diff=report.max_abs_diff, repo_id=args.repo_id)
+
+    report = export_sentence_transformers(args.checkpoint, args.out, overrides=overrides, card=card)
     layout = "query / document Router" if report.router else "one pipeline for both sides"
     print(f"wrote {report.path} ({args.format}: {layout}, {report.dim}-d vectors)")
     print(f"max lengths: queries {report.query_max_length} (encode_query), documents {report.doc_max_length} "
           f"(encode_document / encode)")
     print(f"checked: max |difference| to the project's vectors {report.max_abs_diff:.1e} on probe texts")
     print(f"use: SentenceTransformer({str(report.path)!r}).encode_query([...]) / .encode_document([...])")
+    repo = args.repo_id or f"<your-user>/{args.out.resolve().name}"
+    print(f"model card: {report.path / 'README.md'}; to publish it (not done here): "
+          f"hf upload {repo} {report.path} --repo-type model")
     return 0
 
 

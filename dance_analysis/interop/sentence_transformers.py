@@ -181,10 +181,12 @@ def _project_vectors(model, side: str) -> np.ndarray:
 
 
 def export_sentence_transformers(source: str | os.PathLike, out: str | os.PathLike, *,
-                                 overrides: dict | None = None) -> ExportReport:
+                                 overrides: dict | None = None, card=None) -> ExportReport:
     """Write the encoder of ``source`` (a checkpoint, a model folder, a hub name or ``minilm``; ``overrides``
     replace encoder options such as the max lengths) as a sentence-transformers folder ``out``, checked against
-    the project's vectors first (see the module docstring). ``out`` is replaced as a whole, atomically."""
+    the project's vectors first (see the module docstring). ``out`` is replaced as a whole, atomically.
+    ``card(report) -> str``, when given, makes the folder's ``README.md`` (a model card) from the checked export's
+    :class:`ExportReport`; it is written before the folder is published."""
     import torch
 
     from ..pipeline import load_model
@@ -214,5 +216,8 @@ def export_sentence_transformers(source: str | os.PathLike, out: str | os.PathLi
                                  f"(allowed {TOLERANCE:g}); nothing was written")
         logger.info("sentence-transformers folder checked: max |difference| %.2e on %d probe texts", worst,
                     len(PROBE_TEXTS))
-    return ExportReport(path=Path(out), router=router, query_max_length=config.query_max_length,
-                        doc_max_length=config.doc_max_length, max_abs_diff=worst, dim=int(model.dim))
+        report = ExportReport(path=Path(out), router=router, query_max_length=config.query_max_length,
+                              doc_max_length=config.doc_max_length, max_abs_diff=worst, dim=int(model.dim))
+        if card is not None:
+            (tmp / "README.md").write_text(card(report), encoding="utf-8")
+    return report
