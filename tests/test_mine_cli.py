@@ -198,3 +198,21 @@ def test_a_model_is_encoded_as_the_pipeline_encodes(tmp_path, one_torch_thread, 
     assert [r["negative_ids"] for r in outs[0]] == [r["negative_ids"] for r in outs[2]]   # the kept vectors
     assert len(outs[0]) == len(qids)
     assert np.array_equal(np.load(kept / "queries.ids.npy"), np.asarray(qids))
+
+
+def test_flagembedding_lines(data, capsys):
+    """FlagEmbedding's fine-tuning layout {query, pos, neg}, read back with the datasets JSON loader its embedder
+    uses; the negatives are those of the ids output, in the same order."""
+    code, out = run(data, "--n", "2", "--sampling", "top", fmt="flagembedding", name="flag.jsonl")
+    assert code == 0
+    rows = _load_jsonl(out)
+    assert rows == [
+        {"query": "first query", "pos": ["text of document 0"], "neg": ["text of document 2", "text of document 3"]},
+        {"query": "second query", "pos": ["text of document 3"],
+         "neg": ["text of document 2", "text of document 4"]},
+    ]
+    ids = read_ids(run(data, "--n", "2", "--sampling", "top", name="flag-ids.jsonl")[1])
+    for row, qid in zip(rows, ("q0", "q1")):
+        assert row["neg"] == [DOCS[d] for d in ids[qid]["negative_ids"]]
+        assert row["pos"] == [DOCS[d] for d in ids[qid]["positive_ids"]]
+    assert "wrote 2 flagembedding rows (one per query)" in capsys.readouterr().out

@@ -35,6 +35,7 @@ mining.range_min ... mining.sampling, mining.exclude_grade; the defaults are the
 --format sentence-transformers: (query, positive, negative_1 .. negative_n) rows, one per relevant document,
   readable by datasets.load_dataset("json", data_files=FILE); pairs with fewer than n negatives are left out.
 --format tevatron: Tevatron's training lines {query_id, query, positive_passages, negative_passages}.
+--format flagembedding: FlagEmbedding's fine-tuning lines {query, pos, neg} (texts; negatives in rank order).
 
 The summary table counts the candidates, what each rule skipped, what was drawn, the queries short of
 negatives, and the false-negative diagnostics: the share of negatives scoring at or above their positive, the
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--split", default="train", help="query split to mine for (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSONL file to write")
-    parser.add_argument("--format", default="ids", choices=("ids", "sentence-transformers", "tevatron"),
+    parser.add_argument("--format", default="ids", choices=("ids", "sentence-transformers", "tevatron",
+                                                            "flagembedding"),
                         help="what to write (default: %(default)s; see below)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a file at --out (or a folder at --save-embeddings) that dance-mine did not "

@@ -13,6 +13,11 @@ Tevatron (:func:`write_tevatron`): its training JSONL, one line per query: ``{"q
 inside its text (``title + " " + body``, see :mod:`dance_analysis.data.formats`), so ``title`` is empty and
 ``text`` is the whole text; Tevatron joins them as ``title + " " + text``, which a tokenizer reads as the same
 text. A query without any negative is left out (Tevatron samples its negatives from the list).
+
+FlagEmbedding (:func:`write_flagembedding`): the fine-tuning JSONL of its embedder (``--train_data``), one line per
+query: ``{"query": str, "pos": [texts], "neg": [texts]}``, its positives and its negatives in rank order. A query
+without any negative is left out (FlagEmbedding draws ``train_group_size - 1`` negatives from ``neg``, repeating
+them when there are fewer).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from ..atomic import atomic_file
 
-__all__ = ["write_sentence_transformers", "write_tevatron", "FORMATS"]
+__all__ = ["write_sentence_transformers", "write_tevatron", "write_flagembedding", "FORMATS"]
 
 #: Queries whose texts are fetched from the corpus at a time.
 _CHUNK = 1024
@@ -80,13 +85,29 @@ def write_tevatron(path: str | os.PathLike, result, collection) -> dict[str, int
     return {"rows": written, "short": short, "short_queries": short}
 
 
+def write_flagembedding(path: str | os.PathLike, result, collection) -> dict[str, int]:
+    """Write ``result`` as FlagEmbedding training lines ``{"query", "pos", "neg"}``, one row per query; returns
+    ``{"rows": written, "short": queries left out without negatives (or positives), "short_queries": the same}``."""
+    written = short = 0
+    with atomic_file(path, "w") as handle:
+        for _, query, positives, negatives in _chunks(result, collection):
+            if not negatives or not positives:
+                short += 1
+                continue
+            handle.write(json.dumps({"query": query, "pos": [t for _, t in positives],
+                                     "neg": [t for _, t in negatives]}, ensure_ascii=False) + "\n")
+            written += 1
+    return {"rows": written, "short": short, "short_queries": short}
+
+
 def _write_ids(path: str | os.PathLike, result, collection) -> dict[str, int]:
     result.write_ids(path)
     return {"rows": len(result.query_ids), "short": 0, "short_queries": 0}
 
 
 #: ``dance-mine --format`` -> writer(path, result, collection).
-FORMATS = {"ids": _write_ids, "sentence-transformers": write_sentence_transformers, "tevatron": write_tevatron}
+FORMATS = {"ids": _write_ids, "sentence-transformers": write_sentence_transformers, "tevatron": write_tevatron,
+           "flagembedding": write_flagembedding}
 
 
 def output_path(path: str | os.PathLike) -> Path:
