@@ -123,7 +123,7 @@ def test_cell_formatting():
     assert fmt(None) == "\u2013" and fmt(float("nan")) == "\u2013"
     assert fmt(0.123456) == "0.1235" and fmt(1.5e-6) == "1.500e-06" and fmt(3) == "3"
     assert fmt([0.5, None]) == "0.5000, \u2013" and fmt(True) == "yes"
-    assert render_module.REPORT_FILES == ("index.html", "metrics.json")
+    assert render_module.REPORT_FILES == ("index.html", "metrics.json", "projections.parquet", "projector")
 
 
 def test_refresh_figure_shows_the_false_negative_diagnostics(tmp_path):

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--umap-points", type=int, default=1000,
                         help="points per subject in the UMAP picture, half queries, half documents "
                              "(default: %(default)s)")
+    parser.add_argument("--export-projections", action="store_true",
+                        help="also write every analysed query and passage with its PCA / UMAP coordinates, id, "
+                             "side, run / checkpoint, text snippet and relevance: DIR/projections.parquet and "
+                             "TensorBoard projector files in DIR/projector/ (tensorboard --logdir DIR/projector)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the models' query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the models' document length")
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                                ("doc_max_length", args.doc_max_length)) if value is not None}
     settings = AnalysisSettings(split=args.split, sample=args.sample, seed=args.seed, umap_points=args.umap_points,
                                 batch_size=args.batch_size, device=args.device, progress=not args.quiet,
-                                encoder_overrides=overrides)
+                                encoder_overrides=overrides, export_projections=args.export_projections)
     progress = ReportProgress(enabled=not args.quiet, verbose=args.verbose)
     command = ["dance-analyze", *(argv if argv is not None else sys.argv[1:])]
     try:
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision != "fp32" and precision.used:
         print(f"{precision.describe()} "
               f"(--precision {args.precision}; the report's command line records it)")
+    if args.export_projections:
+        print(f"projections: {result.out / 'projections.parquet'} and {result.out / 'projector'}/ "
+              f"(tensorboard --logdir {result.out / 'projector'})")
     print(f"report: {result.index}  ({result.seconds:.1f} s)")
     return 0
 

@@ -173,7 +173,13 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     results["timings"]["total_before_writing"] = round(time.perf_counter() - started, 3)
     step("page")
     html = render_html(results, figures, tables, provenance, panels)
-    index = write_report(out_dir, html, results, tables, overwrite=overwrite)
+    extra = None
+    if settings.export_projections and arrays.get("points"):
+        from .projections import write_projection_files
+
+        def extra(folder: Path) -> None:
+            write_projection_files(folder, arrays["points"], coll)
+    index = write_report(out_dir, html, results, tables, overwrite=overwrite, extra=extra)
     progress.close()
     seconds = time.perf_counter() - started
     return ReportResult(index=index, out=out_dir, results=results, seconds=seconds, timings=results["timings"])

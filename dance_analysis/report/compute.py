@@ -66,6 +66,7 @@ class AnalysisSettings:
     device: str = "auto"
     progress: bool = True
     encoder_overrides: dict = field(default_factory=dict)
+    export_projections: bool = False  # keep every point's PCA / UMAP coordinates for the projection files
 
 
 @dataclass
@@ -587,6 +588,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     umap_wanted = _umap_subjects(runs)
     sources: dict[str, str] = {}
     representatives: dict[str, tuple] = {}
+    pca_points: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     total = sum(len(run.subjects) for run in runs)
     done = 0
     for run in runs:
@@ -608,6 +610,11 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
             if subject is run.representative:
                 rankings_by_run[run.name] = arrays["rankings"]
                 representatives[run.name] = (corpus, queries)
+            if settings.export_projections:
+                from ..analysis import aligned_pca
+
+                with single_threaded_blas():
+                    pca_points[subject.label] = aligned_pca([corpus.vectors], [queries.vectors])[0]
             if subject.label in umap_wanted:
                 umap_inputs[subject.label] = np.concatenate(
                     [np.asarray(queries.vectors[umap_q], dtype=np.float32),
@@ -658,7 +665,36 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
         "timings": timer.seconds,
     }
     arrays = {"umap": coords, "umap_links": links, "umap_nq": int(len(umap_q)), "comparison": comparison_arrays}
+    if settings.export_projections:
+        arrays["points"] = projection_points(runs, selection, pca_points, coords, umap_q, umap_d)
     return jsonable(results), arrays
+
+
+def projection_points(runs: Sequence[RunInput], selection: Selection, pca_points: dict, umap_coords: dict,
+                      umap_q: np.ndarray, umap_d: np.ndarray) -> dict:
+    """Every analysed query and document of every subject with its 2-D coordinates, for the projection files
+    (:mod:`dance_analysis.report.projections`): the subject's own PCA of its unit vectors, moved onto the first
+    subject's axes by orthogonal Procrustes over the documents (:func:`~dance_analysis.analysis.procrustes_align`),
+    and the UMAP coordinates of the points the UMAP picture holds (NaN for the others)."""
+    from ..analysis import procrustes_align
+
+    labels = [s.label for run in runs for s in run.subjects if s.label in pca_points]
+    n_d = len(selection.doc_ids)
+    stacked = [np.concatenate([pca_points[label][0], pca_points[label][1]]) for label in labels]
+    aligned = procrustes_align(stacked, rows=slice(0, n_d)) if stacked else []
+    subjects = []
+    for label, xy in zip(labels, aligned):
+        run, subject = next((r, s) for r in runs for s in r.subjects if s.label == label)
+        umap = np.full((len(selection.query_ids) + n_d, 2), np.nan)
+        if label in umap_coords:
+            both = np.asarray(umap_coords[label], dtype=np.float64)
+            umap[np.asarray(umap_q, dtype=np.int64)] = both[:len(umap_q)]
+            umap[len(selection.query_ids) + np.asarray(umap_d, dtype=np.int64)] = both[len(umap_q):]
+        subjects.append({"label": label, "run": run.name, "step": subject.step,
+                         "pca_queries": xy[n_d:], "pca_documents": xy[:n_d],
+                         "umap_queries": umap[:len(selection.query_ids)],
+                         "umap_documents": umap[len(selection.query_ids):]})
+    return {"query_ids": selection.query_ids, "doc_ids": selection.doc_ids, "subjects": subjects}
 
 
 def _umap_subjects(runs: Sequence[RunInput], max_per_run: int = 4) -> list[str]:

@@ -17,7 +17,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from .columns import SIDES, TABLES, table_columns
 
 TEMPLATE = "report.html"
 #: Files a report folder may contain; an existing --out folder with anything else is not replaced.
-REPORT_FILES = ("index.html", "metrics.json")
+REPORT_FILES = ("index.html", "metrics.json", "projections.parquet", "projector")
 REPORT_SUFFIXES = (".csv",)
 
 
@@ -174,8 +174,9 @@ def check_replaceable(out: Path, *, overwrite: bool = False) -> None:
 
 
 def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[str, Table], *,
-                 overwrite: bool = False) -> Path:
-    """Write ``index.html``, ``metrics.json`` and one CSV per table into ``out``, atomically.
+                 overwrite: bool = False, extra: Callable[[Path], object] | None = None) -> Path:
+    """Write ``index.html``, ``metrics.json`` and one CSV per table into ``out``, atomically; ``extra(folder)``
+    writes more files into the folder being built (the projection files).
 
     Everything goes to a temporary folder beside ``out`` first; it is renamed into place only when complete
     (an earlier report in ``out``, replaced only with ``overwrite``, is swapped out and deleted afterwards).
@@ -188,6 +189,8 @@ def write_report(out: str | os.PathLike, html: str, results: dict, tables: dict[
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for table in tables.values():
             (tmp / f"{table.name}.csv").write_text(table.to_csv(), encoding="utf-8")
+        if extra is not None:
+            extra(tmp)
         os.chmod(tmp, 0o755)
     return out / "index.html"
 
