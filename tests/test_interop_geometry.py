@@ -201,3 +201,44 @@ def test_dance_analyze_reads_a_sentence_transformers_output_folder_as_a_run(setu
     # and the report's q2d MRR@10 of the last checkpoint is the one the evaluator logged at step 4
     last = next(s for s in run["subjects"] if s["step"] == 4)
     assert last["ranking"]["q2d"]["MRR@10"] == pytest.approx(dev[4], rel=1e-4)
+
+
+def test_the_callback_without_a_trainer_encodes_a_dual_encoder_or_calls_the_given_encode(setup, tiny_model_dir,
+                                                                                         one_torch_thread):
+    """Without a trainer the numbers join the evaluation's metrics; a DualEncoder is encoded with the project's
+    encoder (in eval mode, then back to training mode); any other model through ``encode``."""
+    from types import SimpleNamespace
+
+    from dance_analysis.encode import encode_texts
+    from dance_analysis.interop import GeometryCallback, space_metrics
+    from dance_analysis.model import DualEncoder
+
+    eval_set = setup["eval_set"]
+    model = DualEncoder.load(str(tiny_model_dir)).train()
+    callback = GeometryCallback(eval_set, name="geo")
+    metrics = {"eval_loss": 1.0}
+    callback.on_evaluate(None, SimpleNamespace(global_step=3), None, metrics=metrics, model=model)
+    assert model.training
+    model.eval()
+    q = encode_texts(model, eval_set.query_ids, eval_set.query_texts(), "query", progress=False,
+                     batch_size=32).vectors
+    d = encode_texts(model, eval_set.doc_ids, eval_set.doc_texts(), "doc", progress=False, batch_size=32).vectors
+    expected = space_metrics(q, d, eval_set)
+    assert metrics["eval_loss"] == 1.0
+    for key, value in expected.items():
+        assert metrics[f"geo/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+    callback.on_save(None, SimpleNamespace(global_step=3), None, model=model)   # the same step: not again
+    assert [h["step"] for h in callback.history] == [3]
+
+    calls = []
+
+    def encode(model, texts, side):
+        calls.append(side)
+        return (q if side == "query" else d) * 2.0
+
+    other = GeometryCallback(eval_set, encode=encode)
+    other.on_save(None, SimpleNamespace(global_step=5), None, model=object())
+    assert calls == ["query", "document"]
+    assert other.history[0]["geometry/MRR@10"] == pytest.approx(expected["MRR@10"])
+    with pytest.raises(Exception, match="encode="):
+        GeometryCallback(eval_set).on_save(None, SimpleNamespace(global_step=1), None, model=object())
