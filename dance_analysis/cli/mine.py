@@ -20,7 +20,8 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
 MODEL is a checkpoint folder written by dance-train (its saved embeddings are used when they cover the
 collection: nothing is encoded), a folder of saved embeddings (corpus.npy, corpus.ids.npy, queries.npy,
-queries.ids.npy), a model folder, a hub name or the alias `minilm`.
+queries.ids.npy), a model folder (a sentence-transformers folder is read with its own modules), a hub name or
+the alias `minilm`.
 
 Candidates of a query: its exact top --top-k documents minus every document judged with a grade >=
 --exclude-grade (default 1, as the trainer), then the rules in this order: the rank window (--range-min,
