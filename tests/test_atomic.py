@@ -98,7 +98,8 @@ def test_miner_publishes_a_set_over_an_existing_one_without_a_gap(tmp_path, monk
         (out_dir / "negatives").mkdir()
         (out_dir / "negatives" / "meta.json").write_text('{"version": "new"}')
         (out_dir / "refresh.json").write_text("{}")
-        return types.SimpleNamespace(record=lambda: {"step": step})
+        return types.SimpleNamespace(record=lambda: {"step": step},
+                                     precision=types.SimpleNamespace(describe=lambda: "encode precision: fp32"))
 
     from dance_analysis import model as model_module
     from dance_analysis.training import refresh as refresh_module
