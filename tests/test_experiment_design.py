@@ -117,3 +117,25 @@ def test_train_command_sets_fold_seed_steps_and_branch(tmp_path):
             f"model.backbone={tmp_path / 'fold1' / 'dance-stage1-seed3'}",
             f"model.select=step-{plans['dance'].branch}"} <= set(sets)
     assert cmd[2] == str(tmp_path / "fold1" / "dance-seed3") and "--resume" not in cmd
+
+
+def test_the_experiment_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    """--out holding a user's files stops the run before any training, with the files intact; an earlier report
+    of the experiment (its metrics.json names it) passes the check."""
+    from dance_analysis import reproduce
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    runs = tmp_path / "runs"
+    base = ["--out", str(out), "--runs-dir", str(runs), "--readme", str(tmp_path / "README.md")]
+    assert reproduce.main(base) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me" and not runs.exists()
+    (out / "notes.txt").unlink()
+    (out / "metrics.json").write_text(json.dumps({"experiment": {"command": "make reproduce"}}))
+    # An earlier report passes the folder check; the run then stops at the first recipe (1 fold is refused).
+    assert reproduce.main([*base, "--folds", "1"]) == 2
+    printed = capsys.readouterr()
+    assert "already holds" not in printed.err and "data.folds" in printed.out + printed.err
+    assert (out / "metrics.json").is_file()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..cli.common import user_errors_exit_2
 from ..logs import messages_shown
+from ..outputs import check_output_folder
 from .arms import ARMS, START, TRAINED, plans, train_command
 from .timing import Clock
 from .write import README_END, README_START
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="reports/rag24", help="report folder (default: reports/rag24)")
     parser.add_argument("--readme", default="README.md",
                         help="project README whose rag24-results section is replaced (default: README.md)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even when it holds something else than an earlier report of this "
+                             "experiment (without it, such a folder stops the run before any training)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="recipe override passed to every dance-train (repeatable)")
     return parser
@@ -73,9 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_parser().parse_args(argv), argv)
 
 
+def _is_report(folder: Path) -> bool:
+    """An earlier report of this experiment: its metrics.json names the experiment."""
+    import json
+
+    return "experiment" in json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+
+
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from ..cli import train
 
+    check_output_folder(args.out, ours=_is_report, what="a report of this experiment", overwrite=args.overwrite)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock(runs_dir / "reproduce-timings.json")
