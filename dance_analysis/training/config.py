@@ -15,7 +15,7 @@ A recipe has eight sections (every key optional, defaults below)::
                  index_params, range_min, range_max, rank_window, absolute_margin, relative_margin, max_score,
                  sampling, exclude_grade}
     checkpoint: {keep_last, keep_best, best_metric}
-    log:        {every, tensorboard, progress}
+    log:        {every, report_to, tensorboard, progress}
     distributed: {timeout_minutes, poll_seconds}
 
 An unknown key or a value of the wrong type stops loading with a :class:`~dance_analysis.errors.DanceError` that
@@ -39,6 +39,10 @@ from ..errors import DanceError
 
 def _choices(*values: str) -> dict:
     return {"choices": values}
+
+
+#: What ``log.report_to`` may name.
+TRACKERS = ("tensorboard", "wandb", "none")
 
 
 @dataclass
@@ -355,10 +359,19 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
-    """Feedback: a JSONL line every ``every`` steps, TensorBoard events, a progress bar (``None``: when a TTY)."""
+    """Feedback: a JSONL line every ``every`` steps, the trackers of ``report_to`` (TensorBoard events, a Weights &
+    Biases run), a progress bar (``None``: when a TTY). Every tracker gets the run's name and the resolved recipe as
+    its config (:mod:`dance_analysis.training.trackers`)."""
 
     every: int = field(default=1, metadata={"help": "write a metrics.jsonl line every this many steps"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events into <run>/tensorboard"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"],
+                                 metadata={"help": "trackers that get the metrics, the run name and the resolved "
+                                                   "recipe: tensorboard (<run>/tensorboard), wandb (the optional "
+                                                   "extra dance-analysis[wandb]; WANDB_MODE=offline keeps it on "
+                                                   "disk, WANDB_PROJECT names the project), or none",
+                                           **_choices(*TRACKERS)})
+    tensorboard: bool = field(default=True, metadata={"help": "false leaves TensorBoard out whatever report_to "
+                                                              "says (older recipes)"})
     progress: bool | None = field(default=None, metadata={"help": "show a progress bar; null: when stderr is a "
                                                                   "terminal"})
 
@@ -442,6 +455,8 @@ class Recipe:
             (self.checkpoint.keep_last is None or self.checkpoint.keep_last >= 1,
              "checkpoint.keep_last must be >= 1, or null to keep every checkpoint"),
             (self.log.every >= 1, "log.every must be >= 1"),
+            ("none" not in self.log.report_to or self.log.report_to == ["none"],
+             f"log.report_to: none cannot be named with other trackers, got {self.log.report_to}"),
             (self.distributed.timeout_minutes > 0, "distributed.timeout_minutes must be > 0"),
             (0 < self.distributed.poll_seconds < 60 * self.distributed.timeout_minutes,
              "distributed.poll_seconds must be > 0 and shorter than distributed.timeout_minutes"),
@@ -476,7 +491,7 @@ SECTIONS: dict[str, type] = {
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               dict: "a mapping", type(None): "null"}
+               dict: "a mapping", list: "a list of strings", type(None): "null"}
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
@@ -527,11 +542,17 @@ def _coerce(value: Any, annotation: Any, key: str, meta: dict, where: str) -> An
     elif isinstance(value, dict):
         if dict in allowed:
             result = value
+    elif isinstance(value, list):
+        if list in allowed and all(isinstance(item, str) for item in value):
+            result = list(value)
+    if isinstance(value, str) and result is dataclasses.MISSING and list in allowed:
+        result = [value]         # one name for a list of names (--set log.report_to=wandb)
     if result is dataclasses.MISSING:
         raise DanceError(f"{where}: '{key}' must be {expected}, got {value!r}")
     choices = meta.get("choices")
-    if choices and result is not None and result not in choices:
-        raise DanceError(f"{where}: '{key}' must be one of {', '.join(choices)}, got {result!r}")
+    for item in (result if isinstance(result, list) else [result]):
+        if choices and item is not None and item not in choices:
+            raise DanceError(f"{where}: '{key}' must be one of {', '.join(choices)}, got {item!r}")
     return result
 
 

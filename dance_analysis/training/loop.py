@@ -44,7 +44,7 @@ from ..atomic import write_json
 from ..errors import DanceError
 from ..losses import DanceObjective
 from . import checkpoint as ckpt
-from .config import Recipe
+from .config import Recipe, dump_recipe
 from .distributed import DistContext, init_distributed
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
@@ -82,6 +82,7 @@ from .state import (
     restore_rng,
     save_trainer_state,
 )
+from .trackers import check_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
         self.log = RunLog(self.run_dir, is_main=dist.is_main)
+        # log.report_to; a tracker that cannot run (wandb not installed) stops the run before any work
+        self._trackers = [name for name in recipe.log.report_to if recipe.log.tensorboard or name != "tensorboard"]
+        if dist.is_main:
+            check_trackers(self._trackers)
         found = None
         if dist.is_main:
             resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite)
@@ -250,6 +255,9 @@ class Trainer:
             with self._writing(self.run_dir):
                 init_run_dir(self.run_dir, recipe, resume=self.resume or self.prepared is not None,
                              overwrite=self.overwrite and self.prepared is None, fresh=self.resume_from is None)
+            if self._trackers:   # in the folder as init_run_dir left it (a fresh start drops old events)
+                self.log.open_trackers(self._trackers, recipe.name, recipe.to_dict(), dump_recipe(recipe),
+                                       purge_step=self._resume_step_hint())
         dist.barrier()
         self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
 
@@ -271,8 +279,6 @@ class Trainer:
         self.step = 0
         self.stream: InstanceStream | None = None
 
-        if recipe.log.tensorboard:
-            self.log.open_tensorboard(purge_step=self._resume_step_hint())
         if recipe.mining.mode == "async" and dist.is_main:
             from .async_refresh import MinerHandle, place_miner
 

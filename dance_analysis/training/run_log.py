@@ -1,4 +1,5 @@
-"""What a training run reports: the metrics log (``metrics.jsonl``), TensorBoard scalars, and one-line
+"""What a training run reports: the metrics log (``metrics.jsonl``), the trackers' scalars (``log.report_to``:
+TensorBoard, Weights & Biases; :mod:`.trackers`), and one-line
 messages for the user (logged at :data:`~dance_analysis.logs.NOTICE`; ``dance-train`` prints them on stderr)."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..logs import NOTICE
-from .run_folder import METRICS_FILE, TENSORBOARD_DIR
+from .run_folder import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -35,39 +36,36 @@ class RunLog:
     def __init__(self, run_dir: Path, *, is_main: bool = True):
         self.run_dir = Path(run_dir)
         self.is_main = is_main
-        self.writer = None
+        self.trackers: list = []
         self.bar = None
         self._handle = None
 
-    def open_tensorboard(self, purge_step: int | None) -> None:
-        """Write TensorBoard events into ``RUN_DIR/tensorboard`` (events after ``purge_step`` are dropped)."""
+    def open_trackers(self, names: list[str], run_name: str, recipe: dict[str, Any], recipe_yaml: str,
+                      purge_step: int | None) -> None:
+        """Open the trackers ``names`` (``log.report_to``: tensorboard, wandb, none) with the run's name and its
+        resolved recipe as their config (:mod:`.trackers`); ``purge_step``: the step a resumed run continues from
+        (TensorBoard drops later events)."""
         if not self.is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        from .trackers import open_trackers
 
-        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=purge_step)
+        self.trackers = open_trackers(names, self.run_dir, run_name, recipe, recipe_yaml, purge_step)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append ``record`` to ``metrics.jsonl`` (NaN as null) and its numbers to TensorBoard."""
+        """Append ``record`` to ``metrics.jsonl`` (NaN as null) and its numbers to every tracker."""
         if not self.is_main:
             return
         if self._handle is None:
             self._handle = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
         self._handle.write(json.dumps(finite(record)) + "\n")
         self._handle.flush()
-        if self.writer is not None:
-            step = int(record["step"])
-            for key, value in record.items():
-                if "loss" not in record or key in ("step", "epoch", "negatives_step") or \
-                        not isinstance(value, (int, float)) or isinstance(value, bool):
-                    continue
-                self.writer.add_scalar(f"train/{key}", value, step)
-            for key, value in (record.get("dev") or {}).items():
-                self.writer.add_scalar(f"dev/{key}", value, step)
-            for section in ("negatives", "geometry"):
-                for key, value in (record.get(section) or {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        self.writer.add_scalar(f"{section}/{key}", value, step)
+        if self.trackers:
+            from .trackers import scalars_of
+
+            scalars = scalars_of(record)
+            if scalars:
+                for tracker in self.trackers:
+                    tracker.log(scalars, int(record["step"]))
 
     def say(self, text: str) -> None:
         """A message for the user (:data:`~dance_analysis.logs.NOTICE`; the command prints it without tearing
@@ -76,13 +74,13 @@ class RunLog:
             logger.log(NOTICE, text)
 
     def close(self) -> None:
-        """Close the progress bar, TensorBoard and the metrics file."""
+        """Close the progress bar, the trackers and the metrics file."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
