@@ -699,15 +699,15 @@ class TextTokens:
 
     @classmethod
     def from_texts(cls, ids: Sequence[str], texts: Sequence[str], tokenizer, max_length: int,
-                   chunk: int = 4096, progress: bool = False) -> TextTokens:
-        """Tokenise ``texts`` as ``tokenizer(text, truncation=True, max_length=max_length)`` does."""
+                   chunk: int = 4096, progress: bool = False, prompt: str = "") -> TextTokens:
+        """Tokenise ``texts`` as ``tokenizer(prompt + text, truncation=True, max_length=max_length)`` does."""
         if len(ids) != len(texts):
             raise DanceError(f"{len(ids)} ids but {len(texts)} texts (expected one id per text)")
         pieces: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
         bar = tqdm(total=len(texts), desc="tokenize", unit="text", disable=None if progress else True)
         for start in range(0, len(texts), chunk):
-            batch = [str(t) for t in texts[start:start + chunk]]
+            batch = [prompt + str(t) for t in texts[start:start + chunk]]
             encoded = tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
             lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
             total = int(lengths[-1].sum())
@@ -835,9 +835,11 @@ def encode_texts(model: DualEncoder, ids: Sequence[str], texts: Sequence[str], s
                  batch_size: int = 64, dtype=np.float32, out: str | os.PathLike | None = None, device=None,
                  progress: bool = True, indices: Sequence[int] | np.ndarray | None = None,
                  precision: str | PrecisionDecision | None = None) -> Embeddings:
-    """Encode ``texts`` (with their ``ids``) as ``side``: tokenised with the model's tokenizer and the side's
-    max length, then encoded as :func:`encode_tokens` does (same options, same order)."""
+    """Encode ``texts`` (with their ``ids``) as ``side``: each after the model's prompt for the side, tokenised
+    with the model's tokenizer and the side's max length, then encoded as :func:`encode_tokens` does (same
+    options, same order)."""
     model = _unwrap(model)
-    tokens = TextTokens.from_texts(ids, texts, model.tokenizer, model.config.max_length(side))
+    tokens = TextTokens.from_texts(ids, texts, model.tokenizer, model.config.max_length(side),
+                                   prompt=model.config.prompt(side))
     return encode_tokens(model, tokens, side, batch_size=batch_size, dtype=dtype, out=out, device=device,
                          progress=progress, indices=indices, precision=precision)

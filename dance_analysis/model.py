@@ -90,6 +90,9 @@ class EncoderConfig:
     lowercase: lower-case every text before its tokenizer sees it (a lower-casing step is added to the tokenizer's
         normaliser; special tokens are not touched), for checkpoints trained on lower-cased text: the released
         ANCE checkpoints were trained with do_lower_case before RoBERTa's tokenizer (Xiong et al., ICLR 2021).
+    query_prompt, document_prompt: text put before every query / document before tokenisation (e.g. ``"query: "``
+        / ``"passage: "`` for E5-style models), as sentence-transformers' ``prompts`` do; empty (the default): none.
+        Left out of :meth:`to_dict` when empty, so encoders, caches and keys without prompts stay as they were.
     """
 
     backbone: str = MINILM_ALIAS
@@ -102,6 +105,8 @@ class EncoderConfig:
     query_max_length: int = 64
     doc_max_length: int = 512
     lowercase: bool = False
+    query_prompt: str = ""
+    document_prompt: str = ""
 
     def validate(self) -> EncoderConfig:
         """Check every field; raises :class:`DanceError` naming the field and the allowed values."""
@@ -122,15 +127,27 @@ class EncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise DanceError(f"{name} must be an integer >= 2, got {value!r}")
+        for name in ("query_prompt", "document_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise DanceError(f"{name} must be a string (empty: no prompt), got {getattr(self, name)!r}")
         return self
+
+    def prompt(self, side: str) -> str:
+        """The text put before every text of ``side`` ("query" or "doc"); empty for none."""
+        return self.query_prompt if _check_side(side) == "query" else self.document_prompt
 
     def max_length(self, side: str) -> int:
         """The truncation length of ``side`` ("query" or "doc")."""
         return self.query_max_length if _check_side(side) == "query" else self.doc_max_length
 
     def to_dict(self) -> dict:
-        """The fields as a JSON-able dict."""
-        return asdict(self)
+        """The fields as a JSON-able dict (empty prompts left out: the records of encoders without prompts, and
+        every key made from them, stay those of before the option)."""
+        out = asdict(self)
+        for name in ("query_prompt", "document_prompt"):
+            if not out[name]:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> EncoderConfig:
@@ -497,12 +514,14 @@ class DualEncoder(nn.Module):
         return queries @ docs.T / self.config.temperature
 
     def tokenize(self, texts: Sequence[str], side: str) -> dict[str, Tensor]:
-        """``{"input_ids", "attention_mask"}`` of ``texts``, truncated to the side's max length and padded to
-        the longest text of the list."""
+        """``{"input_ids", "attention_mask"}`` of ``texts`` (each after the side's prompt), truncated to the side's
+        max length and padded to the longest text of the list."""
         from .data.formats import join_fields
 
         separator = getattr(self.tokenizer, "sep_token", None)
-        encoded = self.tokenizer([join_fields(text, separator) for text in texts], padding=True, truncation=True,
+        prompt = self.config.prompt(side)
+        encoded = self.tokenizer([join_fields(prompt + text, separator) for text in texts], padding=True,
+                                 truncation=True,
                                  max_length=self.config.max_length(side), return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
@@ -689,7 +708,8 @@ class DualEncoder(nn.Module):
                                  f"--{name.replace('_', '-')}")
             lengths[name] = length if length is not None else 2
         base = EncoderConfig(backbone=str(folder), pooling=query.pooling, head=query.head, normalize=query.normalize,
-                             doc_layernorm=doc_layernorm, shared=shared, lowercase=query.lowercase, **lengths)
+                             doc_layernorm=doc_layernorm, shared=shared, lowercase=query.lowercase,
+                             query_prompt=plan.query_prompt, document_prompt=plan.document_prompt, **lengths)
         config = dataclasses.replace(base, **overrides).validate()
         if plan.cosine_normalized and "normalize" not in overrides:
             logger.info("%s scores by cosine without a Normalize module: its vectors are normalised, so that the "

@@ -31,7 +31,8 @@ def embed_corpus(model: DualEncoder, collection: Collection, *, batch_size: int 
                  dtype=np.float32, out: str | None = None, device=None, progress: bool = True,
                  cache_dir: str | None = None) -> Embeddings:
     """Encode every document of ``collection`` with ``model`` (tokenised once, through the token cache)."""
-    tokens = cached_tokens(collection, "doc", model.tokenizer, model.config.doc_max_length, cache_dir=cache_dir)
+    tokens = cached_tokens(collection, "doc", model.tokenizer, model.config.doc_max_length, cache_dir=cache_dir,
+                           prompt=model.config.document_prompt)
     return encode_tokens(model, tokens, "doc", batch_size=batch_size, dtype=dtype, out=out, device=device,
                          progress=progress)
 
@@ -41,7 +42,7 @@ def embed_queries(model: DualEncoder, collection: Collection, query_ids: Sequenc
                   progress: bool = True, cache_dir: str | None = None) -> Embeddings:
     """Encode the queries of ``collection`` (all of them, or ``query_ids`` in that order)."""
     tokens = cached_tokens(collection, "query", model.tokenizer, model.config.query_max_length,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, prompt=model.config.query_prompt)
     indices = None
     if query_ids is not None:
         row = {qid: i for i, qid in enumerate(tokens.ids.tolist())}

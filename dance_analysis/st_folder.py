@@ -15,8 +15,11 @@ A folder saved by ``SentenceTransformer.save`` (or written by ``dance-export``) 
 or a ``Router`` with a ``query`` and a ``document`` route of such modules (``Router.for_query_document``, what
 ``dance-export`` writes for separate towers or for a document side without the LayerNorm), followed by an optional
 ``Normalize``. Anything else (another module, a module from outside sentence-transformers, a Dense with a Tanh
-activation, several pooling modes, a non-empty prompt, a distance as the similarity) raises a :class:`DanceError`
-in one line that names the folder and the module: the project would otherwise encode something else.
+activation, several pooling modes, a distance as the similarity) raises a :class:`DanceError` in one line that
+names the folder and the module: the project would otherwise encode something else.
+
+Prompts (``prompts`` in ``config_sentence_transformers.json``) become the encoder's ``query_prompt`` /
+``document_prompt``: what ``encode_query`` / ``encode_document`` put before every text.
 
 Max lengths are those sentence-transformers uses: ``encode_query`` truncates at the Transformer's
 ``query_length``, ``encode_document`` at its ``document_length``, each falling back to ``max_seq_length``
@@ -82,13 +85,16 @@ class SideModules:
 class SentenceTransformersFolder:
     """What a sentence-transformers folder encodes with: its ``query`` and ``doc`` sides; ``router`` tells whether
     they come from a query / document Router; ``cosine_normalized`` whether ``normalize`` was turned on because the
-    folder scores by cosine without a Normalize module."""
+    folder scores by cosine without a Normalize module; ``query_prompt`` / ``document_prompt`` what
+    ``encode_query`` / ``encode_document`` put before every text."""
 
     folder: Path
     query: SideModules
     doc: SideModules
     router: bool
     cosine_normalized: bool
+    query_prompt: str = ""
+    document_prompt: str = ""
 
 
 def is_sentence_transformers_folder(folder: Path) -> bool:
@@ -297,26 +303,30 @@ def _routes(folder: Path, router: _Module) -> dict[str, list[_Module]]:
     return routes
 
 
-def _prompts(folder: Path) -> None:
-    """Refuse a prompt that sentence-transformers would put before queries or documents (the project adds none)."""
+def _prompts(folder: Path) -> tuple[str, str]:
+    """``(query prompt, document prompt)``: ``prompts["query"]`` and ``prompts["document"]``, what ``encode_query``
+    / ``encode_document`` put before every text (empty when absent). A non-empty prompt that only some
+    sentence-transformers versions would use there (a ``passage`` / ``corpus`` prompt without a ``document`` one,
+    or the ``default_prompt_name``'s prompt for a side without its own: recent versions add empty ``query`` and
+    ``document`` prompts on loading, which then win) is refused, naming the key to use instead."""
     file = folder / MODEL_CONFIG
     config = _read_object(file, "the model's sentence-transformers settings", missing_ok=True)
     kind = config.get("model_type", "SentenceTransformer")
     if kind != "SentenceTransformer":
         raise DanceError(f"{file}: model_type {kind!r}; the project reads SentenceTransformer (dense) folders only")
     prompts = config.get("prompts") or {}
-    if not isinstance(prompts, dict):
-        raise InputError(file, "prompts as a JSON object", got=type(prompts).__name__)
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise InputError(file, "prompts as a JSON object of strings", got=repr(prompts))
     default = config.get("default_prompt_name")
-    fallback = prompts.get(default, "") if default else ""
-    query = prompts["query"] if "query" in prompts else fallback
-    names = [n for n in ("document", "passage", "corpus") if n in prompts]
-    document = prompts[names[0]] if names else fallback
-    for side, text in (("query", query), ("document", document)):
-        if text:
-            raise DanceError(f"{file}: sentence-transformers puts the prompt {text!r} before every {side} text; "
-                             f"this project's encoder adds no prompt, so it would encode other vectors (expected "
-                             f"empty prompts)")
+    for side, names in (("query", ("query",)), ("document", ("document", "passage", "corpus"))):
+        if names[0] in prompts:
+            continue
+        unclear = [n for n in names[1:] if prompts.get(n)] + ([default] if default and prompts.get(default) else [])
+        if unclear:
+            raise DanceError(f"{file}: the prompt {prompts[unclear[0]]!r} ({unclear[0]!r}) is put before {side} "
+                             f"texts by some sentence-transformers versions and not by others; name it "
+                             f"{names[0]!r} in prompts (or add an empty {names[0]!r} prompt)")
+    return prompts.get("query", ""), prompts.get("document", "")
 
 
 def _similarity(folder: Path, normalized: bool) -> bool:
@@ -339,7 +349,7 @@ def read_sentence_transformers(folder: str | Path) -> SentenceTransformersFolder
     folder the project's encoder cannot reproduce (see the module docstring)."""
     folder = Path(folder)
     modules = _modules(folder)
-    _prompts(folder)
+    query_prompt, document_prompt = _prompts(folder)
     router = modules[0].kind == "Router"
     if router:
         if any(m.kind == "Router" for m in modules[1:]):
@@ -347,12 +357,20 @@ def read_sentence_transformers(folder: str | Path) -> SentenceTransformersFolder
         routes = _routes(folder, modules[0])
         query = _side(folder, routes["query"] + modules[1:], "query")
         doc = _side(folder, routes["document"] + modules[1:], "document")
+        sides = {"query": routes["query"] + modules[1:], "document": routes["document"] + modules[1:]}
     else:
         router_modules = [m for m in modules if m.kind == "Router"]
         if router_modules:
             raise _refuse(folder, router_modules[0], f"a Router that is not the first module ({_PIPELINE})")
         query = _side(folder, modules, "query")
         doc = _side(folder, modules, "document")
+        sides = {"query": modules, "document": modules}
+    for side, prompt in (("query", query_prompt), ("document", document_prompt)):
+        for module in sides[side]:
+            if prompt and module.kind == "Pooling" and _read_object(
+                    module.path / "config.json", "the Pooling settings (a JSON object)").get("include_prompt") is False:
+                raise _refuse(folder, module, f"it leaves the {side} prompt's tokens out of the pooling "
+                                              f"(include_prompt false; the project pools over every token)")
     if query.normalize != doc.normalize:
         raise DanceError(f"{folder}: one route normalises its vectors and the other does not; the project's "
                          f"encoder normalises both sides or neither")
@@ -360,7 +378,8 @@ def read_sentence_transformers(folder: str | Path) -> SentenceTransformersFolder
     if cosine:
         query = replace(query, normalize=True)
         doc = replace(doc, normalize=True)
-    return SentenceTransformersFolder(folder=folder, query=query, doc=doc, router=router, cosine_normalized=cosine)
+    return SentenceTransformersFolder(folder=folder, query=query, doc=doc, router=router, cosine_normalized=cosine,
+                                      query_prompt=query_prompt, document_prompt=document_prompt)
 
 
 __all__ = ["POOLING_MODES", "SentenceTransformersFolder", "SideModules", "is_sentence_transformers_folder",

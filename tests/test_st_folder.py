@@ -19,6 +19,7 @@ from dance_analysis.cli.analyze import main as analyze_main
 from dance_analysis.cli.eval import main as eval_main
 from dance_analysis.cli.export import main as export_main
 from dance_analysis.encode import encode_texts
+from dance_analysis.errors import DanceError
 from dance_analysis.model import DualEncoder, EncoderConfig
 
 st = pytest.importorskip("sentence_transformers")
@@ -160,6 +161,26 @@ def test_folders_saved_by_sentence_transformers_encode_as_it_does(backbone, tmp_
     np.testing.assert_allclose(vectors(model, "doc", DOCS), loaded.encode_document(DOCS), atol=1e-5, rtol=0)
 
 
+def test_a_folder_with_prompts_encodes_as_encode_query_and_encode_document(backbone, tmp_path, one_torch_thread):
+    folder = saved_by_st(backbone, tmp_path / "prompts", "mean")
+    _edit(folder / "config_sentence_transformers.json",
+          lambda d: d.update(prompts={"query": "query: ", "document": "passage: ", "other": "x: "}))
+    model = DualEncoder.load(str(folder))
+    assert (model.config.query_prompt, model.config.document_prompt) == ("query: ", "passage: ")
+    loaded = st.SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(vectors(model, "query", QUERIES), loaded.encode_query(QUERIES), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(vectors(model, "doc", DOCS), loaded.encode_document(DOCS), atol=1e-5, rtol=0)
+    assert not np.allclose(vectors(model, "doc", DOCS), loaded.encode(DOCS), atol=1e-4)   # the prompt matters
+    # a prompt that only some sentence-transformers versions would use is refused, naming the key to use
+    _edit(folder / "config_sentence_transformers.json", lambda d: d.update(prompts={"passage": "passage: "}))
+    with pytest.raises(DanceError, match="'passage'.*name it 'document'"):
+        DualEncoder.load(str(folder))
+    _edit(folder / "config_sentence_transformers.json",
+          lambda d: d.update(prompts={"document": "", "q": "query: "}, default_prompt_name="q"))
+    with pytest.raises(DanceError, match="'q'.*before query texts.*name it 'query'"):
+        DualEncoder.load(str(folder))
+
+
 def test_cosine_without_normalize_ranks_by_cosine(backbone, tmp_path, one_torch_thread):
     folder = saved_by_st(backbone, tmp_path / "cosine", "mean", normalize=False, similarity="cosine")
     model = DualEncoder.load(str(folder))
@@ -195,8 +216,9 @@ def _two_pooling_modes(folder):
     _edit(folder / "1_Pooling" / "config.json", lambda d: d.update(pooling_mode=["cls", "mean"]))
 
 
-def _query_prompt(folder):
+def _prompt_left_out_of_pooling(folder):
     _edit(folder / "config_sentence_transformers.json", lambda d: d.update(prompts={"query": "query: "}))
+    _edit(folder / "1_Pooling" / "config.json", lambda d: d.update(include_prompt=False))
 
 
 def _manhattan(folder):
@@ -208,7 +230,7 @@ def _manhattan(folder):
     (_custom_module, ["module 1", "my_package.modules.MyPooling"]),
     (_cnn_module, ["module cnn", "sentence_transformers.models.CNN"]),
     (_two_pooling_modes, ["module 1", "Pooling", "cls, mean"]),
-    (_query_prompt, ["config_sentence_transformers.json", "'query: '"]),
+    (_prompt_left_out_of_pooling, ["module 1", "Pooling", "include_prompt false"]),
     (_manhattan, ["config_sentence_transformers.json", "manhattan"]),
 ])
 def test_a_module_the_project_cannot_reproduce_is_refused_in_one_line(backbone, tmp_path, change, names, capsys):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import user_errors_exit_2
+from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the models' query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the models' document length")
+    add_prompt_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16-weights", "auto"),
                         help="precision of the subjects that are encoded: fp32; bf16 (autocast); bf16-weights "
@@ -115,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise DanceError(f"{flag} must be a positive integer, got {value}")
-    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
-                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    overrides = encoder_overrides(args)
     settings = AnalysisSettings(split=args.split, sample=args.sample, seed=args.seed, umap_points=args.umap_points,
                                 batch_size=args.batch_size, device=args.device, progress=not args.quiet,
                                 encoder_overrides=overrides, export_projections=args.export_projections)

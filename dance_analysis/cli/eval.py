@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import user_errors_exit_2
+from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(without it such a file is never replaced; earlier outputs are)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    add_prompt_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16-weights", "auto"),
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     check_index_spec(args.index, args.index_params)  # a bad --index fails before the model is loaded
     run_path, metrics_path = _output_paths(args)       # and a path holding a user's file, too
-    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
-                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    overrides = encoder_overrides(args)
     model = load_model(args.model, **overrides)
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
     query_ids = collection.evaluable(collection.split_queries(args.split))

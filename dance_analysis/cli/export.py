@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import user_errors_exit_2
+from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to write (sentence-transformers: a SentenceTransformer folder)")
     parser.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     parser.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    add_prompt_arguments(parser)
     parser.add_argument("--repo-id", default=None, metavar="OWNER/NAME",
                         help="the Hub repository the model card and the printed upload command name (default: "
                              "<your-user>/<OUT's name>); nothing is uploaded")
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..interop.sentence_transformers import export_sentence_transformers
 
-    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
-                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    overrides = encoder_overrides(args)
     from ..outputs import check_output_folder
 
     check_output_folder(args.out, ours=None, what="an empty folder", overwrite=args.overwrite)
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {report.path} ({args.format}: {layout}, {report.dim}-d vectors)")
     print(f"max lengths: queries {report.query_max_length} (encode_query), documents {report.doc_max_length} "
           f"(encode_document / encode)")
+    if report.query_prompt or report.document_prompt:
+        print(f"prompts: queries {report.query_prompt!r} (encode_query), documents {report.document_prompt!r} "
+              f"(encode_document; plain encode adds none)")
     print(f"checked: max |difference| to the project's vectors {report.max_abs_diff:.1e} on probe texts")
     print(f"use: SentenceTransformer({str(report.path)!r}).encode_query([...]) / .encode_document([...])")
     repo = args.repo_id or f"<your-user>/{args.out.resolve().name}"

@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .common import user_errors_exit_2
+from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "mining again skips encoding)")
     encoding.add_argument("--query-max-length", type=int, default=None, help="override the model's query length")
     encoding.add_argument("--doc-max-length", type=int, default=None, help="override the model's document length")
+    add_prompt_arguments(encoding)
     encoding.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     encoding.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     encoding.add_argument("--precision", default="auto", choices=("fp32", "bf16", "bf16-weights", "auto"),
@@ -151,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     rules = CandidateRules(range_min=args.range_min, range_max=args.range_max, rank_window=args.rank_window,
                            absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
                            max_score=args.max_score, sampling=args.sampling)
-    overrides = {key: value for key, value in (("query_max_length", args.query_max_length),
-                                               ("doc_max_length", args.doc_max_length)) if value is not None}
+    overrides = encoder_overrides(args)
     _check_outputs(args)
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
     with encoding_precision(args.precision) as precision:

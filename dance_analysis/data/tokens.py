@@ -285,8 +285,9 @@ def _query_items(collection: Collection) -> list[tuple[str, str]]:
     return [(qid, collection.queries[qid]) for qid in sorted(collection.queries)]
 
 
-def cache_key(collection: Collection, side: str, tokenizer: Any, max_length: int) -> str:
-    """Hash of (collection source and content, tokenizer, max_length, side) naming a cache folder."""
+def cache_key(collection: Collection, side: str, tokenizer: Any, max_length: int, prompt: str = "") -> str:
+    """Hash of (collection source and content, tokenizer, max_length, side, and the prompt when there is one) naming
+    a cache folder; without a prompt the key is the one of caches built before prompts existed."""
     if side == "doc":
         content = collection.corpus.fingerprint()
     else:
@@ -295,14 +296,17 @@ def cache_key(collection: Collection, side: str, tokenizer: Any, max_length: int
             digest.update(json.dumps([qid, text]).encode())
         content = digest.hexdigest()
     source = {k: v for k, v in collection.source.items() if k not in _NON_TEXT_KEYS}
-    blob = json.dumps({"source": source, "content": content, "tokenizer": tokenizer_fingerprint(tokenizer),
-                       "max_length": max_length, "side": side, "version": VERSION}, sort_keys=True, default=str)
+    parts = {"source": source, "content": content, "tokenizer": tokenizer_fingerprint(tokenizer),
+             "max_length": max_length, "side": side, "version": VERSION}
+    if prompt:
+        parts["prompt"] = prompt
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def cached_tokens(collection: Collection, side: str, tokenizer: Any, max_length: int,
                   cache_dir: str | os.PathLike | None = None, *, progress: bool | None = None, workers: int = 1,
-                  build: bool = True, part_rows: int = PART_ROWS) -> TokenCache:
+                  build: bool = True, part_rows: int = PART_ROWS, prompt: str = "") -> TokenCache:
     """The token cache of a collection's documents (``side="doc"``, corpus order) or of all its queries
     (``side="query"``, sorted qid order), built on first use under ``cache_dir`` (default
     ``<cache>/tokens``) and reused while collection, tokenizer and ``max_length`` stay the same.
@@ -310,11 +314,15 @@ def cached_tokens(collection: Collection, side: str, tokenizer: Any, max_length:
     A cache is built in parts of ``part_rows`` rows (``<folder>.parts/part-<i>/``, each a complete cache published
     atomically) that are then joined: an interrupted build resumes at the first missing part. ``workers`` > 1
     tokenises with that many processes. ``build=False`` never builds: a missing cache is a :class:`DanceError`
-    (the ranks of a multi-process run only open the caches that ``dance-train --prepare`` built).
+    (the ranks of a multi-process run only open the caches that ``dance-train --prepare`` built). ``prompt`` is put
+    before every text (a model's ``query_prompt`` / ``document_prompt``); it is part of the cache key, and the
+    prompt is recorded in ``meta.json``.
     """
     if side not in ("doc", "query"):
         raise DanceError(f"side must be 'doc' or 'query', got {side!r}")
-    key = cache_key(collection, side, tokenizer, max_length)
+    if not isinstance(prompt, str):
+        raise DanceError(f"prompt must be a string, got {prompt!r}")
+    key = cache_key(collection, side, tokenizer, max_length, prompt)
     folder = cache_folder(collection, side, max_length, key, cache_dir)
     if (folder / "meta.json").is_file():
         try:
@@ -332,9 +340,12 @@ def cached_tokens(collection: Collection, side: str, tokenizer: Any, max_length:
     else:
         items = _query_items(collection)
         total = len(items)
+    if prompt:
+        items = ((record_id, prompt + text if isinstance(text, str) else text) for record_id, text in items)
     fault_point("token-cache", 0)
     return build_in_parts(items, tokenizer, max_length, folder, total=total, part_rows=part_rows,
-                          desc=f"tokenize {collection.name} {side}s", progress=progress, workers=workers)
+                          desc=f"tokenize {collection.name} {side}s", progress=progress, workers=workers,
+                          extra_meta={"prompt": prompt} if prompt else None)
 
 
 def cache_folder(collection: Collection, side: str, max_length: int, key: str,
@@ -357,7 +368,7 @@ def _open_part(folder: Path, part_rows: int) -> TokenCache | None:
 
 def build_in_parts(items: Iterable[tuple[str, str]], tokenizer: Any, max_length: int, path: str | os.PathLike, *,
                    total: int | None = None, part_rows: int = 0, desc: str = "tokenize",
-                   progress: bool | None = None, workers: int = 1) -> TokenCache:
+                   progress: bool | None = None, workers: int = 1, extra_meta: dict | None = None) -> TokenCache:
     """:func:`build_token_cache` in resumable parts of ``part_rows`` rows (0: one part), joined at the end.
 
     Parts live in ``<path>.parts/part-<i>/``; a part left complete by an interrupted build is reused (its rows are
@@ -382,7 +393,8 @@ def build_in_parts(items: Iterable[tuple[str, str]], tokenizer: Any, max_length:
             rows = itertools.islice(iterator, part_rows)
             part = build_token_cache(rows, tokenizer, max_length, folder, total=total,
                                      desc=f"{desc} (part {len(parts) + 1})" if part_rows < (1 << 62) else desc,
-                                     progress=progress, workers=workers, extra_meta={"part_rows": part_rows})
+                                     progress=progress, workers=workers,
+                                     extra_meta={**(extra_meta or {}), "part_rows": part_rows})
         parts.append(part)
         if len(part) < part_rows:
             break

@@ -22,6 +22,10 @@ When the two sides differ in more than the length (separate query and document t
 ``query`` and a ``document`` route (``Router.for_query_document``); modules the routes share are saved once.
 Then ``encode_query`` / ``encode_document`` pick the route and plain ``encode`` is the document route.
 
+Prompts: the encoder's ``query_prompt`` / ``document_prompt`` become the folder's ``prompts`` (``query`` /
+``document`` in ``config_sentence_transformers.json``), which ``encode_query`` / ``encode_document`` put before
+every text; plain ``encode`` adds none (pass ``prompt_name="document"`` to it).
+
 Before the folder is published, it is loaded back with ``SentenceTransformer`` and its vectors of a few probe
 texts (long ones included, so truncation is compared too) are checked against the project's: a folder that
 would encode differently is never written. sentence-transformers strips leading and trailing whitespace of a text
@@ -63,7 +67,8 @@ TOLERANCE = 1e-5
 @dataclass
 class ExportReport:
     """What an export wrote: the folder, whether it holds a query / document ``Router``, the max lengths and the
-    largest absolute difference between the project's and the folder's vectors on :data:`PROBE_TEXTS`."""
+    largest absolute difference between the project's and the folder's vectors on :data:`PROBE_TEXTS` (each after
+    its side's prompt, on both sides), and the prompts."""
 
     path: Path
     router: bool
@@ -71,6 +76,8 @@ class ExportReport:
     doc_max_length: int
     max_abs_diff: float
     dim: int
+    query_prompt: str = ""
+    document_prompt: str = ""
 
 
 def _st_modules():
@@ -169,7 +176,10 @@ def _build(model, saved: Path):
         pipeline = list(query_side)
     if config.normalize:
         pipeline.append(modules.Normalize())
-    return st.SentenceTransformer(modules=pipeline, similarity_fn_name="dot", device="cpu"), router
+    prompts = {name: text for name, text in (("query", config.query_prompt), ("document", config.document_prompt))
+               if text}
+    return st.SentenceTransformer(modules=pipeline, similarity_fn_name="dot", device="cpu",
+                                  prompts=prompts or None), router
 
 
 def _project_vectors(model, side: str) -> np.ndarray:
@@ -217,7 +227,8 @@ def export_sentence_transformers(source: str | os.PathLike, out: str | os.PathLi
         logger.info("sentence-transformers folder checked: max |difference| %.2e on %d probe texts", worst,
                     len(PROBE_TEXTS))
         report = ExportReport(path=Path(out), router=router, query_max_length=config.query_max_length,
-                              doc_max_length=config.doc_max_length, max_abs_diff=worst, dim=int(model.dim))
+                              doc_max_length=config.doc_max_length, max_abs_diff=worst, dim=int(model.dim),
+                              query_prompt=config.query_prompt, document_prompt=config.document_prompt)
         if card is not None:
             (tmp / "README.md").write_text(card(report), encoding="utf-8")
     return report

@@ -532,7 +532,8 @@ def _encode(model, collection, side: str, wanted: np.ndarray, *, batch_size: int
     else:
         from ..data.tokens import cached_tokens
 
-        tokens = cached_tokens(collection, side, model.tokenizer, model.config.doc_max_length)
+        tokens = cached_tokens(collection, side, model.tokenizer, model.config.doc_max_length,
+                               prompt=model.config.document_prompt)
         row = {key: i for i, key in enumerate(np.asarray(tokens.ids).tolist())}
         missing = [key for key in wanted.tolist() if key not in row]
         if missing:
@@ -547,17 +548,27 @@ def _encode(model, collection, side: str, wanted: np.ndarray, *, batch_size: int
     return embeddings
 
 
+def _changes_prompts(subject: Subject, overrides: dict | None) -> bool:
+    """Whether ``overrides`` give a prompt other than the one the subject's saved vectors were encoded with."""
+    asked = {k: v for k, v in (overrides or {}).items() if k in ("query_prompt", "document_prompt")}
+    if not asked:
+        return False
+    saved = _encoder_json(Path(subject.model_source)) if subject.model_source is not None else None
+    return any((saved or {}).get(k, "") != v for k, v in asked.items())
+
+
 def subject_embeddings(subject: Subject, collection, doc_ids: np.ndarray, query_ids: np.ndarray, *,
                        batch_size: int = 64, device: str = "auto", progress: bool = True,
                        overrides: dict | None = None):
     """``(corpus, queries, source)``: the subject's vectors for ``doc_ids`` and ``query_ids`` (in that order).
 
-    Saved embeddings are reused (``source`` = "saved"); otherwise the subject's model encodes the texts
-    (``source`` = "encoded"). NaN / infinite vectors raise :class:`DanceError` naming the file and rows.
+    Saved embeddings are reused (``source`` = "saved") unless ``overrides`` change the model's prompts; otherwise
+    the subject's model encodes the texts (``source`` = "encoded"). NaN / infinite vectors raise
+    :class:`DanceError` naming the file and rows.
     """
     doc_ids = np.asarray(doc_ids).astype(str)
     query_ids = np.asarray(query_ids).astype(str)
-    if subject.embeddings_dir is not None:
+    if subject.embeddings_dir is not None and not _changes_prompts(subject, overrides):
         corpus = _saved_subset(subject.embeddings_dir / "corpus", doc_ids, "corpus vectors")
         queries = _saved_subset(subject.embeddings_dir / "queries", query_ids, "query vectors")
         return corpus, queries, "saved"

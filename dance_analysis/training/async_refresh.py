@@ -399,7 +399,8 @@ class Miner:
         model.to(self.device)
         if self.data is None:
             self.data = prepare_data(self.recipe, model.tokenizer, model.config.query_max_length,
-                                     model.config.doc_max_length)
+                                     model.config.doc_max_length,
+                                     prompts=(model.config.query_prompt, model.config.document_prompt))
         root = refresh_root(self.run_dir)
         tmp = root / f".tmp-step-{step}-{os.getpid()}"
         if tmp.exists():

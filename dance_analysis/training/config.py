@@ -4,7 +4,8 @@ A recipe has eight sections (every key optional, defaults below)::
 
     name: demo-dance
     model:      {backbone, select, pooling, head, normalize, doc_layernorm, temperature, shared,
-                 query_max_length, doc_max_length, lowercase, tokenizer, gradient_checkpointing, head_init}
+                 query_max_length, doc_max_length, lowercase, query_prompt, document_prompt, tokenizer,
+                 gradient_checkpointing, head_init}
     data:       {collection, min_relevance, train_split, dev_split, max_train_queries, max_dev_queries, doc_text,
                  cache_dir, folds, fold, fold_seed}
     loss:       {objective, w_q2d, w_d2q, in_batch, w_align, w_uniform, uniform_t}
@@ -86,6 +87,12 @@ class ModelConfig:
     lowercase: bool | None = field(default=None, metadata={"help": "lower-case texts before the tokenizer (the "
                                                                    "released ANCE checkpoints were trained on "
                                                                    "lower-cased text); null keeps the backbone's"})
+    query_prompt: str | None = field(default=None, metadata={"help": "text put before every query before "
+                                                                      "tokenisation (e.g. 'query: '), in training, "
+                                                                      "encoding and the export; null keeps the "
+                                                                      "backbone's (none for most)"})
+    document_prompt: str | None = field(default=None, metadata={"help": "text put before every document (e.g. "
+                                                                         "'passage: '); null keeps the backbone's"})
     tokenizer: str | None = field(default=None, metadata={"help": "the tokenizer's folder or hub name when it is not "
                                                                   "in the backbone's folder; null: the backbone's"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward "
@@ -99,7 +106,7 @@ class ModelConfig:
     def overrides(self) -> dict[str, Any]:
         """The ``EncoderConfig`` fields this recipe sets (those that are not ``None``)."""
         names = ("pooling", "head", "normalize", "doc_layernorm", "temperature", "shared", "query_max_length",
-                 "doc_max_length", "lowercase")
+                 "doc_max_length", "lowercase", "query_prompt", "document_prompt")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

@@ -250,7 +250,8 @@ class Trainer:
         torch.manual_seed(opt.seed + dist.rank)  # dropout differs between ranks
 
         self.data: TrainingData = prepare_data(recipe, model.tokenizer, model.config.query_max_length,
-                                               model.config.doc_max_length, dist)
+                                               model.config.doc_max_length, dist,
+                                               prompts=(model.config.query_prompt, model.config.document_prompt))
         if dist.is_main:
             with self._writing(self.run_dir):
                 init_run_dir(self.run_dir, recipe, resume=self.resume or self.prepared is not None,

@@ -140,7 +140,8 @@ def prepare(recipe: Recipe, run_dir: str | os.PathLike, *, workers: int | None =
 
     device = pick_device(recipe.optim.device)
     data = prepare_data(recipe, model.tokenizer, model.config.query_max_length, model.config.doc_max_length,
-                        workers=workers, build=True)
+                        workers=workers, build=True,
+                        prompts=(model.config.query_prompt, model.config.document_prompt))
     caches = time.perf_counter() - started
     logger.log(NOTICE, "token caches ready in %.1fs (%d worker process(es)): %s, %s", caches, workers,
                 data.doc_tokens.path, data.query_tokens.path)

@@ -84,7 +84,7 @@ def _subset(qids: list[str], limit: int | None, seed: int, salt: int) -> list[st
 
 def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_length: int,
                  dist: DistContext | None = None, collection=None, *, workers: int = 1,
-                 build: bool | None = None) -> TrainingData:
+                 build: bool | None = None, prompts: tuple[str, str] = ("", "")) -> TrainingData:
     """Load the collection, pick the training / dev queries and open (building once) the token caches.
 
     Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
@@ -92,7 +92,8 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     cross-validation fold ``data.fold``. ``workers`` processes tokenise a cache that has to be built. ``build``
     (default: only in a single-process run) allows building the caches; the ranks of a multi-process run only
     open those that ``dance-train --prepare`` built before the process group existed (a missing one is a
-    :class:`DanceError`), so that no rank waits in a collective for a cache build.
+    :class:`DanceError`), so that no rank waits in a collective for a cache build. ``prompts``: the model's
+    ``(query_prompt, document_prompt)``, put before every query / document text of the caches.
     """
     from ..data import fold_splits, load_collection
     from ..data.tokens import cached_tokens
@@ -124,7 +125,7 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
 
     def tokens(side: str, length: int):
         return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir, workers=workers,
-                             build=allowed)
+                             build=allowed, prompt=prompts[0] if side == "query" else prompts[1])
 
     doc_tokens, query_tokens = tokens("doc", doc_max_length), tokens("query", query_max_length)
 
