@@ -151,6 +151,18 @@ def test_training_with_prompts_saves_them_and_its_vectors_are_the_prompted_ones(
     unprompted = DualEncoder.load(str(checkpoint / "encoder"), query_prompt="", document_prompt="").eval()
     assert not np.allclose(corpus, encode_texts(unprompted, doc_ids, plain_texts, "doc", progress=False).vectors,
                            atol=1e-4)
+    # dance-analyze reuses the checkpoint's saved vectors for its own prompts, and re-encodes for other ones
+    from dance_analysis.report.inputs import release_models, resolve_path, subject_embeddings
+
+    subject = resolve_path(str(checkpoint)).subjects[0]
+    wanted = np.asarray(doc_ids), np.asarray(query_ids[:3])
+    same = {"query_prompt": QP, "document_prompt": DP}
+    assert subject_embeddings(subject, collection, *wanted, progress=False, overrides=same)[2] == "saved"
+    other = subject_embeddings(subject, collection, *wanted, progress=False, overrides={"query_prompt": ""})
+    release_models()
+    assert other[2] == "encoded"
+    np.testing.assert_allclose(other[0].vectors, corpus, atol=1e-5)             # documents keep their prompt
+    assert not np.allclose(other[1].vectors, queries[:3], atol=1e-4)
 
 
 def test_dance_eval_takes_the_prompts_from_the_model_or_the_command_line(env, capsys):
