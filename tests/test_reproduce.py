@@ -102,7 +102,7 @@ def test_outputs_exist_and_finished_runs_are_not_retrained(experiment):
     assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
     sessions = json.loads((root / "runs" / "reproduce-timings.json").read_text())["sessions"]
     assert len(sessions) == 2
-    assert list(sessions[1]["stages"])[:1] == [f"fold{FOLDS - 1}/dance-seed{SEEDS[-1]}"]
+    assert f"fold{FOLDS - 1}/dance-seed{SEEDS[-1]}" in sessions[1]["stages"]   # the one run that was gone
     assert "reference encoding" in sessions[1]["stages"]
 
 
