@@ -208,3 +208,20 @@ def test_dance_train_and_the_demo_keep_a_users_folder(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert "runs/demo-ance" in err and "not empty" in err
     assert snapshot(tmp_path / "runs") == before
+
+
+def test_dance_train_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
+    """--resume into a non-empty folder without config.yaml, metrics.jsonl or checkpoint-*/ stops before anything
+    is written (it used to write its config.yaml and logs there)."""
+    from dance_analysis.cli import train
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    before = snapshot(folder)
+    monkeypatch.chdir(tmp_path)
+    recipe = ts.REPO / "train" / "demo-ance.yaml"
+    assert train.main([str(recipe), "--output-dir", str(folder), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "does not look like a dance-train run directory" in err and str(folder) in err
+    assert snapshot(folder) == before

@@ -93,7 +93,13 @@ def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: boo
 
     if prepared_checkpoint(run_dir, recipe) is not None:
         return None   # prepared by --prepare, training not begun: a fresh start from its checkpoint-0
+    looks_like_run = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists() or \
+        any(ckpt.checkpoint_step(p) is not None for p in run_dir.iterdir())
     if resume:
+        if not looks_like_run:
+            raise DanceError(f"--resume: {run_dir} is not empty and does not look like a dance-train run directory "
+                             f"(no {CONFIG_FILE}, {METRICS_FILE} or checkpoint-*/); nothing was written (name an "
+                             f"empty or new --output-dir)")
         saved_file = run_dir / CONFIG_FILE
         if saved_file.is_file():
             import yaml
@@ -106,8 +112,6 @@ def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: boo
                                  f"start a new run (--output-dir) / --overwrite")
         return ckpt.latest_checkpoint(run_dir)
     if overwrite:
-        looks_like_run = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists() or \
-            any(ckpt.checkpoint_step(p) is not None for p in run_dir.iterdir())
         if not looks_like_run:
             raise DanceError(f"{run_dir} is not empty and does not look like a dance-train run directory "
                              f"(no {CONFIG_FILE}, {METRICS_FILE} or checkpoint-*/); refusing to delete it")
