@@ -92,7 +92,8 @@ def test_miner_publishes_a_set_over_an_existing_one_without_a_gap(tmp_path, monk
     (old_set / "negatives" / "meta.json").write_text('{"version": "old"}')
 
     fake_model = types.SimpleNamespace(to=lambda device: None, tokenizer=None,
-                                       config=types.SimpleNamespace(query_max_length=8, doc_max_length=8))
+                                       config=types.SimpleNamespace(query_max_length=8, doc_max_length=8,
+                                                                    query_prompt="", document_prompt=""))
 
     def fake_refresh(model, data, recipe, step, *, out_dir, **kwargs):
         (out_dir / "negatives").mkdir()
