@@ -53,6 +53,7 @@ def _rank(rank: int, store: str, out: str) -> None:
     dist.all_reduce(total)
     torch.save({"loss": total / 2, "grads": {k: p.grad for k, p in model.module.named_parameters()}},
                f"{out}-{rank}.pt")
+    dist.barrier()   # both ranks are done with the store before either tears the group down (gloo aborts otherwise)
     dist.destroy_process_group()
 
 
