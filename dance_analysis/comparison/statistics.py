@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ..analysis import stats
+from ..runtime import single_threaded_blas
 from .measures import METRICS, RANKING_KEYS, Metric
 from .spaces import SAMPLING_KS, Space
 
@@ -332,9 +333,7 @@ def compare(folds: Folds, arms: Sequence[str], contrasts: Sequence[tuple[str, st
     ``folds``: per fold, per arm, the list of its spaces (one per training seed; a bare Space is one seed).
     Runs with one BLAS thread: thousands of small products and eigenproblems, for which a multi-threaded BLAS
     mostly spins on a busy machine."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         return _compare(folds, arms, contrasts, claims_from=claims_from, seed=seed, log=log)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..outputs import OUTPUT_ROOT, input_slug, safe_name
+from ..runtime import Timer
 from .comparison_figures import make_comparison_figures, projection_panels
 from .compute import AnalysisSettings, compute_all
 from .figures import make_figures
@@ -152,14 +153,14 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     progress.start(sum(len(run.subjects) for run in runs))
     results, arrays = compute_all(runs, coll, settings, log=log, step=step)
     step("figures")
-    drawn = time.perf_counter()
-    figures = make_figures(results, arrays)
-    labels = {run["name"]: run["name"] for run in results["runs"]}
-    figures.update(make_comparison_figures(results["comparison"], arrays["comparison"], labels))
-    panels = {"pca": projection_panels(arrays["comparison"].get("projections") or {}, labels),
-              "umap": umap_panels(results, arrays)}
-    tables = build_tables(results)
-    results["timings"]["figures"] = round(time.perf_counter() - drawn, 3)
+    timer = Timer(results["timings"])
+    with timer.stage("figures"):
+        figures = make_figures(results, arrays)
+        labels = {run["name"]: run["name"] for run in results["runs"]}
+        figures.update(make_comparison_figures(results["comparison"], arrays["comparison"], labels))
+        panels = {"pca": projection_panels(arrays["comparison"].get("projections") or {}, labels),
+                  "umap": umap_panels(results, arrays)}
+        tables = build_tables(results)
     provenance = {
         "name": report_name,
         "inputs": [input_key(run) for run in runs],

@@ -18,9 +18,7 @@ What is analysed (recorded in the results under ``"selection"``):
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DanceError
+from ..runtime import Timer, enable_numba_cache, single_threaded_blas
 from .claims_panel import compare_inputs
 from .inputs import RunInput, Subject, release_models, subject_embeddings
 
@@ -192,33 +191,6 @@ def _scores_with_padding(rankings) -> np.ndarray:
     scores = np.asarray(rankings.scores, dtype=np.float64).copy()
     scores[rankings.indices < 0] = -np.inf
     return scores
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run the block inside with one BLAS thread.
-
-    The statistics work on many small products and eigen-decompositions (d x d, d <= 1024), for which a
-    multi-threaded OpenBLAS mostly spins: on a busy 2-core machine one thread made the whole report 3-4 times
-    faster (bench/report.py). threadpoolctl comes with scikit-learn; without it nothing changes.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on it
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-class Timer:
-    """Seconds spent per stage (for the provenance section and the benchmark)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def add(self, stage: str, started: float) -> None:
-        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
 
 
 # ----------------------------------------------------------------------------------------------- one subject
@@ -388,24 +360,21 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
     timer = timer or Timer()
     space = _space(subject, corpus, queries, collection, selection, settings)
 
-    started = time.perf_counter()
-    rankings, ranking = _ranking(space, collection, selection, settings)
-    timer.add("ranking", started)
+    with timer.stage("ranking"):
+        rankings, ranking = _ranking(space, collection, selection, settings)
 
-    started = time.perf_counter()
-    D_geo = _geometry_documents(space, settings)
-    doc_negatives, _ = mine_document_negatives(rankings, space.relevant_docs, space.n_neg, settings.seed,
-                                               top_k=space.top_k, min_grade=1)
-    geometry = _geometry(space, D_geo, doc_negatives, subject.label, settings)
-    timer.add("geometry", started)
+    with timer.stage("geometry"):
+        D_geo = _geometry_documents(space, settings)
+        doc_negatives, _ = mine_document_negatives(rankings, space.relevant_docs, space.n_neg, settings.seed,
+                                                   top_k=space.top_k, min_grade=1)
+        geometry = _geometry(space, D_geo, doc_negatives, subject.label, settings)
 
-    started = time.perf_counter()
-    alignment_uniformity = _alignment_uniformity(space, D_geo, settings)
-    timer.add("alignment_uniformity", started)
+    with timer.stage("alignment_uniformity"):
+        alignment_uniformity = _alignment_uniformity(space, D_geo, settings)
 
-    started = time.perf_counter()
-    sampling = _sampling(space, rankings, doc_negatives, subject, corpus, queries, collection, selection, settings)
-    timer.add("sampling", started)
+    with timer.stage("sampling"):
+        sampling = _sampling(space, rankings, doc_negatives, subject, corpus, queries, collection, selection,
+                             settings)
 
     result = {
         "label": subject.label, "kind": subject.kind, "path": subject.path, "step": subject.step,
@@ -499,45 +468,12 @@ def umap_selection(selection: Selection, settings: AnalysisSettings) -> tuple[np
     return q_rows, d_rows, links
 
 
-def enable_umap_compile_cache() -> int:
-    """Let numba cache the compiled code of umap-learn and pynndescent on disk.
-
-    umap-learn compiles most of its numba functions without ``cache=True``, which costs tens of seconds in every
-    new process (most of a report's time on a small collection). Switching the on-disk cache on for those
-    dispatchers before their first call makes that a one-off cost per installation; the compiled code and the
-    results are the same. Functions numba cannot cache are left as they are. Returns how many were switched.
-    """
-    import sys
-    import warnings
-
-    switched = 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import umap.umap_  # noqa: F401  (imports every umap / pynndescent module that UMAP.fit uses)
-            from numba.core.caching import NullCache
-            from numba.core.registry import CPUDispatcher
-    except Exception:  # an optimisation only
-        return 0
-    for name, module in list(sys.modules.items()):
-        if not name.startswith(("umap", "pynndescent")) or module is None:
-            continue
-        for obj in list(vars(module).values()):
-            if isinstance(obj, CPUDispatcher) and isinstance(getattr(obj, "_cache", None), NullCache):
-                try:
-                    obj.enable_caching()
-                    switched += 1
-                except Exception:  # no writable cache location: compile as usual
-                    pass
-    return switched
-
-
 def umap_coordinates(matrices: list[np.ndarray], settings: AnalysisSettings, n_queries: int) -> list[np.ndarray]:
     """One UMAP per subject, each picture moved onto the first one's over the documents (rows after the first
     ``n_queries``), so the panels share axes and differ where the models differ (see ``umap_project``)."""
     from ..analysis import umap_project
 
-    enable_umap_compile_cache()
+    enable_numba_cache()
     return umap_project(matrices, fit="aligned", n_neighbors=settings.umap_neighbors, seed=settings.seed,
                         align_rows=slice(n_queries, None))
 
@@ -596,7 +532,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
             done += 1
             step(subject.label)
             log(f"[{done}/{total}] {subject.label}")
-            started = time.perf_counter()
+            started = timer.start()
             corpus, queries, source = subject_embeddings(
                 subject, collection, selection.doc_ids, selection.query_ids, batch_size=settings.batch_size,
                 device=settings.device, progress=settings.progress, overrides=settings.encoder_overrides)
@@ -623,7 +559,7 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     release_models()
 
     step("UMAP")
-    started = time.perf_counter()
+    started = timer.start()
     labels = [label for label in umap_wanted if label in umap_inputs]
     umap_info: dict = {"subjects": labels, "queries": int(len(umap_q)), "documents": int(len(umap_d)),
                        "links": len(links), "n_neighbors": settings.umap_neighbors, "seed": settings.seed,
@@ -639,12 +575,10 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
     timer.add("umap", started)
 
     step("statistics")
-    started = time.perf_counter()
-    with single_threaded_blas():
+    with timer.stage("comparison statistics"), single_threaded_blas():
         comparison, comparison_arrays = compare_inputs(runs, representatives, collection, selection,
                                                        seed=settings.seed, log=log)
     comparison["labels"] = {run.name: run.name for run in runs}
-    timer.add("comparison statistics", started)
     runs_out = []
     for run in runs:
         runs_out.append({"name": run.name, "path": run.path, "kind": run.kind, "objective": run.objective,
