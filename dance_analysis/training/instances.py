@@ -56,7 +56,7 @@ def instance_batch(data, rows: np.ndarray, with_query_negatives: bool, device: t
     """Token tensors of instances ``rows`` [m, 4] on ``device``: ``(q_ids, q_mask, d_ids, d_mask)``.
 
     Queries are the m queries, then (``with_query_negatives``) the m negative queries; documents are the m
-    positives, then the m negatives. ``data`` is the :class:`~dance_analysis.training.refresh.TrainingData`.
+    positives, then the m negatives. ``data`` is the :class:`~dance_analysis.training.data.TrainingData`.
     """
     q_rows = data.train_query_rows[rows[:, 0]]
     if with_query_negatives:

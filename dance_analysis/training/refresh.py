@@ -7,12 +7,12 @@ queries, and write embeddings / negatives / dev metrics into a checkpoint folder
 ANCE, ICLR 2021, asynchronous index refresh; query negatives: Li et al., DANCE, ICTIR 2021, section 3).
 
 Search runs on the GPU the refresh encodes on (see :func:`dance_analysis.index.search`; no other GPU is touched),
-on the CPU otherwise.
+on the CPU otherwise. The run's inputs are :mod:`.data`'s, the shared vectors of an initial refresh
+:mod:`.embeddings_cache`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..analysis.snapshot import refresh_geometry
-from ..atomic import building_dir, write_json
+from ..atomic import write_json
 from ..errors import DanceError
 from ..mining import (
     MiningStats,
@@ -33,124 +33,24 @@ from ..mining import (
     mine_query_negatives,
     negative_grades,
     pair_scores,
-    positive_pairs,
     rotation_slice,
 )
 from ..mining import summary as negatives_summary
 from .config import Recipe
+from .data import (
+    TrainingData,
+    prepare_data,  # noqa: F401  (its old home: the miner and callers import it here)
+)
 from .distributed import DistContext
+from .embeddings_cache import embeddings_cache_key, vectors_of_start
+from .embeddings_cache import load_cached as _load_cached
+from .embeddings_cache import store_cached as _store_cached
 from .faults import fault_point
 
 EMBEDDINGS_DIR = "embeddings"
 NEGATIVES_DIR = "negatives"
 DEV_METRICS_FILE = "dev_metrics.json"
 REFRESH_FILE = "refresh.json"
-
-
-@dataclass
-class TrainingData:
-    """The fixed inputs of a run: collection, query splits, positive pairs and the two token caches.
-
-    ``corpus_ids`` is the collection order, which is also the row order of ``doc_tokens``; ``query_ids`` are all
-    queries of the collection in the row order of ``query_tokens`` (sorted ids).
-    """
-
-    collection: Any
-    corpus_ids: np.ndarray
-    query_ids: np.ndarray
-    train_qids: np.ndarray
-    dev_qids: np.ndarray
-    pairs: np.ndarray
-    train_query_rows: np.ndarray       # row of each training query in query_tokens
-    dev_query_rows: np.ndarray
-    exclude: dict[str, dict[str, int]]  # training qid -> judged docs (never drawn as negatives)
-    exclude_grade: int
-    doc_tokens: Any
-    query_tokens: Any
-
-    @property
-    def num_docs(self) -> int:
-        """Documents in the corpus."""
-        return len(self.corpus_ids)
-
-
-def _subset(qids: list[str], limit: int | None, seed: int, salt: int) -> list[str]:
-    if limit is None or limit >= len(qids):
-        return list(qids)
-    rng = np.random.default_rng([seed, salt])
-    chosen = np.sort(rng.choice(len(qids), size=limit, replace=False))
-    return [qids[i] for i in chosen]
-
-
-def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_length: int,
-                 dist: DistContext | None = None, collection=None, *, workers: int = 1,
-                 build: bool | None = None, prompts: tuple[str, str] = ("", "")) -> TrainingData:
-    """Load the collection, pick the training / dev queries and open (building once) the token caches.
-
-    Training queries are those of ``data.train_split`` with at least one relevant document (``max_train_queries``
-    keeps a seeded subset); likewise for the dev split; with ``data.folds`` set, the splits are those of the
-    cross-validation fold ``data.fold``. ``workers`` processes tokenise a cache that has to be built. ``build``
-    (default: only in a single-process run) allows building the caches; the ranks of a multi-process run only
-    open those that ``dance-train --prepare`` built before the process group existed (a missing one is a
-    :class:`DanceError`), so that no rank waits in a collective for a cache build. ``prompts``: the model's
-    ``(query_prompt, document_prompt)``, put before every query / document text of the caches.
-    """
-    from ..data import fold_splits, load_collection
-    from ..data.tokens import cached_tokens
-
-    dist = dist or DistContext()
-    data_cfg = recipe.data
-    if collection is None:
-        collection = load_collection(data_cfg.collection, min_relevance=data_cfg.min_relevance,
-                                     doc_text=data_cfg.doc_text)
-    if data_cfg.folds is not None:
-        collection = collection.with_splits(fold_splits(collection, data_cfg.folds, data_cfg.fold,
-                                                        seed=data_cfg.fold_seed))
-    seed = recipe.optim.seed
-    train_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.train_split)),
-                         data_cfg.max_train_queries, seed, 1)
-    if not train_qids:
-        raise DanceError(f"split {data_cfg.train_split!r} of {collection.name} has no query with a relevant "
-                         f"document: nothing to train on")
-    dev_qids: list[str] = []
-    if data_cfg.dev_split:
-        dev_qids = _subset(collection.evaluable(collection.split_queries(data_cfg.dev_split)),
-                           data_cfg.max_dev_queries, seed, 2)
-    overlap = set(train_qids) & set(dev_qids)
-    if overlap:
-        raise DanceError(f"the training split {data_cfg.train_split!r} and the dev split {data_cfg.dev_split!r} "
-                         f"share {len(overlap)} queries, e.g. {sorted(overlap)[0]!r}")
-
-    allowed = (not dist.enabled) if build is None else build
-
-    def tokens(side: str, length: int):
-        return cached_tokens(collection, side, tokenizer, length, cache_dir=data_cfg.cache_dir, workers=workers,
-                             build=allowed, prompt=prompts[0] if side == "query" else prompts[1])
-
-    doc_tokens, query_tokens = tokens("doc", doc_max_length), tokens("query", query_max_length)
-
-    corpus_ids = np.asarray(collection.corpus.ids).astype(str)
-    if len(doc_tokens.ids) != len(corpus_ids) or not np.array_equal(np.asarray(doc_tokens.ids).astype(str),
-                                                                      corpus_ids):
-        raise DanceError("the document token cache does not follow the corpus order; delete the token cache "
-                         "folder and run again")
-    query_ids = np.asarray(query_tokens.ids).astype(str)
-    row_of = {qid: i for i, qid in enumerate(query_ids.tolist())}
-    missing = [q for q in train_qids + dev_qids if q not in row_of]
-    if missing:
-        raise DanceError(f"query {missing[0]!r} is missing from the query token cache")
-    exclude_grade = 1 if collection.min_relevance >= 1 else int(collection.min_relevance)
-    if recipe.mining.exclude_grade is not None:
-        exclude_grade = int(recipe.mining.exclude_grade)
-    exclude = {q: dict(collection.qrels.get(q, {})) for q in train_qids}
-    relevant = {q: set(collection.relevant(q)) for q in train_qids}
-    pairs = positive_pairs(train_qids, corpus_ids, relevant)
-    return TrainingData(
-        collection=collection, corpus_ids=corpus_ids, query_ids=query_ids,
-        train_qids=np.asarray(train_qids, dtype=str), dev_qids=np.asarray(dev_qids, dtype=str), pairs=pairs,
-        train_query_rows=np.asarray([row_of[q] for q in train_qids], dtype=np.int64),
-        dev_query_rows=np.asarray([row_of[q] for q in dev_qids], dtype=np.int64),
-        exclude=exclude, exclude_grade=exclude_grade, doc_tokens=doc_tokens, query_tokens=query_tokens)
 
 
 @dataclass
@@ -305,107 +205,6 @@ def kept_precision(record: dict | None, where: str, device=None):
         return PrecisionDecision(precision, "auto", f"kept from {where} (CUDA autocast)", "cuda", hardware)
     return PrecisionDecision("fp32", "fp32", f"kept from {where} (recorded before the option)", device.type,
                              hardware)
-
-
-def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") -> str:
-    """A content key of what a refresh encodes: the encoder's weights and options, both token caches, the dtype
-    and ``setting`` (device type and batch size: they change the last bits of the vectors)."""
-    import torch as _torch
-
-    digest = hashlib.sha256(setting.encode())
-    options = model.config.to_dict()
-    if not options.get("lowercase"):
-        options.pop("lowercase", None)   # keys of runs from before the option stay as they were
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(flat.view(_torch.uint8).numpy().tobytes())
-    for tokens in (data.doc_tokens, data.query_tokens):
-        digest.update(Path(getattr(tokens, "path", "")).name.encode())
-        digest.update(np.asarray(tokens.ids).astype(str).tobytes())
-    digest.update(np.dtype(dtype).str.encode())
-    return digest.hexdigest()[:32]
-
-
-def _cache_folder(key: str) -> Path:
-    from ..data.cache import cache_root
-
-    return cache_root() / "embeddings" / key
-
-
-def _load_cached(key: str, data: TrainingData) -> tuple[np.ndarray, np.ndarray] | None:
-    from ..embeddings import Embeddings
-
-    folder = _cache_folder(key)
-    if not (folder / "corpus.npy").is_file() or not (folder / "queries.npy").is_file():
-        return None
-    try:
-        corpus = Embeddings.load(folder / "corpus", mmap=False)
-        queries = Embeddings.load(folder / "queries", mmap=False)
-    except DanceError:
-        return None
-    if not (np.array_equal(corpus.ids, data.corpus_ids) and np.array_equal(queries.ids, data.query_ids)):
-        return None
-    return corpus.vectors, queries.vectors
-
-
-def _store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.ndarray) -> None:
-    from ..embeddings import Embeddings
-
-    final = _cache_folder(key)
-    if final.exists():
-        return
-    try:
-        with building_dir(final, replace=False) as tmp:  # another process may store it first: kept
-            Embeddings(ids=data.corpus_ids, vectors=np.asarray(corpus)).save(tmp / "corpus")
-            Embeddings(ids=data.query_ids, vectors=np.asarray(queries)).save(tmp / "queries")
-    except OSError:
-        pass  # the cache is read-only or full: the cache is an optimisation only
-
-
-def vectors_of_start(model, data: TrainingData, start: Path | None, dtype,
-                     precision: str = "fp32") -> tuple[np.ndarray, np.ndarray] | None:
-    """The vectors ``model`` would encode, taken from the checkpoint it was loaded from, when that is exact.
-
-    ``start`` is the ``encoder/`` folder the weights came from. Its checkpoint's ``embeddings/`` hold the vectors of
-    those very weights when the checkpoint's encoder options equal the model's but for ``temperature`` (scores
-    only) and ``normalize`` (false there, true here: the rows are L2-normalised, as the model does), and the ids
-    and dtype match. Otherwise ``None`` (the refresh encodes). Vectors encoded with another batch size may differ
-    in the last bits from a fresh encoding; the DANCE stages of the reproduction start this way. They must have been
-    encoded in ``precision`` when the checkpoint's ``refresh.json`` records one (checkpoints from before the option
-    record none and are taken as they are).
-    """
-    from ..embeddings import Embeddings
-
-    if start is None or not (start.parent / EMBEDDINGS_DIR / "corpus.npy").is_file():
-        return None
-    recorded = (read_refresh_record(start.parent) or {}).get("encode_precision") or {}
-    if recorded.get("precision", precision) != precision:
-        return None
-    try:
-        saved = json.loads((start / "encoder.json").read_text(encoding="utf-8"))
-        corpus = Embeddings.load(start.parent / EMBEDDINGS_DIR / "corpus", mmap=False)
-        queries = Embeddings.load(start.parent / EMBEDDINGS_DIR / "queries", mmap=False)
-    except (OSError, ValueError, DanceError):
-        return None
-    now = model.config.to_dict()
-    saved = {**{"lowercase": False}, **saved}   # encoder.json files from before the option
-    differs = {k for k in set(now) | set(saved) if k != "format_version" and now.get(k) != saved.get(k)}
-    if not differs <= {"temperature", "normalize"} or (saved.get("normalize") and not now["normalize"]):
-        return None
-    if not (np.array_equal(corpus.ids, data.corpus_ids) and np.array_equal(queries.ids, data.query_ids)):
-        return None
-    if corpus.vectors.dtype != np.dtype(dtype) or queries.vectors.dtype != np.dtype(dtype):
-        return None
-    out = []
-    for vectors in (corpus.vectors, queries.vectors):
-        if now["normalize"] and not saved.get("normalize"):
-            v = vectors.astype(np.float32)
-            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            vectors = v.astype(dtype)
-        out.append(vectors)
-    return out[0], out[1]
 
 
 def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir: Path | None,
