@@ -87,6 +87,19 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def normalised_histogram(ax, edges, counts, **style) -> bool:
+    """Draw a histogram given by its bin ``edges`` and ``counts`` as shares of its total: a step line through
+    the bin centres (``where="mid"``) with the matplotlib ``style`` given. Draws nothing and returns False when
+    the counts sum to 0."""
+    counts = np.asarray(counts, dtype=float)
+    if counts.sum() == 0:
+        return False
+    edges = np.asarray(edges, dtype=float)
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.step(centers, counts / counts.sum(), where="mid", **style)
+    return True
+
+
 # ----------------------------------------------------------------------------------------------- figures
 def alignment_uniformity_plane(results: dict) -> Figure | None:
     """Alignment (x) vs uniformity of queries and documents together (y), one point per checkpoint and run."""
@@ -159,12 +172,8 @@ def cosine_histograms(results: dict) -> Figure | None:
     fig, axes = plt.subplots(1, len(reps), figsize=(4.2 * len(reps) + 0.6, 3.4), squeeze=False, sharey=False)
     for ax, (i, run, subject) in zip(axes[0], reps):
         hist = subject["geometry"]["cosine_histogram"]
-        edges = np.asarray(hist["edges"], dtype=float)
-        centers = (edges[:-1] + edges[1:]) / 2
         for group, color in (("positive", "tab:green"), ("negative", "tab:red"), ("random", "tab:gray")):
-            counts = np.asarray(hist[group], dtype=float)
-            if counts.sum() > 0:
-                ax.step(centers, counts / counts.sum(), where="mid", color=color, label=group)
+            normalised_histogram(ax, hist["edges"], hist[group], color=color, label=group)
         ax.set_title(_short(run["name"]), fontsize=9)
         ax.set_xlabel("cosine(q, d)")
         ax.grid(alpha=0.3)
@@ -191,15 +200,9 @@ def sampling_entropy(results: dict) -> Figure | None:
             if not soft:
                 continue
             hist = soft["entropy_norm_hist"]
-            edges = np.asarray(hist["edges"], dtype=float)
-            counts = np.asarray(hist["counts"], dtype=float)
-            if counts.sum() == 0:
-                continue
-            any_drawn = True
-            centers = (edges[:-1] + edges[1:]) / 2
             t = subject["sampling"]["temperature"]
-            ax.step(centers, counts / counts.sum(), where="mid", color=colors[i],
-                    label=f"{_short(run['name'], 28)} (t={t:g})")
+            any_drawn |= normalised_histogram(ax, hist["edges"], hist["counts"], color=colors[i],
+                                              label=f"{_short(run['name'], 28)} (t={t:g})")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("normalised entropy of the softmax (1 = uniform)")
         ax.grid(alpha=0.3)
