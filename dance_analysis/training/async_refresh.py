@@ -47,6 +47,7 @@ logger = logging.getLogger("dance_analysis.training.async_refresh")  # __name__ 
 
 REFRESH_DIR = "refresh"
 STOP_FILE = "STOP"
+HELD_FILE = "held.json"
 LOG_FILE = "miner.log"
 SET_RE = re.compile(r"^step-(\d+)$")
 MAX_RESTARTS = 3
@@ -70,6 +71,20 @@ def list_sets(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def held_checkpoint(run_dir: str | os.PathLike) -> int | None:
+    """The step of the checkpoint the miner is refreshing from (``refresh/held.json``), or ``None``.
+
+    The miner writes the marker before it reads the checkpoint and removes it once the refresh is attached; the
+    trainer's pruning never deletes that checkpoint (:func:`.state.commit`), however many checkpoint intervals the
+    refresh spans. A marker left by a killed miner protects its checkpoint until the restarted miner moves on."""
+    path = refresh_root(run_dir) / HELD_FILE
+    try:
+        step = json.loads(path.read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 class MinerHandle:
     """The trainer's side: start the miner, find / wait for complete negative sets, stop the miner."""
 
@@ -89,6 +104,7 @@ class MinerHandle:
         root = refresh_root(self.run_dir)
         root.mkdir(parents=True, exist_ok=True)
         (root / STOP_FILE).unlink(missing_ok=True)
+        (root / HELD_FILE).unlink(missing_ok=True)   # left by a miner that died: the new one holds its own
         for child in root.iterdir():
             if child.name.startswith(".tmp-"):
                 shutil.rmtree(child, ignore_errors=True)
@@ -285,12 +301,15 @@ def _visible_device_ids() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
-    """Move the refresh's embeddings and copy its negatives / dev metrics into the checkpoint folder."""
+def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
+    """Move the refresh's embeddings and copy its negatives / dev metrics into the checkpoint folder; returns
+    why nothing (or not everything) was attached, or ``None`` when all was."""
     from .refresh import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR
 
+    if not checkpoint_dir.exists():
+        return "the checkpoint was deleted meanwhile"
     if not ckpt.is_complete(checkpoint_dir):
-        return
+        return "the checkpoint is incomplete"
     try:
         emb = result_dir / EMBEDDINGS_DIR
         if emb.is_dir() and not (checkpoint_dir / EMBEDDINGS_DIR).exists():
@@ -302,8 +321,9 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> None:
         metrics = result_dir / DEV_METRICS_FILE
         if metrics.is_file():
             write_json(checkpoint_dir / DEV_METRICS_FILE, json.loads(metrics.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        pass  # the trainer pruned the checkpoint meanwhile
+    except FileNotFoundError as exc:
+        return f"the checkpoint was deleted while the results were attached ({exc.filename})"
+    return None
 
 
 def _next_index(set_dir: Path) -> int:
@@ -383,16 +403,24 @@ class Miner:
             time.sleep(self.recipe.mining.poll_seconds)
 
     def _refresh(self, step: int, checkpoint_dir: Path) -> None:
+        started = time.perf_counter()
+        held = refresh_root(self.run_dir) / HELD_FILE
+        write_json(held, {"step": int(step), "pid": os.getpid()})   # the trainer's pruning keeps this checkpoint
+        try:
+            self._refresh_held(step, checkpoint_dir, started)
+        finally:
+            held.unlink(missing_ok=True)
+
+    def _refresh_held(self, step: int, checkpoint_dir: Path, started: float) -> None:
         from ..model import DualEncoder
         from .refresh import prepare_data, run_refresh, summary_line
 
-        started = time.perf_counter()
         fault_point("miner-refresh", step)
         try:
             model = DualEncoder.load(str(checkpoint_dir / "encoder"))
         except (DanceError, OSError) as exc:
             if not checkpoint_dir.exists():
-                self._say(f"checkpoint-{step} was pruned before it could be read; skipped")
+                logger.warning("warning: checkpoint-%d was deleted before the miner could read it; skipped", step)
                 self.last_done = step
                 return
             raise exc
@@ -414,7 +442,10 @@ class Miner:
         if self.precision is None:
             self._say(result.precision.describe())
         self.precision = result.precision
-        _attach(tmp, checkpoint_dir)
+        missing = _attach(tmp, checkpoint_dir)
+        if missing is not None:
+            logger.warning("warning: the refresh of step %d was not attached to %s: %s; its negatives and dev "
+                           "metrics are only in %s", step, checkpoint_dir, missing, root / f"step-{step}")
         replace_dir(tmp, root / f"step-{step}")
         self.last_done = step
         self.next_index += 1

@@ -3,7 +3,7 @@
 Written by rank 0 into the temporary checkpoint folder (:func:`save_trainer_state`): ``trainer_state.json``
 (step, data position, timings, loss scale), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` / ``rng.json`` (the
 generator states of every rank) and ``encoder/``. :func:`commit` then publishes the folder as
-``checkpoint-<step>`` and prunes old checkpoints. Reading it back never unpickles
+``checkpoint-<step>`` and prunes old checkpoints (never the one the async miner holds). Reading it back never unpickles
 (``torch.load(weights_only=True)``, JSON).
 """
 
@@ -13,6 +13,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from ..atomic import read_json
 from ..errors import DanceError
 from ..mining import NegativeSet
 from . import checkpoint as ckpt
@@ -72,7 +73,7 @@ def save_trainer_state(folder: Path, state: dict[str, Any], *, optimizer, schedu
 
 def read_trainer_state(folder: Path, world_size: int) -> dict[str, Any]:
     """``trainer_state.json`` of ``folder``; a checkpoint of another process count is a :class:`DanceError`."""
-    state = ckpt.read_json(folder / STATE_FILE)
+    state = read_json(folder / STATE_FILE)
     if int(state.get("world_size", 1)) != world_size:
         raise DanceError(f"{folder} was written by {state.get('world_size')} process(es); resume it with the "
                          f"same number (now {world_size})")
@@ -90,7 +91,7 @@ def restore_optimisation(folder: Path, state: dict[str, Any], *, optimizer, sche
 def restore_rng(folder: Path, rank: int) -> None:
     """Restore this rank's generator states from ``folder``."""
     rng_tensors = ckpt.torch_load_safe(folder / "rng.pt")["ranks"]
-    rng_plain = ckpt.read_json(folder / "rng.json")["ranks"]
+    rng_plain = read_json(folder / "rng.json")["ranks"]
     ckpt.restore_rng_state(rng_tensors[rank], rng_plain[rank])
 
 
@@ -113,8 +114,15 @@ def find_negatives(folder: Path, run_dir: Path, step: int, set_dir: Path | None 
 def commit(tmp: Path, run_dir: Path, step: int, meta: dict[str, Any], recipe: Recipe,
            protect: tuple[int, ...]) -> Path:
     """Publish the temporary folder ``tmp`` as ``checkpoint-<step>``, then prune by ``recipe.checkpoint``
-    (``protect``: steps that must stay)."""
+    (``protect``: steps that must stay). The checkpoint the async miner is refreshing from
+    (:func:`.async_refresh.held_checkpoint`) stays too: its dev metrics, which ``best_metric`` chooses by, are
+    attached only when that refresh ends, possibly many checkpoint intervals later."""
+    from .async_refresh import held_checkpoint
+
     final = ckpt.commit_checkpoint(tmp, run_dir, step, meta)
+    held = held_checkpoint(run_dir)
+    if held is not None:
+        protect = (*protect, held)
     ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last, keep_best=recipe.checkpoint.keep_best,
                            metric=recipe.checkpoint.best_metric, protect=protect)
     return final

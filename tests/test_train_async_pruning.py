@@ -1,0 +1,113 @@
+"""Async refresh with a miner much slower than the checkpoint interval and a small ``checkpoint.keep_last``.
+
+The miner holds a checkpoint for the whole of its refresh (here made slow with ``DANCE_FAULT_SLOW`` at the
+``refresh`` point, after its encoder is loaded and the corpus encoded); meanwhile the trainer writes several newer
+checkpoints and prunes to ``keep_last``. The held checkpoint must survive that pruning, get its dev metrics
+attached, and so take part in ``best.json`` (the choice of ``checkpoint.best_metric`` and of a stage-2 ``select:
+best``). The reference is the record of every refresh in ``metrics.jsonl`` (written from the miner's negative
+sets, not from the checkpoint folders).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import train_support as ts
+from dance_analysis.training import checkpoint as ckpt
+from dance_analysis.training.async_refresh import held_checkpoint
+from dance_analysis.training.faults import ENV as FAULT_ENV
+from dance_analysis.training.faults import SLOW_ENV
+
+MAX_STEPS = 30
+EVERY = 2
+SLOW = 8.0   # seconds the miner sleeps in each refresh after step 0: several checkpoint intervals of the trainer
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("async-pruning")
+    cache = root / "cache"
+    manifest = ts.write_tiny_collection(root / "collection")
+    encoder = ts.tiny_encoder(root / "model", dropout=0.1)
+    return root, cache, manifest, encoder
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _newest(run_dir: Path) -> int:
+    found = ckpt.list_checkpoints(run_dir)
+    return found[-1][0] if found else -1
+
+
+@pytest.mark.parametrize("keep_last", [1, 2])
+def test_the_checkpoint_a_slow_miner_holds_survives_pruning_and_gets_its_metrics(base, tmp_path, keep_last):
+    root, cache, manifest, encoder = base
+    recipe = ts.write_recipe(tmp_path / "async.yaml", ts.recipe_dict(
+        manifest, encoder, cache, optim={"max_steps": MAX_STEPS, "warmup_steps": 2},
+        mining={"mode": "async", "refresh_every": EVERY, "poll_seconds": 0.1},
+        checkpoint={"keep_last": keep_last, "keep_best": True},
+        log={"tensorboard": False, "progress": False}))
+    slow = ",".join(f"refresh@{step}={SLOW}" for step in range(EVERY, MAX_STEPS, EVERY))
+    env = {**ts.subprocess_env(cache), SLOW_ENV: slow}
+    env.pop(FAULT_ENV, None)
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(ts.train_command(recipe, run), env=env, stdout=subprocess.DEVNULL, stderr=fh)
+    try:
+        # The miner sleeps inside its refresh of checkpoint-<held>; wait until the trainer has committed (and pruned)
+        # at least two newer checkpoints meanwhile.
+        deadline = time.monotonic() + 240
+        held = None
+        while time.monotonic() < deadline:
+            text = (run / "miner.log").read_text(errors="replace") if (run / "miner.log").is_file() else ""
+            found = re.search(r"fault-slow refresh@(\d+) pid", text)
+            if found:
+                held = int(found.group(1))
+                break
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert held is not None, "the miner never reached a slowed refresh"
+        while _newest(run) < held + 2 * EVERY and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert _newest(run) >= held + 2 * EVERY, "the trainer did not get two checkpoints ahead of the miner"
+        assert held_checkpoint(run) == held
+        # Pruned to keep_last (+ the best, + the set in use) around it, yet the held checkpoint is there, complete.
+        assert ckpt.is_complete(run / f"checkpoint-{held}"), [s for s, _ in ckpt.list_checkpoints(run)]
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = log.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    miner_log = (run / "miner.log").read_text()
+    for text in ("skipped", "not attached", "Traceback"):
+        assert text not in miner_log, miner_log[-3000:]
+    assert held_checkpoint(run) is None        # released when the miner finished
+
+    # The miner's own line for every refresh it finished (4 decimals), and the swapped-in records of metrics.jsonl.
+    refreshes = {int(step): float(value) for step, value in
+                 re.findall(r"refresh@(\d+): dev MRR@10 ([0-9.]+)", miner_log)}
+    for record in _records(run):
+        if record.get("dev"):
+            assert refreshes[record["step"]] == pytest.approx(record["dev"]["MRR@10"], abs=5e-5)
+    assert held in refreshes and 0 in refreshes and MAX_STEPS in refreshes, sorted(refreshes)
+    # Every refreshed checkpoint got its metrics while it existed, so pruning kept the best of them all.
+    best = json.loads((run / "best.json").read_text())
+    assert best["value"] == pytest.approx(max(refreshes.values()), abs=5e-5), (best, refreshes)
+    assert refreshes[best["step"]] == pytest.approx(best["value"], abs=5e-5)
+    kept = [s for s, _ in ckpt.list_checkpoints(run)]
+    assert best["step"] in kept and MAX_STEPS in kept and len(kept) <= keep_last + 2, kept
+    for step in refreshes:   # each refreshed checkpoint that is still there carries its refresh
+        if step in kept:
+            assert (run / f"checkpoint-{step}" / "dev_metrics.json").is_file(), step
