@@ -170,3 +170,80 @@ def test_print_config_says_what_auto_will_look_at(monkeypatch, capsys):
     assert "# optim.precision auto: bf16 if the first step times it faster" in printed
     assert yaml.safe_load(printed)["mining"]["encode_precision"] == "auto"
     assert load_recipe(ts.REPO / "train" / "demo-dance.yaml").mining.encode_precision == "auto"
+
+
+# ------------------------------------------------------------------ the resolved precision, and fp32 honoured
+
+def _fast_bf16_encoding(monkeypatch):
+    """A CPU with native bf16 whose encode timing would pick bf16 (stubbed): what ``auto`` alone would choose."""
+    from dance_analysis import encode
+    from dance_analysis.encode import PrecisionDecision
+
+    monkeypatch.setattr(encode, "bf16_hardware", lambda device="cpu": (True, "CPU flags: stub"))
+    monkeypatch.setattr(encode, "_measure", lambda *a, **k: PrecisionDecision(
+        "bf16", "auto", "measured: the fastest in agreement", "cpu", "CPU flags: stub"))
+
+
+@pytest.mark.parametrize("train_precision, encode_precision, expected", [
+    ("fp32", "auto", ("fp32", "auto", "optim.precision is fp32")),   # fp32 training: the refreshes too
+    ("fp32", "bf16", ("bf16", "bf16", "requested")),                  # an explicit encode precision wins
+    ("bf16", "auto", ("bf16", "auto", "measured: the fastest in agreement")),
+])
+def test_optim_fp32_makes_auto_refreshes_encode_in_fp32(run_env, monkeypatch, caplog, train_precision,
+                                                        encode_precision, expected):
+    import logging
+
+    from dance_analysis.training.loop import train
+
+    _native(monkeypatch)
+    _fast_bf16_encoding(monkeypatch)
+    raw = ts.recipe_dict(run_env["manifest"], run_env["encoder"], run_env["cache"],
+                         optim={"precision": train_precision, "max_steps": 6},
+                         mining={"encode_precision": encode_precision})
+    run = run_env["root"] / f"run-{train_precision}-{encode_precision}"
+    with caplog.at_level(logging.INFO, logger="dance_analysis"):
+        train(recipe_from_dict(raw).validate(), run)
+    for step in (0, 6):
+        record = json.loads((run / f"checkpoint-{step}" / "refresh.json").read_text())["encode_precision"]
+        assert (record["precision"], record["requested"], record["reason"]) == expected
+    assert _state(run, 6)["train_precision"]["precision"] == train_precision
+    # the run log says the training precision before the first step, and the refreshes' encode precision
+    assert f"training precision: {train_precision} (requested {train_precision}; requested" in caplog.text
+    assert f"encode precision: {expected[0]} (requested {expected[1]}; {expected[2]}" in caplog.text
+
+
+def test_fp32_training_encode_on_cuda_too(monkeypatch):
+    """On CUDA ``auto`` would be the GPU's autocast: under ``optim.precision: fp32`` it is fp32 there as well."""
+    _native(monkeypatch)
+    recipe = recipe_from_dict({"optim": {"precision": "fp32"}}).validate()
+    decision = precision.fp32_training_encode(recipe, torch.device("cuda"))
+    assert (decision.precision, decision.requested, decision.device) == ("fp32", "auto", "cuda")
+    explicit = recipe_from_dict({"optim": {"precision": "fp32"}, "mining": {"encode_precision": "bf16"}}).validate()
+    assert precision.fp32_training_encode(explicit, torch.device("cuda")) is None
+    assert precision.fp32_training_encode(recipe_from_dict({}).validate(), torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("bf16_gpu, train_line, encode_line", [
+    (True, "# optim.precision auto: bf16 autocast (the GPU supports bf16)\n",
+     "# mining.encode_precision auto: bf16 autocast (the GPU supports bf16)\n"),
+    (False, "# optim.precision auto: fp16 autocast (the GPU has no bf16), with a gradient scaler\n",
+     "# mining.encode_precision auto: fp16 autocast (the GPU has no bf16)\n"),
+])
+def test_print_config_resolves_auto_on_a_gpu(monkeypatch, capsys, bf16_gpu, train_line, encode_line):
+    """An A100 / H100 (bf16) and a V100 (no bf16), stood in for: ``--print-config`` names what auto becomes."""
+    from dance_analysis.cli.train import main as train_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    monkeypatch.setattr(precision, "bf16_hardware", lambda device="cpu": (bf16_gpu, "CUDA capability stub"))
+    recipe = ts.REPO / "train" / "msmarco-doc-ance-firstp.yaml"
+    assert train_main([str(recipe), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert train_line in printed and encode_line in printed and "training on cuda" in printed
+    assert train_main([str(recipe), "--print-config", "--set", "optim.precision=fp32"]) == 0
+    printed = capsys.readouterr().out
+    assert "# optim.precision fp32: fp32\n" in printed
+    assert "# mining.encode_precision auto: fp32 (optim.precision is fp32)\n" in printed
+    assert train_main([str(recipe), "--print-config", "--set", "optim.precision=fp16", "--set",
+                       "optim.device=cpu"]) == 0
+    assert "# optim.precision fp16: not possible here: fp16 needs a CUDA device" in capsys.readouterr().out

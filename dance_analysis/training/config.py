@@ -179,9 +179,10 @@ class OptimConfig:
 
     ``batch_size`` counts training instances (q, d+, d-, q-) per optimizer step over all processes and
     accumulation steps; each process runs ``batch_size / (world_size * grad_accum)`` per micro-batch.
-    ``precision`` ``auto`` is the GPU's autocast on CUDA (bf16 where supported, else fp16); on a CPU with native
-    bf16, bf16 autocast when a timing of the first step shows a gain, else fp32
-    (:mod:`dance_analysis.training.precision`). ``grad_clip`` 0 turns clipping off.
+    ``precision`` ``auto`` is the GPU's autocast on CUDA (bf16 where supported: Ampere and newer such as A100 and
+    H100; else fp16 with a gradient scaler); on a CPU with native bf16, bf16 autocast when a timing of the first
+    step shows a gain, else fp32 (:mod:`dance_analysis.training.precision`). ``fp32`` is honoured by the refreshes
+    too: ``mining.encode_precision: auto`` then encodes in fp32. ``grad_clip`` 0 turns clipping off.
     """
 
     optimizer: str = field(default="adamw", metadata={"help": "the optimiser: adamw, or lamb (the reference runs' "
@@ -206,10 +207,15 @@ class OptimConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (batch_size must be a "
                                                          "multiple)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this value; 0: no clipping"})
-    precision: str = field(default="auto", metadata={"help": "autocast precision of the training step: auto is the "
-                                                             "GPU's autocast on CUDA; on a CPU with native bf16, "
-                                                             "bf16 when a timing of the first step shows a gain, "
-                                                             "else fp32; kept on resume",
+    precision: str = field(default="auto", metadata={"help": "autocast precision of the training step: fp32, bf16, "
+                                                             "fp16 (CUDA only, with a gradient scaler), or auto: on "
+                                                             "CUDA bf16 where the GPU supports it (Ampere and newer, "
+                                                             "e.g. A100, H100), else fp16 with a gradient scaler; on "
+                                                             "a CPU with native bf16, bf16 when a timing of the "
+                                                             "first step shows a gain, else fp32. fp32 also makes "
+                                                             "mining.encode_precision auto encode in fp32. What it "
+                                                             "resolves to: --print-config and the run log; kept on "
+                                                             "resume",
                                                      **_choices("auto", "fp32", "fp16", "bf16")})
     seed: int = field(default=42, metadata={"help": "seed of the initial head, the instance order, mining and "
                                                     "dropout"})
@@ -285,8 +291,10 @@ class MiningConfig:
                                                                     "bf16, the fastest of the two that a timing at "
                                                                     "the first refresh finds faster and whose "
                                                                     "top-20 neighbours of a probe agree with fp32 "
-                                                                    "(>= 0.99), else fp32 (CUDA: its autocast); "
-                                                                    "vectors are float32; kept on resume",
+                                                                    "(>= 0.99), else fp32 (CUDA: its autocast, "
+                                                                    "bf16 where supported, else fp16); fp32 "
+                                                                    "whenever optim.precision is fp32; vectors are "
+                                                                    "float32; kept on resume",
                                                             **_choices("auto", "fp32", "bf16", "bf16-weights")})
     device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the first GPU that no "
                                                           "training process uses (an error when all of several "

@@ -618,6 +618,8 @@ class Trainer:
                 self.miner.start()
             self._load_state(self.resume_from)
             self._say(f"resuming {self.run_dir} from {self.resume_from.name} (step {self.step})")
+            if self.train_precision is not None:
+                self._say(self.train_precision.describe())
             previous_wall = self.train_seconds + self.refresh_seconds
             if self.stream is None:           # an async checkpoint written before the first negatives arrived
                 self._async_poll(wait_for=int(self.step // mining.refresh_every) * mining.refresh_every)
@@ -627,6 +629,8 @@ class Trainer:
                       f"{len(self.data.dev_qids)} dev queries, {self.data.num_docs} documents; "
                       f"{max_steps} steps of {recipe.optim.batch_size} instances on {dist.world_size} x "
                       f"{self.device}; output {self.run_dir}")
+            if self.train_precision is not None:    # (auto on a CPU is said when the first step decides it)
+                self._say(self.train_precision.describe())
             if self.prepared is not None:
                 self._start_prepared(is_async)
             elif is_async:

@@ -11,6 +11,14 @@ draws do not depend on it.
 
 Whether bf16 steps train as well as fp32 ones is not measured at run time: ``bench/train_step.py --precisions fp32
 bf16`` compares the loss trajectories over 50 steps with the spread of two fp32 runs (see BENCHMARKS.md).
+
+On CUDA, ``auto`` is bf16 autocast on GPUs that support bfloat16 (Ampere and newer: A100, H100, RTX 30xx and later)
+and fp16 autocast with a gradient scaler on older ones (V100, T4); the paper trained in fp16.
+
+``optim.precision: fp32`` is honoured by the refreshes as well: ``mining.encode_precision: auto`` then encodes in
+float32 too (:func:`fp32_training_encode`), on the CPU and on CUDA (whose ``auto`` would otherwise be its
+autocast); a reduced refresh precision under fp32 training is asked for by naming it (``bf16``, ``bf16-weights``).
+:func:`resolved_precisions` says what both settings resolve to on this machine (``dance-train --print-config``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..device import amp_dtype
 from ..encode import PrecisionDecision, bf16_hardware
 from ..errors import DanceError
 from .optim import autocast_dtype
@@ -117,19 +126,75 @@ def measure_train_precision(run: Callable[[torch.dtype | None], float], device,
     return decision
 
 
+def fp32_training_encode(recipe, device) -> PrecisionDecision | None:
+    """The refreshes' encode decision when ``optim.precision`` is ``fp32`` and ``mining.encode_precision`` is
+    ``auto``: float32, on every device (CUDA's ``auto`` would be its autocast, a CPU's a timing); ``None`` for every
+    other combination (an explicit encode precision is taken as given)."""
+    if recipe.optim.precision != "fp32" or recipe.mining.encode_precision != "auto":
+        return None
+    device = torch.device(device)
+    hardware = bf16_hardware(device)[1] if device.type in ("cpu", "cuda") else ""
+    decision = PrecisionDecision("fp32", "auto", "optim.precision is fp32", device.type, hardware)
+    logger.info("%s", decision.describe())
+    return decision
+
+
+def _recipe_device(recipe) -> torch.device:
+    """The device ``optim.device`` resolves to here (CUDA only when torch sees a GPU)."""
+    wanted = str(recipe.optim.device).strip().lower()
+    if wanted != "cpu" and torch.cuda.is_available():
+        return torch.device(wanted if wanted.startswith("cuda") else "cuda")
+    return torch.device("cpu")
+
+
+def _cuda_autocast(device: torch.device) -> str:
+    if amp_dtype(device) == torch.bfloat16:
+        return "bf16 autocast (the GPU supports bf16)"
+    return "fp16 autocast (the GPU has no bf16)"
+
+
+def resolved_precisions(recipe, device=None) -> dict[str, str]:
+    """What ``optim.precision`` and ``mining.encode_precision`` of ``recipe`` resolve to on ``device`` (default:
+    the device the recipe trains on here), as text: ``{"optim.precision": ..., "mining.encode_precision": ...}``.
+    A value that needs a timing says what the timing decides between."""
+    device = torch.device(device) if device is not None else _recipe_device(recipe)
+    cuda = device.type == "cuda"
+    native = bf16_hardware(device)[0] if device.type in ("cpu", "cuda") else False
+    train = recipe.optim.precision
+    if train == "fp32":
+        train_text = "fp32"
+    elif train == "fp16":
+        train_text = ("fp16 autocast with a gradient scaler" if cuda
+                      else "not possible here: fp16 needs a CUDA device (use fp32 or bf16)")
+    elif train == "bf16":
+        train_text = "bf16 autocast" if native or not cuda else "not possible here: the GPU has no bf16"
+    elif cuda:
+        train_text = _cuda_autocast(device) + (", with a gradient scaler" if amp_dtype(device) == torch.float16
+                                               else "")
+    else:
+        train_text = "bf16 if the first step times it faster, else fp32" if native else "fp32 (no native bf16)"
+    encode = recipe.mining.encode_precision
+    if train == "fp32" and encode == "auto":
+        encode_text = "fp32 (optim.precision is fp32)"
+    elif encode == "fp32":
+        encode_text = "fp32"
+    elif encode in ("bf16", "bf16-weights"):
+        encode_text = encode if native or not cuda else "not possible here: the GPU has no bf16"
+    elif cuda:
+        encode_text = _cuda_autocast(device)
+    else:
+        encode_text = ("bf16 or bf16-weights if the first refresh times it faster and its top-20 neighbours agree "
+                       "with fp32 (>= 0.99), else fp32" if native else "fp32 (no native bf16)")
+    return {"optim.precision": train_text, "mining.encode_precision": encode_text}
+
+
 def machine_note(recipe) -> str:
-    """YAML comment lines for ``--print-config``: what ``auto`` precisions will look at on this machine."""
-    device = torch.device("cuda" if recipe.optim.device != "cpu" and torch.cuda.is_available() else "cpu")
+    """YAML comment lines for ``--print-config``: the machine, and what the recipe's precisions resolve to here."""
+    device = _recipe_device(recipe)
     native, hardware = bf16_hardware(device)
-    lines = [f"# this machine: {hardware} (native bf16: {'yes' if native else 'no'})"]
-    if recipe.mining.encode_precision == "auto":
-        lines.append("# mining.encode_precision auto: " + (
-            "the GPU's autocast" if device.type == "cuda" else
-            "bf16 if the first refresh times it faster and its top-20 neighbours agree with fp32 (>= 0.99)"
-            if native else "fp32 (no native bf16)"))
-    if recipe.optim.precision == "auto":
-        lines.append("# optim.precision auto: " + (
-            "the GPU's autocast" if device.type == "cuda" else
-            "bf16 if the first step times it faster" if native else "fp32 (no native bf16)"))
-    lines.append("# (decisions and their timings are logged and recorded in the run's checkpoints)")
+    resolved = resolved_precisions(recipe, device)
+    lines = [f"# this machine: {hardware} (native bf16: {'yes' if native else 'no'}); training on {device}",
+             f"# mining.encode_precision {recipe.mining.encode_precision}: {resolved['mining.encode_precision']}",
+             f"# optim.precision {recipe.optim.precision}: {resolved['optim.precision']}",
+             "# (decisions and their timings are logged and recorded in the run's checkpoints)"]
     return "\n".join(lines) + "\n"
