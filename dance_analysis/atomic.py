@@ -11,7 +11,7 @@ without the flag) the old folder is renamed aside first, leaving one rename's ga
 
 Functions
     :func:`atomic_file`, :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`publishing_path`
-        files;
+        files; :func:`read_json` reads back what :func:`write_json` wrote (or a user's JSON file);
     :func:`building_dir`, :func:`temp_dir_beside`, :func:`publish_dir`, :func:`replace_dir` folders;
     :func:`remove_dir` makes a folder disappear in one rename, then deletes it.
 """
@@ -30,9 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import InputError
+
 __all__ = [
-    "atomic_file", "building_dir", "can_exchange", "publish_dir", "publishing_path", "remove_dir", "replace_dir",
-    "temp_dir_beside", "temp_path_beside", "write_bytes", "write_json", "write_text",
+    "atomic_file", "building_dir", "can_exchange", "publish_dir", "publishing_path", "read_json", "remove_dir",
+    "replace_dir", "temp_dir_beside", "temp_path_beside", "write_bytes", "write_json", "write_text",
 ]
 
 TRASH_PREFIX = ".trash-"
@@ -115,6 +117,44 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sor
                allow_nan: bool = True) -> Path:
     """Write ``obj`` as JSON (``indent``, then a final newline) to ``path`` atomically; returns ``path``."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan) + "\n")
+
+
+_MISSING = object()
+
+
+def read_json(path: str | os.PathLike, expected: str = "a JSON document", *, kind: type | None = None,
+              missing: Any = _MISSING, invalid: Any = _MISSING) -> Any:
+    """The JSON document in ``path``.
+
+    A missing file returns ``missing`` when it is given (e.g. ``missing=None``: "read JSON or None"), else raises
+    :class:`~dance_analysis.errors.InputError`; so does an unreadable or malformed file (naming the file, the
+    line of a syntax error and ``expected``), or, with ``kind`` (``dict``, ``list``), a document of another type,
+    unless ``invalid`` is given, which is then returned instead (a reader that treats a damaged file as absent).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing is not _MISSING:
+            return missing
+        if invalid is not _MISSING:
+            return invalid
+        raise InputError(path, expected, got="no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        if invalid is not _MISSING:
+            return invalid
+        raise InputError(path, expected, got=str(exc)) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if invalid is not _MISSING:
+            return invalid
+        raise InputError(path, expected, line=exc.lineno, got=exc.msg) from None
+    if kind is not None and not isinstance(value, kind):
+        if invalid is not _MISSING:
+            return invalid
+        raise InputError(path, expected, got=type(value).__name__)
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------- folders

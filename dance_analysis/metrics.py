@@ -9,7 +9,11 @@ Measures (names accepted by :func:`evaluate`; ``k`` is any positive integer):
 * ``"nDCG@k"`` (``"nDCG"`` without cutoff): normalised discounted cumulative gain.
 * ``"MAP"`` (also ``"AP"``): average precision over the whole ranking.
 
-``DEFAULT_MEASURES`` = MRR@10, MRR@100, R@100, R@1000, nDCG@10, MAP.
+``DEFAULT_MEASURES`` = MRR@10, MRR@100, R@100, R@1000, nDCG@10, MAP (what a refresh logs as dev metrics);
+``RANKING_MEASURES`` = MRR@10, MRR@100, R@100, nDCG@10 (what the report and the experiment compute per query);
+``PRIMARY_METRIC`` = MRR@10, higher is better: the one named metric that picks the checkpoint standing for a run
+(a recipe's ``checkpoint.best_metric`` names another, :func:`primary_metric`), as sentence-transformers evaluators
+declare one primary metric with its direction.
 
 Conventions (stated once, followed by every number this module returns):
 
@@ -37,18 +41,78 @@ Rows must not repeat a document (search never does; :func:`~dance_analysis.runs.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .errors import DanceError
 from .index import Rankings
 
-__all__ = ["DEFAULT_MEASURES", "Measure", "parse_measure", "evaluate", "evaluate_per_query"]
+__all__ = ["DEFAULT_MEASURES", "LOWER_IS_BETTER", "PRIMARY_METRIC", "RANKING_MEASURES", "Measure", "PrimaryMetric",
+           "evaluate", "evaluate_per_query", "parse_measure", "primary_metric"]
 
 DEFAULT_MEASURES: tuple[str, ...] = ("MRR@10", "MRR@100", "R@100", "R@1000", "nDCG@10", "MAP")
+#: The ranking measures the report (``q2d``), the experiment and the comparison compute per query, in table order.
+RANKING_MEASURES: tuple[str, ...] = ("MRR@10", "MRR@100", "R@100", "nDCG@10")
+#: Named metrics (besides the ranking measures, which are all higher-is-better) where a lower value is better.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "dev_loss", "eval_loss"})
+
+
+@dataclass(frozen=True)
+class PrimaryMetric:
+    """A named metric and its direction: what picks the best of several checkpoints.
+
+    ``name`` is a key of the dev metrics (``dev_metrics.json``, e.g. ``"MRR@10"``); ``higher_is_better`` its
+    direction. :meth:`pick` is the one rule: the best value among those present and finite, the earliest on ties.
+    """
+
+    name: str
+    higher_is_better: bool = True
+
+    def value(self, metrics: Mapping[str, Any] | None) -> float | None:
+        """This metric's finite value in ``metrics``, or ``None`` (absent, null, NaN, not a number)."""
+        if not isinstance(metrics, Mapping):
+            return None
+        value = metrics.get(self.name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return None
+        return float(value)
+
+    def better(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def pick(self, values: Sequence[float | None]) -> int | None:
+        """Index of the best value (``None`` entries skipped; the first on ties), ``None`` when none has one."""
+        best = None
+        for i, value in enumerate(values):
+            if value is not None and (best is None or self.better(value, values[best])):
+                best = i
+        return best
+
+    def describe(self) -> str:
+        """``"MRR@10 (higher is better)"``."""
+        return f"{self.name} ({'higher' if self.higher_is_better else 'lower'} is better)"
+
+
+#: The primary metric: MRR@10 (MS MARCO's official passage measure; the paper's section 5 claims are about it).
+PRIMARY_METRIC = PrimaryMetric("MRR@10", higher_is_better=True)
+
+
+def primary_metric(metric: str | PrimaryMetric | None = None) -> PrimaryMetric:
+    """The :class:`PrimaryMetric` a name stands for: ``None`` -> :data:`PRIMARY_METRIC`; a ranking measure (any
+    name :func:`parse_measure` accepts) is higher-is-better; a name in :data:`LOWER_IS_BETTER` lower-is-better;
+    any other name (a key some evaluator logs) higher-is-better."""
+    if metric is None:
+        return PRIMARY_METRIC
+    if isinstance(metric, PrimaryMetric):
+        return metric
+    name = str(metric)
+    return PrimaryMetric(name, higher_is_better=name not in LOWER_IS_BETTER)
 
 _KINDS = {"mrr": "RR", "rr": "RR", "r": "R", "recall": "R", "p": "P", "ndcg": "nDCG", "map": "AP", "ap": "AP"}
 _NAME = re.compile(r"^\s*([A-Za-z]+)\s*(?:@\s*(\d+))?\s*$")

@@ -1,7 +1,8 @@
 """The retrieval pipeline in three calls: collection -> embeddings -> rankings -> metrics.
 
 These glue the rooms together (token cache, encoder, index, metrics) for the commands that need the whole chain
-(`dance-eval`, the trainer's refresh, `dance-analyze` when a checkpoint has no saved embeddings).
+(`dance-eval`, the trainer's refresh, `dance-mine`, and `dance-analyze` when a checkpoint has no saved embeddings:
+:func:`encode_ids` encodes chosen ids of one side).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .data.collection import Collection
 from .data.tokens import cached_tokens
 from .embeddings import Embeddings
 from .encode import encode_tokens
+from .errors import DanceError
 from .index import Rankings, search
 from .model import DualEncoder
 
@@ -49,6 +51,39 @@ def embed_queries(model: DualEncoder, collection: Collection, query_ids: Sequenc
         indices = np.asarray([row[q] for q in query_ids], dtype=np.int64)
     return encode_tokens(model, tokens, "query", batch_size=batch_size, dtype=dtype, out=out, device=device,
                          progress=progress, indices=indices)
+
+
+def encode_ids(model: DualEncoder, collection: Collection, side: str, wanted: np.ndarray, *, batch_size: int = 64,
+               device=None, progress: bool = True) -> Embeddings:
+    """The vectors of the ``wanted`` ids of one side (``"query"`` or ``"doc"``), in that order. Queries, and
+    documents when at most half of the corpus is wanted, are tokenised directly; a whole (or most of a) corpus goes
+    through the collection's token cache. An id the collection lacks is a :class:`DanceError`."""
+    from .encode import encode_texts
+
+    if side == "query":
+        missing = [key for key in wanted.tolist() if key not in collection.queries]
+        if missing:
+            raise DanceError(f"{len(missing)} query id(s) are not in {collection.name}, e.g. "
+                             f"{', '.join(map(repr, missing[:5]))}")
+        embeddings = encode_texts(model, wanted, [collection.queries[q] for q in wanted.tolist()], side,
+                                  batch_size=batch_size, device=device, progress=progress)
+    elif 2 * len(wanted) <= len(collection.corpus):
+        embeddings = encode_texts(model, wanted, collection.corpus.texts(wanted.tolist()), side,
+                                  batch_size=batch_size, device=device, progress=progress)
+    else:
+        tokens = cached_tokens(collection, side, model.tokenizer, model.config.doc_max_length,
+                               prompt=model.config.document_prompt)
+        row = {key: i for i, key in enumerate(np.asarray(tokens.ids).tolist())}
+        missing = [key for key in wanted.tolist() if key not in row]
+        if missing:
+            raise DanceError(f"{len(missing)} document id(s) are not in the token cache of {collection.name}, "
+                             f"e.g. {', '.join(map(repr, missing[:5]))}")
+        indices = np.fromiter((row[key] for key in wanted.tolist()), dtype=np.int64, count=len(wanted))
+        embeddings = encode_tokens(model, tokens, side, batch_size=batch_size, device=device, progress=progress,
+                                   indices=indices)
+    if not np.array_equal(np.asarray(embeddings.ids), wanted):
+        embeddings = embeddings.subset(wanted)
+    return embeddings
 
 
 def rank(queries: Embeddings, corpus: Embeddings, k: int, *, device: str = "auto") -> Rankings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
@@ -32,22 +31,13 @@ TEXTS = ["what is a dense retriever", "hard negatives from a refreshed index " *
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prompts")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    plain = ts.tiny_encoder(root / "model", dropout=0.0)
-    prompted = root / "prompted"
-    DualEncoder.load(str(plain), query_prompt=QP, document_prompt=DP).save(str(prompted))
-    yield {"root": root, "manifest": ts.write_tiny_collection(root / "collection"), "plain": plain,
-           "prompted": prompted, "cache": root / "cache"}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+def env(tmp_path_factory, tiny_setup):
+    """The tiny setup with a dropout-free encoder ("plain") and the same encoder saved with prompts."""
+    with tiny_setup(tmp_path_factory.mktemp("prompts"), dropout=0.0) as env:
+        plain = env["plain"] = env["encoder"]
+        env["prompted"] = env["root"] / "prompted"
+        DualEncoder.load(str(plain), query_prompt=QP, document_prompt=DP).save(str(env["prompted"]))
+        yield env
 
 
 def _old_cache_key(collection, side, tokenizer, max_length):
@@ -152,7 +142,8 @@ def test_training_with_prompts_saves_them_and_its_vectors_are_the_prompted_ones(
     assert not np.allclose(corpus, encode_texts(unprompted, doc_ids, plain_texts, "doc", progress=False).vectors,
                            atol=1e-4)
     # dance-analyze reuses the checkpoint's saved vectors for its own prompts, and re-encodes for other ones
-    from dance_analysis.report.inputs import release_models, resolve_path, subject_embeddings
+    from dance_analysis.report.encode_subjects import release_models, subject_embeddings
+    from dance_analysis.report.inputs import resolve_path
 
     subject = resolve_path(str(checkpoint)).subjects[0]
     wanted = np.asarray(doc_ids), np.asarray(query_ids[:3])
@@ -212,7 +203,8 @@ def test_dance_analyze_passes_the_prompts_and_encodes_with_them(env, monkeypatch
     assert seen == {"query_prompt": QP, "document_prompt": DP}
 
     from dance_analysis.data import load_collection
-    from dance_analysis.report.inputs import release_models, resolve_path, subject_embeddings
+    from dance_analysis.report.encode_subjects import release_models, subject_embeddings
+    from dance_analysis.report.inputs import resolve_path
 
     collection = load_collection(str(env["manifest"]))
     doc_ids = np.asarray(collection.corpus.ids[:6])

@@ -11,7 +11,8 @@ import pytest
 from dance_analysis.data import load_collection
 from dance_analysis.errors import DanceError
 from dance_analysis.report.compute import AnalysisSettings, select_items
-from dance_analysis.report.inputs import check_dims, collection_spec, resolve_inputs, resolve_path, subject_embeddings
+from dance_analysis.report.encode_subjects import check_dims, subject_embeddings
+from dance_analysis.report.inputs import collection_spec, resolve_inputs, resolve_path
 from report_support import write_beir, write_checkpoint, write_embeddings
 
 

@@ -25,8 +25,9 @@ from ..outputs import OUTPUT_ROOT, input_slug, safe_name
 from ..runtime import Timer
 from .comparison_figures import make_comparison_figures, projection_panels
 from .compute import AnalysisSettings, compute_all
+from .encode_subjects import check_dims
 from .figures import make_figures
-from .inputs import RunInput, check_dims, collection_spec, resolve_inputs
+from .inputs import RunInput, collection_spec, resolve_inputs
 from .progress import ReportProgress
 from .render import build_tables, check_replaceable, earlier_report, render_html, write_report
 

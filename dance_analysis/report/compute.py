@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import DanceError
 from ..runtime import Timer, enable_numba_cache, single_threaded_blas
 from .claims_panel import compare_inputs
-from .inputs import RunInput, Subject, release_models, subject_embeddings
+from .encode_subjects import release_models, subject_embeddings
+from .inputs import RunInput, Subject
 
 #: q2d measures reported (the foundation's metrics; MS MARCO convention, see dance_analysis.metrics).
 Q2D_MEASURES = ("MRR@10", "MRR@100", "R@100", "nDCG@10")

@@ -1,6 +1,8 @@
-"""Checkpoint folders: atomic writes, listing, pruning (last K + best), and exact-resume state.
+"""Checkpoint folders, written: atomic publishing, pruning (last K + best), and exact-resume state.
 
-Layout (the contract with the analyzer, see DESIGN.md)::
+Reading a run folder (names, listing, completeness, the best checkpoint) is :mod:`dance_analysis.checkpoints`,
+the one module every reader shares; this module writes what it reads. Layout (the contract with the analyzer,
+see DESIGN.md)::
 
     <run_dir>/checkpoint-<step>/
         encoder/             DualEncoder.save
@@ -21,7 +23,6 @@ named ``checkpoint-<step>`` is never half-written (a SIGKILL leaves at most a te
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import re
@@ -34,19 +35,23 @@ import numpy as np
 import torch
 
 from ..atomic import TRASH_PREFIX, atomic_file, remove_dir, replace_dir, write_json
+from ..checkpoints import (
+    CHECKPOINT_FILE,
+    TMP_PREFIX,
+    best_checkpoint,
+    checkpoint_name,
+    checkpoint_step,
+    is_complete,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from ..errors import DanceError
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TMP_PREFIX = ".tmp-checkpoint-"
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a malformed one raises :class:`DanceError` naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DanceError(f"{path}: expected JSON ({exc.msg} at line {exc.lineno})") from None
+__all__ = [
+    "WRITE_ERRNOS", "begin_checkpoint", "capture_rng_state", "clean_temporaries", "commit_checkpoint",
+    "prune_checkpoints", "restore_rng_state", "torch_load_safe", "torch_save_atomic", "write_error_message",
+    "write_failure",
+]
 
 
 class _RecordingWriter:
@@ -123,67 +128,6 @@ def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise DanceError(f"{path}: not a loadable checkpoint file ({type(exc).__name__}: {exc})") from None
 
 
-def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """The step of a ``checkpoint-<step>`` folder name, or ``None``."""
-    match = CHECKPOINT_RE.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """True when the folder has a ``checkpoint.json`` with ``"complete": true``."""
-    meta = Path(path) / "checkpoint.json"
-    if not meta.is_file():
-        return False
-    try:
-        return bool(json.loads(meta.read_text(encoding="utf-8")).get("complete"))
-    except (json.JSONDecodeError, OSError):
-        return False
-
-
-def list_checkpoints(run_dir: str | os.PathLike, *, complete_only: bool = True) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every checkpoint in ``run_dir``, ordered by step (numerically)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    out = []
-    for child in run_dir.iterdir():
-        step = checkpoint_step(child)
-        if step is not None and child.is_dir() and (not complete_only or is_complete(child)):
-            out.append((step, child))
-    return sorted(out)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step, or ``None``."""
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def read_dev_metrics(path: str | os.PathLike) -> dict[str, float] | None:
-    """The ``dev_metrics.json`` of a checkpoint folder, or ``None`` when it has none."""
-    file = Path(path) / "dev_metrics.json"
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def best_checkpoint(run_dir: str | os.PathLike, metric: str = "MRR@10") -> tuple[int, Path, float] | None:
-    """``(step, path, value)`` of the checkpoint with the highest dev ``metric`` (earliest step on ties)."""
-    best = None
-    for step, path in list_checkpoints(run_dir):
-        metrics = read_dev_metrics(path)
-        if not metrics or metric not in metrics or metrics[metric] is None:
-            continue
-        value = float(metrics[metric])
-        if best is None or value > best[2]:
-            best = (step, path, value)
-    return best
-
-
 def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete temporary / trash folders left by an interrupted write; returns what was removed."""
     run_dir = Path(run_dir)
@@ -211,14 +155,15 @@ def commit_checkpoint(tmp: str | os.PathLike, run_dir: str | os.PathLike, step: 
     """Write ``checkpoint.json`` (``complete: true``) into ``tmp`` and publish it as ``checkpoint-<step>``
     (an existing one is swapped out without a gap, :func:`dance_analysis.atomic.replace_dir`)."""
     tmp = Path(tmp)
-    final = Path(run_dir) / f"checkpoint-{step}"
-    write_json(tmp / "checkpoint.json", {**meta, "step": int(step), "complete": True})
+    final = Path(run_dir) / checkpoint_name(step)
+    write_json(tmp / CHECKPOINT_FILE, {**meta, "step": int(step), "complete": True})
     return replace_dir(tmp, final)
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int | None, *, keep_best: bool = True,
-                      metric: str = "MRR@10", protect: tuple[int, ...] = ()) -> list[int]:
-    """Delete checkpoints beyond the last ``keep_last`` (``None``: keep all), keeping the best by ``metric``.
+                      metric: str | None = None, protect: tuple[int, ...] = ()) -> list[int]:
+    """Delete checkpoints beyond the last ``keep_last`` (``None``: keep all), keeping the best by ``metric``
+    (:func:`dance_analysis.checkpoints.best_checkpoint`; default the primary metric).
 
     Steps in ``protect`` are never deleted. Returns the deleted steps.
     """

@@ -19,93 +19,24 @@ multi-process run in a folder that was not prepared (:func:`require_prepared`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from ..atomic import write_json
-from ..errors import DanceError
+from ..checkpoints import (  # noqa: F401 - the read-only part of preparing, re-exported for the trainer
+    PREPARED_FILE,
+    check_prepared,
+    prepared_checkpoint,
+    read_prepared,
+    require_prepared,
+)
+from ..checkpoints import step0_settings as _step0_settings
 from ..logs import NOTICE
 from . import checkpoint as ckpt
 from .config import Recipe
 
 logger = logging.getLogger(__name__)
-
-PREPARED_FILE = "prepared.json"
-#: Mining keys that do not change what the step-0 refresh writes (compared against a prepared folder: the rest).
-_RUNTIME_MINING_KEYS = {"mode", "device", "poll_seconds", "max_staleness", "refresh_every", "final_refresh"}
-
-
-def _step0_settings(recipe: Recipe) -> dict[str, Any]:
-    """What the step-0 refresh depends on: the model and data sections, the mining keys but the runtime ones,
-    the objective (query negatives or not) and the seed."""
-    values = recipe.to_dict()
-    return {"model": values["model"], "data": values["data"],
-            "mining": {k: v for k, v in values["mining"].items() if k not in _RUNTIME_MINING_KEYS},
-            "objective": values["loss"]["objective"], "seed": values["optim"]["seed"]}
-
-
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    out = []
-    for section, value in now.items():
-        before = saved.get(section)
-        if isinstance(value, dict) and isinstance(before, dict):
-            out += [f"{section}.{k}" for k in sorted(set(value) | set(before)) if value.get(k) != before.get(k)]
-        elif value != before:
-            out.append(section)
-    return out
-
-
-def read_prepared(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``prepared.json`` record of a run folder, or ``None`` when the folder was not prepared."""
-    path = Path(run_dir) / PREPARED_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DanceError(f"{path}: expected the JSON record of a prepared run folder ({exc}); run --prepare "
-                         f"again") from None
-    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise DanceError(f"{path}: expected a JSON object with 'settings'; run --prepare again")
-    return record
-
-
-def check_prepared(run_dir: str | os.PathLike, recipe: Recipe) -> bool:
-    """True when ``run_dir`` was prepared for ``recipe``; a folder prepared for other step-0 settings is a
-    :class:`DanceError` naming the keys that differ."""
-    record = read_prepared(run_dir)
-    if record is None:
-        return False
-    diffs = _differences(record["settings"], _step0_settings(recipe))
-    if diffs:
-        raise DanceError(f"{Path(run_dir) / PREPARED_FILE}: the folder was prepared with other settings "
-                         f"({', '.join(diffs)}); prepare it again with this recipe (--prepare --overwrite)")
-    return True
-
-
-def prepared_checkpoint(run_dir: str | os.PathLike, recipe: Recipe) -> Path | None:
-    """``checkpoint-0`` of a folder prepared for ``recipe`` when training has not written a later checkpoint yet
-    (training then starts from it), else ``None``."""
-    run_dir = Path(run_dir)
-    if not check_prepared(run_dir, recipe):
-        return None
-    found = ckpt.list_checkpoints(run_dir)
-    if [step for step, _ in found] != [0]:
-        return None
-    return found[0][1]
-
-
-def require_prepared(run_dir: str | os.PathLike, recipe: Recipe, command: str | None = None) -> None:
-    """Raise a one-line :class:`DanceError` unless ``run_dir`` was prepared for ``recipe`` (a multi-process run
-    starts only from a prepared folder). ``command`` is the preparation command to name in the message."""
-    if check_prepared(run_dir, recipe):
-        return
-    command = command or f"dance-train RECIPE --output-dir {run_dir} --prepare"
-    raise DanceError(f"{run_dir} is not prepared for a multi-process run: first run `{command}` (one process, "
-                     f"before torchrun: token caches and the step-0 negatives)")
 
 
 def prepare(recipe: Recipe, run_dir: str | os.PathLike, *, workers: int | None = None, overwrite: bool = False,
@@ -172,7 +103,7 @@ def publish_prepared_set(checkpoint: Path, set_dir: Path) -> None:
     import shutil
 
     from ..atomic import building_dir
-    from .refresh import DEV_METRICS_FILE, NEGATIVES_DIR, REFRESH_FILE
+    from ..checkpoints import DEV_METRICS_FILE, NEGATIVES_DIR, REFRESH_FILE
 
     with building_dir(set_dir) as tmp:
         shutil.copytree(checkpoint / NEGATIVES_DIR, tmp / NEGATIVES_DIR)

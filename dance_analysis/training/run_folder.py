@@ -1,55 +1,48 @@
 """The run directory of ``dance-train``: which starting encoder a path names, whether a directory may be used
 (new, ``--resume``, ``--overwrite``), preparing it, and trimming its metrics log on resume.
 
-Layout: ``config.yaml`` (the resolved recipe), ``metrics.jsonl``, ``summary.json``, ``best.json``,
-``tensorboard/``, ``checkpoint-<step>/`` (:mod:`.checkpoint`) and, in async mode, ``refresh/`` and ``miner.log``
-(:mod:`.async_refresh`).
+The names of the run folder and the reading of it are :mod:`dance_analysis.checkpoints` (``config.yaml``,
+``metrics.jsonl``, ``summary.json``, ``best.json``, ``tensorboard/``, ``checkpoint-<step>/``, and in async mode
+``refresh/`` and ``miner.log``); this module decides whether a folder may be written and writes it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..atomic import write_text
+from .. import checkpoints
+from ..atomic import remove_dir, write_text
+from ..checkpoints import (
+    BEST_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    REFRESH_DIR,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+)
 from ..errors import DanceError
-from . import checkpoint as ckpt
 from .config import Recipe, dump_recipe, recipe_differences, recipe_from_dict
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-BEST_FILE = "best.json"
-TENSORBOARD_DIR = "tensorboard"
 
-
-def resolve_backbone(backbone: str, select: str = "best", metric: str = "MRR@10") -> str:
+def resolve_backbone(backbone: str, select: str = "best") -> str:
     """Where to load the starting encoder from.
 
     A ``checkpoint-<step>`` folder -> its ``encoder/``; a run directory of ``dance-train`` -> the ``encoder/`` of
-    its best checkpoint by dev ``metric`` (``select="best"``), of its last one (``"last"``) or of the checkpoint
-    of a fixed step (``"step-<N>"``: a branch point fixed before the run, an error when the run has no such
-    checkpoint); anything else is returned unchanged (an alias, a model folder or a hub name for
-    ``DualEncoder.load``).
+    the checkpoint ``select`` names (:func:`dance_analysis.checkpoints.run_checkpoint`): the run's best
+    (``"best"``: the one every reader picks, :func:`dance_analysis.checkpoints.run_best`, else the last), its last
+    one (``"last"``) or the checkpoint of a fixed step (``"step-<N>"``: a branch point fixed before the run, an
+    error when the run has no such checkpoint); anything else is returned unchanged (an alias, a model folder or a
+    hub name for ``DualEncoder.load``).
     """
     path = Path(backbone).expanduser()
-    if path.is_dir() and (path / "encoder").is_dir() and (path / "checkpoint.json").is_file():
-        return str(path / "encoder")
-    if path.is_dir() and ckpt.list_checkpoints(path):
-        chosen = None
-        if select.startswith("step-"):
-            wanted = dict(ckpt.list_checkpoints(path))
-            step = int(select[5:]) if select[5:].isdigit() else -1
-            if step not in wanted:
-                raise DanceError(f"{path}: model.select {select!r} names no checkpoint of the run; it has steps "
-                                 f"{sorted(wanted)}")
-            return str(Path(wanted[step]) / "encoder")
-        if select == "best":
-            best = ckpt.best_checkpoint(path, metric)
-            chosen = best[1] if best else None
-        if chosen is None:
-            chosen = ckpt.latest_checkpoint(path)
-        return str(Path(chosen) / "encoder")
+    if path.is_dir() and (path / checkpoints.ENCODER_DIR).is_dir() and (path / checkpoints.CHECKPOINT_FILE).is_file():
+        return str(path / checkpoints.ENCODER_DIR)
+    if path.is_dir() and checkpoints.list_checkpoints(path):
+        try:
+            chosen = checkpoints.run_checkpoint(path, select)
+        except DanceError as exc:
+            raise DanceError(f"model.select: {exc}") from None
+        return str(chosen / checkpoints.ENCODER_DIR)
     return backbone
 
 
@@ -69,8 +62,8 @@ def start_model(recipe: Recipe):
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     random.seed(seed)
-    source = resolve_backbone(recipe.model.backbone, recipe.model.select, recipe.checkpoint.best_metric)
-    start = Path(source) if (Path(source).parent / "checkpoint.json").is_file() else None
+    source = resolve_backbone(recipe.model.backbone, recipe.model.select)
+    start = Path(source) if (Path(source).parent / checkpoints.CHECKPOINT_FILE).is_file() else None
     return DualEncoder.load(source, tokenizer=recipe.model.tokenizer, head_init=recipe.model.head_init,
                             **recipe.model.overrides()), start
 
@@ -89,12 +82,9 @@ def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: boo
     non_empty = run_dir.is_dir() and any(run_dir.iterdir())
     if not non_empty:
         return None
-    from .prepare import prepared_checkpoint
-
-    if prepared_checkpoint(run_dir, recipe) is not None:
+    if checkpoints.prepared_checkpoint(run_dir, recipe) is not None:
         return None   # prepared by --prepare, training not begun: a fresh start from its checkpoint-0
-    looks_like_run = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists() or \
-        any(ckpt.checkpoint_step(p) is not None for p in run_dir.iterdir())
+    looks_like_run = checkpoints.looks_like_run(run_dir)
     if resume:
         if not looks_like_run:
             raise DanceError(f"--resume: {run_dir} is not empty and does not look like a dance-train run directory "
@@ -110,7 +100,7 @@ def check_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: boo
                 raise DanceError(f"--resume: the recipe differs from the one this run was started with "
                                  f"({saved_file}) in {', '.join(diffs)}; resume with the same recipe, or "
                                  f"start a new run (--output-dir) / --overwrite")
-        return ckpt.latest_checkpoint(run_dir)
+        return checkpoints.latest_checkpoint(run_dir)
     if overwrite:
         if not looks_like_run:
             raise DanceError(f"{run_dir} is not empty and does not look like a dance-train run directory "
@@ -126,30 +116,27 @@ def init_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool
     also drops the logs, TensorBoard events and negative sets of an earlier run."""
     if overwrite and run_dir.is_dir():
         for child in run_dir.iterdir():
-            ckpt.remove_dir(child) if child.is_dir() else child.unlink()
+            remove_dir(child) if child.is_dir() else child.unlink()
     if resume:
-        ckpt.clean_temporaries(run_dir)
+        from .checkpoint import clean_temporaries
+
+        clean_temporaries(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG_FILE, dump_recipe(recipe))
     if fresh:
         for name in (METRICS_FILE, SUMMARY_FILE, BEST_FILE):
             (run_dir / name).unlink(missing_ok=True)
         for child in run_dir.iterdir():
-            if child.name == TENSORBOARD_DIR or child.name == "refresh":
-                ckpt.remove_dir(child)
+            if child.name in (TENSORBOARD_DIR, REFRESH_DIR):
+                remove_dir(child)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics lines logged after ``step`` (they are replayed after a resume)."""
+    """Drop metrics lines logged after ``step`` (they are replayed after a resume) and lines a kill cut
+    (:func:`dance_analysis.checkpoints.metrics_log_lines` with ``repair``); kept lines are kept byte for byte."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if max(int(record.get("step", 0)), int(record.get("swapped_at", 0))) <= step:
-            kept.append(line)
+    kept = [text for _, text, record in checkpoints.metrics_log_lines(path, repair=True)
+            if (checkpoints.record_step(record) or 0) <= step]
     write_text(path, "".join(k + "\n" for k in kept))
