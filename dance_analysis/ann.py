@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DanceError
-from .index import Rankings, _as_matrix, _check_finite, _ids
+from .index import Rankings, _as_matrix, _check_finite, _ids, import_faiss
 
 __all__ = ["ann_search", "build_index", "search_index", "check_index_spec", "is_exact", "index_nbytes"]
 
@@ -138,7 +138,7 @@ def build_index(corpus: np.ndarray, index: str, *, train_size: int | None = None
                 progress: bool = False, deterministic: bool = True):
     """Build, train (on a seeded sample) and fill a faiss inner-product index from ``index``, a factory
     description; the corpus is read and upcast to float32 in blocks. Returns the faiss index."""
-    import faiss
+    faiss = import_faiss()
 
     corpus = _as_matrix(corpus, "corpus")
     n_docs, dim = corpus.shape
@@ -230,7 +230,7 @@ def search_index(built, queries: np.ndarray, k: int, *, params: str = "", query_
 def set_params(built, params: str, name: str = "index") -> None:
     """Set faiss ParameterSpace parameters ("nprobe=32,efSearch=64") on ``built``; DanceError naming the
     malformed item or the unknown parameter (with the ones this index has)."""
-    import faiss
+    faiss = import_faiss()
 
     items = _parse_params(params)
     space = faiss.ParameterSpace()
@@ -275,7 +275,7 @@ def check_index_spec(index: str, params: str = "", *, dim: int | None = None) ->
 
 def index_nbytes(built) -> int:
     """Bytes of the serialised index (about its memory footprint: vectors or codes, ids, centroids, links)."""
-    import faiss
+    faiss = import_faiss()
 
     return int(faiss.serialize_index(built).nbytes)
 
@@ -289,7 +289,7 @@ def _check_k(k) -> None:
 
 
 def _factory(index: str, dim: int):
-    import faiss
+    faiss = import_faiss()
 
     if not index.strip() or "\n" in index:
         raise DanceError(f"index {index!r}: expected a faiss index_factory description ({_EXAMPLES})")

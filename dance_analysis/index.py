@@ -14,6 +14,12 @@ Backends, chosen by ``device``:
 * faiss on the CPU otherwise: ``faiss.knn`` with the inner-product metric, the exhaustive kernel that
   ``IndexFlatIP.search`` runs, called on the corpus block in place (no copy into an index).
 
+A search on a GPU never falls back silently: when a faiss package with GPU support is installed (``faiss-gpu-cu12``,
+the ``gpu`` extra) but faiss sees no GPU while torch does, :func:`search` stops with a :class:`DanceError` that says
+why (``faiss-cpu`` installed beside it: both write the same ``faiss`` package, and the CPU files may win) and how to
+repair it; with ``faiss-cpu`` alone the torch path is taken and a warning says so once per process
+(:func:`faiss_gpu_problem`, :func:`check_gpu_search`; ``dance-doctor`` shows the same).
+
 Order (the same on every backend): score descending, and among equal scores the lower corpus index first. faiss
 and ``torch.topk`` do not guarantee which of several equal scores they keep at the k-th place, so each block is
 asked for ``k + 16`` hits and the k are chosen here: when the last hit scores lower than the k-th, every document
@@ -28,6 +34,7 @@ index ``-1`` and score ``-inf``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +43,17 @@ import numpy as np
 
 from .errors import DanceError
 
-__all__ = ["Rankings", "search", "exact_topk"]
+__all__ = ["Rankings", "search", "exact_topk", "faiss_packages", "faiss_gpu_problem", "check_gpu_search"]
+
+logger = logging.getLogger(__name__)
+
+#: PyPI distributions that install the ``faiss`` module with GPU support.
+FAISS_GPU_PACKAGES = ("faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu")
+#: Every PyPI distribution that installs the ``faiss`` module.
+FAISS_PACKAGES = ("faiss-cpu", *FAISS_GPU_PACKAGES)
+#: How to install faiss, for messages.
+FAISS_INSTALL = ("pip install 'dance-analysis[cpu]' (faiss-cpu) on a CPU-only machine, or "
+                 "'dance-analysis[gpu]' (faiss-gpu-cu12, without faiss-cpu) on a CUDA 12+ GPU machine")
 
 # Bytes of float32 corpus vectors per block on the CPU (a float32 memory map is searched in place; other dtypes
 # are upcast into one block of this size).
@@ -298,9 +315,7 @@ class _FaissCPU:
         return max(1, _CPU_BLOCK_BYTES // (4 * dim))
 
     def scorer(self, block: np.ndarray) -> _FaissScorer:
-        import faiss
-
-        return _FaissKnn(faiss, block)
+        return _FaissKnn(import_faiss(), block)
 
 
 class _FaissGPU:
@@ -309,8 +324,7 @@ class _FaissGPU:
     name = "faiss-gpu"
 
     def __init__(self, gpu: int | None, float16: bool = False, gpus: list[int] | None = None):
-        import faiss
-
+        faiss = import_faiss()
         self.faiss = faiss
         self.gpu = gpu
         self.gpus = gpus          # shard over exactly these GPUs (None: all of them, or the one ``gpu``)
@@ -424,6 +438,75 @@ class _TorchScorer:
         return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
+def import_faiss():
+    """The ``faiss`` module, or a :class:`DanceError` that says how to install it (it comes from an extra)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise DanceError(f"faiss is not installed ({exc}): {FAISS_INSTALL}") from None
+    return faiss
+
+
+def faiss_packages() -> dict[str, str]:
+    """The installed distributions that write the ``faiss`` module: name -> version (normally exactly one)."""
+    from importlib import metadata
+
+    found = {}
+    for name in FAISS_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def faiss_gpu_problem(torch_gpus: int | None = None) -> str | None:
+    """Why faiss does not search on the GPUs torch sees although a faiss GPU package is installed, with the repair;
+    ``None`` when faiss sees GPUs, when torch sees none (``torch_gpus``, default: asked) or when only ``faiss-cpu``
+    is installed (then the torch CUDA path searches; see :func:`search`)."""
+    if _faiss_gpus() > 0:
+        return None
+    if torch_gpus is None:
+        import torch
+
+        torch_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if torch_gpus == 0:
+        return None
+    installed = faiss_packages()
+    gpu_packages = [name for name in installed if name in FAISS_GPU_PACKAGES]
+    if not gpu_packages:
+        return None
+    listed = ", ".join(f"{name} {version}" for name, version in installed.items())
+    if "faiss-cpu" in installed:
+        cause = (f"faiss-cpu is installed beside {gpu_packages[0]} and both write the same faiss package: the CPU "
+                 f"files won. Repair: pip uninstall -y faiss-cpu {' '.join(gpu_packages)} && pip install "
+                 f"{gpu_packages[0]} (the gpu extra leaves faiss-cpu out; see README, Set-up)")
+    else:
+        cause = (f"{gpu_packages[0]} cannot use the GPU (its CUDA 12 runtime did not load, or the driver is older "
+                 f"than CUDA 12); run dance-doctor")
+    return f"torch sees {torch_gpus} GPU(s) but faiss sees none (installed: {listed}): {cause}"
+
+
+def check_gpu_search() -> None:
+    """Raise the :class:`DanceError` of :func:`faiss_gpu_problem` (a search on the GPU would not run in faiss)."""
+    problem = faiss_gpu_problem()
+    if problem:
+        raise DanceError(problem)
+
+
+_WARNED_TORCH_PATH = False
+
+
+def _torch_path_note(device) -> None:
+    """Say once per process that the GPU search runs through torch because faiss has no GPU support."""
+    global _WARNED_TORCH_PATH
+    if not _WARNED_TORCH_PATH:
+        _WARNED_TORCH_PATH = True
+        logger.warning("faiss has no GPU support here (installed: %s): exact search runs as torch.mm + topk on %s; "
+                       "the gpu extra (faiss-gpu-cu12) searches in faiss", ", ".join(faiss_packages()) or "none",
+                       device)
+
+
 def _faiss_gpus() -> int:
     try:
         import faiss
@@ -466,6 +549,7 @@ def _pick_backend(device: str, k: int, gpu_float16: bool = False):
     if gpus is not None:
         if ngpu > 0 and k + _TIE_MARGIN <= _FAISS_GPU_MAX_K and max(gpus) < ngpu:
             return _FaissGPU(None, gpu_float16, gpus=gpus)
+        check_gpu_search()
         raise DanceError(f"search device {device!r} needs faiss with GPU support and those GPUs ({ngpu} visible "
                          f"to faiss; k = {k} must be at most {_FAISS_GPU_MAX_K - _TIE_MARGIN})")
     if requested == "auto" and ngpu == 0 and not _cuda_possible():
@@ -478,7 +562,11 @@ def _pick_backend(device: str, k: int, gpu_float16: bool = False):
     if torch.cuda.is_available():
         from .device import pick_device
 
-        return _TorchCUDA(pick_device(requested if requested != "auto" else "cuda"))
+        target = pick_device(requested if requested != "auto" else "cuda")
+        if ngpu == 0:
+            check_gpu_search()      # a faiss GPU package that sees no GPU: stop, never fall back silently
+            _torch_path_note(target)
+        return _TorchCUDA(target)
     if requested == "auto":
         return _FaissCPU()
     raise DanceError(f"search device {device!r} was requested but neither faiss nor torch sees a GPU "

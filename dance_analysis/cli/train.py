@@ -92,6 +92,19 @@ def _finished(run_dir, recipe) -> bool:
     return True
 
 
+def _check_gpu_search(recipe) -> None:
+    """A recipe that trains or mines on a GPU stops before any work when faiss cannot search there although its GPU
+    package is installed (:func:`dance_analysis.index.faiss_gpu_problem`): never a silent fall-back."""
+    if recipe.optim.device == "cpu" and recipe.mining.device == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        from ..index import check_gpu_search
+
+        check_gpu_search()
+
+
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(dump_recipe_with_help(recipe) + machine_note(recipe))
         return 0
+    _check_gpu_search(recipe)
     from pathlib import Path
 
     run_dir = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
