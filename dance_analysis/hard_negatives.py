@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import checkpoints
 from .atomic import atomic_file
 from .errors import DanceError
 from .mining import (
@@ -34,7 +35,7 @@ from .mining import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplitNegatives", "mine_split", "save_vectors", "saved_embeddings_folder", "summary_table"]
+__all__ = ["SplitNegatives", "mine_split", "model_of", "save_vectors", "saved_embeddings_folder", "summary_table"]
 
 
 @dataclass
@@ -86,14 +87,19 @@ class SplitNegatives:
 
 
 def saved_embeddings_folder(model: str | os.PathLike) -> Path | None:
-    """The folder of saved embeddings (``corpus.npy``, ``corpus.ids.npy``, ``queries.npy``, ``queries.ids.npy``)
-    that ``model`` names: a checkpoint's ``embeddings/``, or the folder itself; ``None`` when there is none."""
-    folder = Path(model)
-    for candidate in (folder / "embeddings", folder):
-        if all((candidate / name).is_file() for name in ("corpus.npy", "corpus.ids.npy", "queries.npy",
-                                                         "queries.ids.npy")):
-            return candidate
-    return None
+    """The folder of saved embeddings (:data:`dance_analysis.checkpoints.EMBEDDING_FILES`) that ``model`` names: a
+    checkpoint's ``embeddings/``, or the folder itself; ``None`` when there is none."""
+    return checkpoints.saved_embeddings(model)
+
+
+def model_of(model: str | os.PathLike) -> str:
+    """What ``model`` stands for: a run folder of dance-train -> its best checkpoint (the one the trainer's
+    ``best.json`` and dance-analyze pick, :func:`dance_analysis.checkpoints.run_checkpoint`); anything else
+    unchanged."""
+    path = Path(model)
+    if path.is_dir() and not (path / checkpoints.CHECKPOINT_FILE).is_file() and checkpoints.list_checkpoints(path):
+        return str(checkpoints.run_checkpoint(path, "best"))
+    return str(model)
 
 
 def _vectors(model: str, collection, query_ids: list[str], *, reencode: bool, batch_size: int, device: str,
@@ -144,8 +150,9 @@ def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20,
     """Mine ``n`` document negatives for every query of ``split`` that has a relevant document.
 
     ``model``: a checkpoint (its saved embeddings are used when they cover the collection, unless ``reencode``
-    or encoder ``overrides`` are given), a folder of saved embeddings, or anything :func:`dance_analysis.pipeline
-    .load_model` loads. ``vectors`` (query vectors in split order, corpus vectors in corpus order) skips both.
+    or encoder ``overrides`` are given), a run folder (its best checkpoint, :func:`model_of`), a folder of saved
+    embeddings, or anything :func:`dance_analysis.pipeline.load_model` loads. ``vectors`` (query vectors in split
+    order, corpus vectors in corpus order) skips both.
     ``save_embeddings``: a folder to keep the vectors in (:func:`save_vectors`), to mine again without encoding.
     Candidates: the exact top ``top_k`` documents, minus documents judged with a grade >= ``exclude_grade``
     (``None``: 1, as the trainer), narrowed by ``rules``; drawn with ``numpy.random.default_rng(seed)``.
@@ -166,7 +173,7 @@ def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20,
     corpus_ids = np.asarray(collection.corpus.ids).astype(str)
     source = "given vectors"
     if vectors is None:
-        query_vectors, corpus_vectors, source = _vectors(str(model), collection, query_ids, reencode=reencode,
+        query_vectors, corpus_vectors, source = _vectors(model_of(model), collection, query_ids, reencode=reencode,
                                                          batch_size=batch_size, device=device,
                                                          overrides=dict(overrides or {}), progress=progress)
     else:
@@ -205,7 +212,7 @@ def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20,
                                       collection.min_relevance)
         if np.isfinite(share):
             diagnostics["negatives.partly_relevant"] = share
-    settings = {"model": str(model), "collection": collection.name, "split": split, "queries": len(query_ids),
+    settings = {"model": model_of(model), "collection": collection.name, "split": split, "queries": len(query_ids),
                 "documents": len(corpus_ids), "top_k": int(top_k), "n": int(n), "seed": int(seed),
                 "exclude_grade": grade, "min_relevance": int(collection.min_relevance), "vectors": source,
                 "rules": rules.to_dict()}

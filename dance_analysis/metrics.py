@@ -58,8 +58,9 @@ __all__ = ["DEFAULT_MEASURES", "LOWER_IS_BETTER", "PRIMARY_METRIC", "RANKING_MEA
 DEFAULT_MEASURES: tuple[str, ...] = ("MRR@10", "MRR@100", "R@100", "R@1000", "nDCG@10", "MAP")
 #: The ranking measures the report (``q2d``), the experiment and the comparison compute per query, in table order.
 RANKING_MEASURES: tuple[str, ...] = ("MRR@10", "MRR@100", "R@100", "nDCG@10")
-#: Named metrics (besides the ranking measures, which are all higher-is-better) where a lower value is better.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "dev_loss", "eval_loss"})
+#: Named metrics where a lower value is better (the ranking measures are all higher-is-better): the evaluation loss
+#: a transformers ``Trainer`` logs (``eval_loss``, read as ``loss`` by dance-analyze).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "eval_loss"})
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
 Each PATH is one of:
   a checkpoint folder (checkpoint.json)        one subject
-  a run folder (checkpoint-<step>/ folders)     every checkpoint in step order (a trajectory); the checkpoint
-                                                with the best dev metric (else the last) stands for the run
+  a run folder (checkpoint-<step>/ folders)     every checkpoint in step order (a trajectory); the trainer's best
+                                                checkpoint stands for the run: the one best.json names, else the
+                                                best by the recipe's checkpoint.best_metric (default MRR@10), else
+                                                the last (dance-mine and the experiment pick the same one)
   a Trainer output folder (checkpoint-<step>/   a run of the models saved by a transformers / sentence-transformers
     model folders with trainer_state.json)      Trainer; the trainer's best_model_checkpoint (else the best logged
                                                 *MRR@10, else the last) stands for the run; give --collection
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                                   progress=progress, overwrite=args.overwrite)
     finally:
         progress.close()
+    from ..metrics import PRIMARY_METRIC
+
+    primary = PRIMARY_METRIC.name
     results = result.results
     selection = results["selection"]
     print(f"{results['collection']['name']} / {selection['split']}: {selection['queries']} queries, "
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for subject in run["subjects"]:
             if subject["label"] == run["representative"]:
                 q2d, d2q = subject["ranking"]["q2d"], subject["ranking"]["d2q"]
-                print(f"  {run['name']}: documents for queries (q2d) MRR@10 {_num(q2d.get('MRR@10'))}, nDCG@10 "
-                      f"{_num(q2d.get('nDCG@10'))}; queries for documents (d2q) MRR@10 {_num(d2q.get('MRR@10'))}")
+                print(f"  {run['name']}: documents for queries (q2d) {primary} {_num(q2d.get(primary))}, nDCG@10 "
+                      f"{_num(q2d.get('nDCG@10'))}; queries for documents (d2q) {primary} {_num(d2q.get(primary))}")
     claims = results["comparison"]["claims"]
     if claims and all(claim["verdict"] == "not compared" for claim in claims):
         print("claims C1-C5 (DANCE vs ANCE): not compared (the inputs hold no ANCE-trained and DANCE-trained pair)")

@@ -19,7 +19,8 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 
 EPILOG = """\
 MODEL is a checkpoint folder written by dance-train (its saved embeddings are used when they cover the
-collection: nothing is encoded), a folder of saved embeddings (corpus.npy, corpus.ids.npy, queries.npy,
+collection: nothing is encoded), a run folder of dance-train (its best checkpoint: the one best.json names, as
+dance-analyze picks it), a folder of saved embeddings (corpus.npy, corpus.ids.npy, queries.npy,
 queries.ids.npy), a model folder (a sentence-transformers folder is read with its own modules), a hub name or
 the alias `minilm`.
 
@@ -120,8 +121,10 @@ def _is_mined_jsonl(path: Path) -> bool:
 
 
 def _is_embeddings_folder(path: Path) -> bool:
+    from ..checkpoints import EMBEDDING_FILES
+
     names = {p.name for p in path.iterdir()}
-    return {"corpus.npy", "corpus.ids.npy", "queries.npy", "queries.ids.npy"} <= names and \
+    return set(EMBEDDING_FILES) <= names and \
         all(name.endswith(".npy") or name == "meta.json" for name in names)
 
 

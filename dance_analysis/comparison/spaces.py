@@ -18,12 +18,11 @@ from ..analysis.ranking import d2q_ranks
 from ..embeddings import Embeddings
 from ..errors import DanceError
 from ..index import Rankings, search
-from ..metrics import evaluate_per_query
+from ..metrics import PRIMARY_METRIC, RANKING_MEASURES, evaluate_per_query
 
-#: Ranking measures computed per test query (ids as :mod:`dance_analysis.metrics` names them).
-RANKING_MEASURES = ("MRR@10", "MRR@100", "nDCG@10", "R@100")
-#: Ranking measures computed per held-out statement (the second ranking test, when the collection has topics).
-STATEMENT_MEASURES = ("MRR@10", "nDCG@10")
+#: Ranking measures computed per held-out statement (the second ranking test, when the collection has topics): the
+#: primary metric and nDCG@10. Per test query: :data:`dance_analysis.metrics.RANKING_MEASURES`.
+STATEMENT_MEASURES = (PRIMARY_METRIC.name, "nDCG@10")
 RUN_DEPTH = 100
 #: How many nearest candidates define each passage's query candidates in the C4 statistics (the paper: 200 of
 #: about 367,000 training queries; here a small part of a fold's pool of about 3,300 training statements: the

@@ -47,15 +47,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DanceError
+from ..metrics import PRIMARY_METRIC as _PRIMARY
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EvaluationSet", "space_metrics", "sentence_transformer_vectors", "PRIMARY_METRIC", "MEASURES"]
 
+#: The metric that stands for an evaluation (higher is better): the project's primary metric
+#: (:data:`dance_analysis.metrics.PRIMARY_METRIC`), as it selects checkpoints.
+PRIMARY_METRIC = _PRIMARY.name
 #: The ranking measures reported (names as :func:`dance_analysis.metrics.parse_measure` reads them).
-MEASURES = ("MRR@10", "nDCG@10", "R@100")
-#: The metric that stands for an evaluation (higher is better), as the project selects checkpoints.
-PRIMARY_METRIC = "MRR@10"
+MEASURES = (PRIMARY_METRIC, "nDCG@10", "R@100")
 SIDES = ("queries", "documents")
 
 

@@ -16,13 +16,15 @@ a hub name, the alias) gets the front matter and the usage only.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from ..atomic import read_json
+from ..checkpoints import read_metrics_log
 
 __all__ = ["model_card", "HUB_NAMES"]
 
@@ -34,10 +36,8 @@ _METRIC_TYPES = {"MRR@10": "mrr_at_10", "MRR@100": "mrr_at_100", "nDCG@10": "ndc
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The JSON in ``path``; ``None`` when it is missing or unreadable (the card leaves the part out)."""
+    return read_json(path, invalid=None)
 
 
 def _hub_id(name: Any) -> str | None:
@@ -76,17 +76,9 @@ def _collection_name(spec: Any) -> str | None:
 def _refresh_geometry(run_dir: Path, step: int) -> dict[str, float] | None:
     """The space statistics the trainer logged at the last refresh at or before ``step`` (metrics.jsonl)."""
     best = None
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        geometry = record.get("geometry") if isinstance(record, dict) else None
-        at = record.get("step") if isinstance(record, dict) else None
+    for record in read_metrics_log(run_dir):
+        geometry = record.get("geometry")
+        at = record.get("step")
         if isinstance(geometry, dict) and isinstance(at, int) and at <= step and (best is None or at >= best[0]):
             best = (at, {k: float(v) for k, v in geometry.items() if isinstance(v, (int, float))})
     return best[1] if best else None

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..metrics import PRIMARY_METRIC
 from .compute import D2Q_KS, Q2D_MEASURES
+
+_PRIMARY = PRIMARY_METRIC.name
 
 #: The tables, in page order: name -> title. The geometry table has one row per subject and side.
 TABLES = {
@@ -52,11 +55,11 @@ def _c(table: str, label: str, path: str, trajectory: str | None = None) -> Colu
 COLUMNS: tuple[Column, ...] = (
     _c("ranking", "embeddings", "embeddings_source"),
     _c("ranking", "queries", "ranking/q2d/queries"),
-    *(_c("ranking", f"q2d {m}", f"ranking/q2d/{m}", "q2d MRR@10" if m == "MRR@10" else None) for m in Q2D_MEASURES),
+    *(_c("ranking", f"q2d {m}", f"ranking/q2d/{m}", f"q2d {m}" if m == _PRIMARY else None) for m in Q2D_MEASURES),
     _c("ranking", "d2q MRR@10", "ranking/d2q/MRR@10", "d2q MRR@10"),
     *(_c("ranking", f"d2q R@{k}", f"ranking/d2q/R@{k}") for k in D2Q_KS),
     _c("ranking", "d2q documents", "ranking/d2q/n_docs"),
-    _c("ranking", "dev MRR@10 (trainer)", "dev_metrics/MRR@10", "dev MRR@10 (trainer)"),
+    _c("ranking", f"dev {_PRIMARY} (trainer)", f"dev_metrics/{_PRIMARY}", f"dev {_PRIMARY} (trainer)"),
     _c("geometry", "rows", "geometry/{side}/rows"),
     _c("geometry", "mean pairwise cosine", "geometry/{side}/mean_cosine"),
     _c("geometry", "PC1 share", "geometry/{side}/pc1"),

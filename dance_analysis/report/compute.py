@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import DanceError
+from ..metrics import RANKING_MEASURES
 from ..runtime import Timer, enable_numba_cache, single_threaded_blas
 from .claims_panel import compare_inputs
 from .encode_subjects import release_models, subject_embeddings
 from .inputs import RunInput, Subject
 
-#: q2d measures reported (the foundation's metrics; MS MARCO convention, see dance_analysis.metrics).
-Q2D_MEASURES = ("MRR@10", "MRR@100", "R@100", "nDCG@10")
+#: q2d measures reported: the one list of ranking measures (MS MARCO convention, see dance_analysis.metrics).
+Q2D_MEASURES = RANKING_MEASURES
 #: Recall cut-offs of the dual task d2q.
 D2Q_KS = (1, 10, 100)
 #: Explained-variance cut-offs (first k principal components).

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .columns import trajectory_columns
+from .inputs import REFRESH_DEV_KEY
 
 #: Resolution of the embedded PNGs.
 DPI = 100
@@ -316,7 +317,7 @@ def training_loss(results: dict) -> Figure | None:
 
 #: (key, title, band): a panel per statistic of the refresh log; ``band`` names the keys of a shaded range.
 REFRESH_PANELS: tuple[tuple[str, str, tuple[str, str] | None], ...] = (
-    ("dev MRR@10", "dev MRR@10 (trainer)", None), ("queries.mean_cosine", "query mean cosine", None),
+    (REFRESH_DEV_KEY, f"{REFRESH_DEV_KEY} (trainer)", None), ("queries.mean_cosine", "query mean cosine", None),
     ("documents.mean_cosine", "document mean cosine", None),
     ("documents.uniformity", "document uniformity (t = 2)", None), ("qd.mmd2", "query-document MMD²", None),
     ("negatives.above_positive", "negatives scoring >= the positive", None),

@@ -8,27 +8,25 @@ checkpoints (``selections``, a secondary result).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .. import checkpoints
 from ..analysis.claim_metrics import mmd2_linear_unbiased
 from ..analysis.geometry import mean_pairwise_cosine
-from ..atomic import building_dir, write_json
+from ..atomic import building_dir, read_json, write_json
 from ..comparison import Space, build_space, compare, fold_units, load_vectors
 from ..errors import DanceError
 from ..index import search
 from ..metrics import evaluate_per_query
-from ..training import checkpoint as ckpt
 from ..training.config import load_recipe
 from .arms import ARM_BY_NAME, ARMS, CONTRASTS, REFERENCE, START, TRAINED, Plan, run_dir
 
 logger = logging.getLogger(__name__)
 
-SELECTION_METRIC = "MRR@10"
 #: Passages (a fixed random sample, the same for every arm) for the document-side trajectory statistics.
 TRAJECTORY_DOCS = 1000
 #: (arm, compared with): the pairs whose test top 10 and parameters the movement table compares.
@@ -54,7 +52,8 @@ def encode_reference(runs_dir: Path, seed: int) -> Path:
         return folder
     first = run_dir(runs_dir, 0, TRAINED[0].name, seed)
     recipe = _run_config(first)
-    lengths = json.loads((first / "checkpoint-0" / "encoder" / "encoder.json").read_text(encoding="utf-8"))
+    lengths = read_json(first / checkpoints.checkpoint_name(0) / checkpoints.ENCODER_DIR / "encoder.json",
+                        "the encoder's JSON options", kind=dict)
     model = DualEncoder.load(REFERENCE.backbone, query_max_length=lengths["query_max_length"],
                              doc_max_length=lengths["doc_max_length"])
     collection = load_collection(recipe.data.collection, min_relevance=recipe.data.min_relevance)
@@ -69,23 +68,27 @@ def encode_reference(runs_dir: Path, seed: int) -> Path:
     return folder
 
 
-def selected_checkpoint(folder: Path) -> tuple[int, Path, float]:
-    """The run's checkpoint with the best dev MRR@10 (earliest on ties): the secondary, dev-selected result."""
-    best = ckpt.best_checkpoint(folder, SELECTION_METRIC)
+def selected_checkpoint(folder: Path) -> tuple[int, Path, float | None]:
+    """``(step, path, dev MRR@10)`` of the run's best checkpoint (:func:`dance_analysis.checkpoints.run_best`: the
+    one the trainer's ``best.json`` names, by the recipe's ``checkpoint.best_metric``, MRR@10 in the rag24
+    recipes): the secondary, dev-selected result."""
+    best = checkpoints.run_best(folder)
     if best is None:
-        raise DanceError(f"{folder}: no checkpoint with dev {SELECTION_METRIC}; did the run finish?")
-    return best
+        raise DanceError(f"{folder}: no checkpoint with dev {checkpoints.run_metric(folder).name}; did the run "
+                         f"finish?")
+    return best.step, best.path, (checkpoints.read_dev_metrics(best.path) or {}).get("MRR@10")
 
 
 def _checkpoint(folder: Path, step: int) -> Path:
-    path = Path(folder) / f"checkpoint-{step}"
-    if not ckpt.is_complete(path):
+    path = Path(folder) / checkpoints.checkpoint_name(step)
+    if not checkpoints.is_complete(path):
         raise DanceError(f"{path}: missing or incomplete; did the run finish its {step} steps?")
     return path
 
 
 def _temperature(path: Path) -> float:
-    return float(json.loads((path / "encoder" / "encoder.json").read_text(encoding="utf-8"))["temperature"])
+    return float(read_json(path / checkpoints.ENCODER_DIR / "encoder.json", "the encoder's JSON options",
+                           kind=dict)["temperature"])
 
 
 def parameters(encoder: Path) -> dict[str, np.ndarray]:
@@ -138,7 +141,7 @@ def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[s
     first = run_dir(runs_dir, 0, TRAINED[0].name, seeds[0])
     recipe = _run_config(first)
     collection = load_collection(recipe.data.collection, min_relevance=recipe.data.min_relevance)
-    ref_meta = json.loads((reference / "meta.json").read_text(encoding="utf-8"))
+    ref_meta = read_json(reference / "meta.json", "the reference embeddings' JSON record", kind=dict)
     ref_corpus, ref_queries = load_vectors(reference / "embeddings")
     corpus_ids, query_ids = ref_corpus.ids, ref_queries.ids
     doc_rows = np.sort(np.random.default_rng(0).choice(len(corpus_ids), min(TRAJECTORY_DOCS, len(corpus_ids)),
@@ -175,10 +178,10 @@ def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[s
                 per_arm[arm.name].append(space(arm.name, final, seed))
                 runs.append({"fold": fold, "seed": seed, "arm": arm.name, "path": str(folder)})
                 points = {}
-                for step, path in ckpt.list_checkpoints(folder):
+                for step, path in checkpoints.list_checkpoints(folder):
                     point = _trajectory_point(load_vectors(path / "embeddings", corpus_ids, query_ids), units,
                                               doc_rows, collection)
-                    point["dev.MRR@10"] = (ckpt.read_dev_metrics(path) or {}).get(SELECTION_METRIC)
+                    point["dev.MRR@10"] = (checkpoints.read_dev_metrics(path) or {}).get("MRR@10")
                     points[step] = point
                     trajectories.append({"fold": fold, "seed": seed, "arm": arm.name, "step": plan.offset + step,
                                          "metrics": point})

@@ -36,6 +36,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import DanceError
+from ..metrics import PRIMARY_METRIC
 
 
 def _choices(*values: str) -> dict:
@@ -369,7 +370,8 @@ class CheckpointConfig:
                                                                   "best); null: keep all"})
     keep_best: bool = field(default=True, metadata={"help": "never delete the checkpoint with the best dev "
                                                             "best_metric"})
-    best_metric: str = field(default="MRR@10", metadata={"help": "dev metric that picks the best checkpoint"})
+    best_metric: str = field(default=PRIMARY_METRIC.name, metadata={"help": "dev metric that picks the best "
+                                                                            "checkpoint"})
 
 
 @dataclass

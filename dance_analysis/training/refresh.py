@@ -24,7 +24,9 @@ import torch
 
 from ..analysis.snapshot import refresh_geometry
 from ..atomic import write_json
+from ..checkpoints import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR, REFRESH_FILE
 from ..errors import DanceError
+from ..metrics import PRIMARY_METRIC, RANKING_MEASURES
 from ..mining import (
     MiningStats,
     NegativeSet,
@@ -46,11 +48,6 @@ from .embeddings_cache import embeddings_cache_key, vectors_of_start
 from .embeddings_cache import load_cached as _load_cached
 from .embeddings_cache import store_cached as _store_cached
 from .faults import fault_point
-
-EMBEDDINGS_DIR = "embeddings"
-NEGATIVES_DIR = "negatives"
-DEV_METRICS_FILE = "dev_metrics.json"
-REFRESH_FILE = "refresh.json"
 
 
 @dataclass
@@ -77,18 +74,18 @@ class RefreshResult:
             record["embeddings_from_cache"] = True
         return record
 
-    def line(self, metric: str = "MRR@10") -> str:
+    def line(self, metric: str = PRIMARY_METRIC.name) -> str:
         """The one-line summary printed after each refresh."""
         return summary_line(self.record(), metric)
 
 
-def summary_line(record: dict[str, Any], metric: str = "MRR@10", extra: str = "") -> str:
+def summary_line(record: dict[str, Any], metric: str = PRIMARY_METRIC.name, extra: str = "") -> str:
     """``refresh@20: dev MRR@10 0.4123 (R@100 0.81) | 3000 doc negs (812 docs) | encode 12.1s ...``."""
     parts = [f"refresh@{record['step']}:"]
     dev = record.get("dev") or {}
     if dev:
         shown = [f"dev {metric} {dev[metric]:.4f}"] if metric in dev else []
-        others = [f"{k} {v:.4f}" for k, v in dev.items() if k != metric and k in ("MRR@100", "R@100", "nDCG@10")]
+        others = [f"{k} {v:.4f}" for k, v in dev.items() if k != metric and k in RANKING_MEASURES]
         parts.append(" ".join(shown) + (f" ({', '.join(others)})" if others else ""))
     else:
         parts.append("no dev split")
