@@ -125,6 +125,12 @@ def looks_like_run(run_dir: str | os.PathLike) -> bool:
                                  or any(checkpoint_step(p) is not None for p in run_dir.iterdir()))
 
 
+def read_refresh_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``refresh.json`` record of a checkpoint folder (or an asynchronous miner's set), or ``None`` when it has
+    none (or an unreadable one)."""
+    return read_json(Path(path) / REFRESH_FILE, kind=dict, invalid=None)
+
+
 def read_dev_metrics(path: str | os.PathLike) -> dict[str, float] | None:
     """The ``dev_metrics.json`` of a checkpoint folder, or ``None`` when it has none (or an unreadable one)."""
     return read_json(Path(path) / DEV_METRICS_FILE, kind=dict, invalid=None)

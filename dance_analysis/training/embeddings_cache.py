@@ -91,8 +91,8 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype,
     encoded in ``precision`` when the checkpoint's ``refresh.json`` records one (checkpoints from before the option
     record none and are taken as they are).
     """
+    from ..checkpoints import EMBEDDINGS_DIR, read_refresh_record
     from ..embeddings import Embeddings
-    from .refresh import EMBEDDINGS_DIR, read_refresh_record
 
     if start is None or not (start.parent / EMBEDDINGS_DIR / "corpus.npy").is_file():
         return None

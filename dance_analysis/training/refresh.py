@@ -13,7 +13,6 @@ on the CPU otherwise. The run's inputs are :mod:`.data`'s, the shared vectors of
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,13 @@ import torch
 
 from ..analysis.snapshot import refresh_geometry
 from ..atomic import write_json
-from ..checkpoints import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR, REFRESH_FILE
+from ..checkpoints import (  # noqa: F401  (read_refresh_record: its old home, the miner imports it here)
+    DEV_METRICS_FILE,
+    EMBEDDINGS_DIR,
+    NEGATIVES_DIR,
+    REFRESH_FILE,
+    read_refresh_record,
+)
 from ..errors import DanceError
 from ..metrics import PRIMARY_METRIC, RANKING_MEASURES
 from ..mining import (
@@ -455,12 +460,3 @@ def write_refresh(result: RefreshResult, out_dir: Path) -> None:
     write_json(out_dir / REFRESH_FILE, result.record())
 
 
-def read_refresh_record(folder: Path) -> dict[str, Any] | None:
-    """The ``refresh.json`` record of a folder, or ``None``."""
-    path = Path(folder) / REFRESH_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
