@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import building_dir
+from .atomic import building_dir, read_json
 from .errors import DanceError, InputError
 
 __all__ = [
@@ -707,12 +707,7 @@ class NegativeSet:
         if not directory.is_dir():
             raise DanceError(f"{directory}: expected a negatives folder (meta.json, doc_negatives.npy, ...)")
         meta_path = directory / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise InputError(meta_path, "a JSON object with step, top_k, n, seed", got="no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(meta_path, "a JSON object with step, top_k, n, seed", got=str(exc)) from None
+        meta = read_json(meta_path, "a JSON object with step, top_k, n, seed")
         arrays: dict[str, np.ndarray | None] = {}
         for name, filename in _FILES.items():
             path = directory / filename

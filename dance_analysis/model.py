@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import building_dir
+from .atomic import building_dir, read_json
+from .data.formats import join_fields
 from .errors import DanceError, InputError
-from .st_folder import POOLING_MODES, is_sentence_transformers_folder
+from .st_folder import POOLING_MODES, is_sentence_transformers_folder, read_sentence_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -516,8 +517,6 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str], side: str) -> dict[str, Tensor]:
         """``{"input_ids", "attention_mask"}`` of ``texts`` (each after the side's prompt), truncated to the side's
         max length and padded to the longest text of the list."""
-        from .data.formats import join_fields
-
         separator = getattr(self.tokenizer, "sep_token", None)
         prompt = self.config.prompt(side)
         encoded = self.tokenizer([join_fields(prompt + text, separator) for text in texts], padding=True,
@@ -632,12 +631,7 @@ class DualEncoder(nn.Module):
     @classmethod
     def _from_folder(cls, folder: Path, overrides: dict, tokenizer: str | None) -> DualEncoder:
         config_file = folder / ENCODER_FILE
-        try:
-            record = json.loads(config_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(config_file, "a JSON object with the encoder options", got=str(exc)) from exc
-        if not isinstance(record, dict):
-            raise InputError(config_file, "a JSON object with the encoder options", got=type(record).__name__)
+        record = read_json(config_file, "a JSON object with the encoder options", kind=dict)
         version = record.pop("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise DanceError(f"{config_file}: format_version {version!r} is not supported "
@@ -674,8 +668,6 @@ class DualEncoder(nn.Module):
         """A sentence-transformers folder with its own modules (see :mod:`dance_analysis.st_folder`): one tower
         when both sides share the Transformer and the head (documents may skip the LayerNorm: ``doc_layernorm``
         false), else a query and a document tower."""
-        from .st_folder import read_sentence_transformers
-
         plan = read_sentence_transformers(folder)
         query, doc = plan.query, plan.doc
         for name in ("pooling", "lowercase"):
@@ -740,10 +732,7 @@ class DualEncoder(nn.Module):
 
         state = _read_state_dict(weights)
         config_file = folder / "config.json"
-        try:
-            raw = json.loads(config_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(config_file, "the RoBERTa config.json of an ANCE checkpoint", got=str(exc)) from exc
+        raw = read_json(config_file, "the RoBERTa config.json of an ANCE checkpoint", kind=dict)
         try:
             if raw.get("model_type", "roberta") == "roberta":
                 backbone_config = RobertaConfig.from_dict({k: v for k, v in raw.items() if k != "architectures"})

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import read_json
 from .errors import DanceError, InputError
 
 MODULES_FILE = "modules.json"
@@ -102,22 +103,10 @@ def is_sentence_transformers_folder(folder: Path) -> bool:
     return (folder / MODULES_FILE).is_file()
 
 
-def _read_json(path: Path, expected: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, expected, got=str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, expected, line=exc.lineno, got=exc.msg) from None
-
-
 def _read_object(path: Path, expected: str, *, missing_ok: bool = False) -> dict:
     if missing_ok and not path.is_file():
         return {}
-    data = _read_json(path, expected)
-    if not isinstance(data, dict):
-        raise InputError(path, expected, got=type(data).__name__)
-    return data
+    return read_json(path, expected, kind=dict)
 
 
 def _inside(root: Path, relative: Any, where: Path) -> Path:
@@ -156,7 +145,7 @@ def _refuse(folder: Path, module: _Module, why: str) -> DanceError:
 
 def _modules(folder: Path) -> list[_Module]:
     file = folder / MODULES_FILE
-    listed = _read_json(file, "the list of sentence-transformers modules")
+    listed = read_json(file, "the list of sentence-transformers modules")
     if not isinstance(listed, list) or not listed or not all(isinstance(m, dict) for m in listed):
         raise InputError(file, "a non-empty list of {idx, name, path, type} objects", got=type(listed).__name__)
     ordered = sorted(listed, key=lambda m: m.get("idx", 0) if isinstance(m.get("idx", 0), int) else 0)

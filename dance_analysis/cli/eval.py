@@ -94,10 +94,10 @@ def _is_trec_run(path: Path) -> bool:
 
 def _is_eval_metrics(path: Path) -> bool:
     """Whether ``path`` is a metrics.json that dance-eval wrote."""
-    import json
+    from ..atomic import read_json
 
-    record = json.loads(path.read_text(encoding="utf-8"))
-    return isinstance(record, dict) and {"model", "convention", "metrics"} <= set(record)
+    record = read_json(path, kind=dict, invalid=None)
+    return record is not None and {"model", "convention", "metrics"} <= set(record)
 
 
 def _output_paths(args) -> tuple[Path, Path]:

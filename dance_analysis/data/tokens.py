@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import building_dir
+from ..atomic import building_dir, read_json
 from ..errors import DanceError
 from ..faults import fault_point
 from .cache import cache_root
@@ -71,10 +71,7 @@ class TokenCache:
         """Open a cache folder (token ids memory-mapped read-only); a damaged folder is a :class:`DanceError`."""
         folder = Path(path)
         meta_path = folder / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DanceError(f"{meta_path}: expected the meta.json of a token cache ({exc})") from None
+        meta = read_json(meta_path, "the meta.json of a token cache", kind=dict)
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise DanceError(f"{meta_path}: expected a {FORMAT} version {VERSION}, got "
                              f"{meta.get('format')!r} version {meta.get('version')!r}")

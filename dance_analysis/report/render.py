@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import building_dir
+from ..atomic import building_dir, read_json
 from ..errors import DanceError
 from .columns import SIDES, TABLES, table_columns
 
@@ -143,9 +143,9 @@ def render_html(results: dict, figures: dict, tables: dict[str, Table], provenan
 def earlier_report(out: Path) -> dict:
     """What an earlier report in ``out`` records about itself: ``{"inputs": [...], "created": ...}`` from its
     ``metrics.json`` (empty when it records nothing readable)."""
-    try:
-        provenance = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("provenance") or {}
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    record = read_json(out / "metrics.json", kind=dict, invalid=None) or {}
+    provenance = record.get("provenance")
+    if not isinstance(provenance, dict):
         return {}
     return {key: provenance[key] for key in ("inputs", "created", "command") if key in provenance}
 

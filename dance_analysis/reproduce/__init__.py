@@ -31,12 +31,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import read_json
+from ..cli import train
 from ..cli.common import user_errors_exit_2
 from ..logs import messages_shown
 from ..outputs import check_output_folder
 from .arms import ARMS, START, TRAINED, plans, train_command
+from .evaluate import encode_reference, evaluate_all
 from .timing import Clock
-from .write import README_END, README_START
+from .write import README_END, README_START, write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_report(folder: Path) -> bool:
     """An earlier report of this experiment: its metrics.json names the experiment."""
-    import json
-
-    return "experiment" in json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    return "experiment" in read_json(folder / "metrics.json", "the metrics.json of the experiment", kind=dict)
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from ..cli import train
-
     check_output_folder(args.out, ours=_is_report, what="a report of this experiment", overwrite=args.overwrite)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -103,9 +102,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                     status = train.main(cmd)
                 if status:
                     return status
-
-    from .evaluate import encode_reference, evaluate_all
-    from .write import write_outputs
 
     with clock.stage("reference encoding"):
         reference = encode_reference(runs_dir, args.seeds[0])

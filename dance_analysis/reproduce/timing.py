@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..atomic import write_json
-from ..errors import DanceError
+from ..atomic import read_json, write_json
+from ..errors import InputError
 
 
 def duration(seconds: float) -> str:
@@ -26,10 +25,11 @@ class Clock:
         self.path = path
         self.previous: list[dict] = []
         if path.exists():
-            try:
-                self.previous = json.loads(path.read_text(encoding="utf-8"))["sessions"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DanceError(f"{path}: expected the timings JSON written by an earlier invocation") from None
+            expected = "the timings JSON written by an earlier invocation"
+            sessions = read_json(path, expected, kind=dict).get("sessions")
+            if not isinstance(sessions, list):
+                raise InputError(path, expected, got="no list of sessions")
+            self.previous = sessions
         self.session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": {},
                         "seconds": 0.0}
         self.t0 = time.perf_counter()
