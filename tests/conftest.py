@@ -1,10 +1,16 @@
-"""Fixtures shared across the suite: a tiny random encoder that loads in a fraction of a second."""
+"""Fixtures shared across the suite: a tiny random encoder that loads in a fraction of a second, and a tiny
+training setup (one torch thread, a private token cache, a tiny collection and encoder)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from dance_analysis.runtime import torch_threads
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,15 +20,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture
 def one_torch_thread(request):
     """Tiny models: one thread (thread hand-offs cost more than they save on matrices this small)."""
-    import torch
-
     if request.node.get_closest_marker("slow"):
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,44 @@ def tiny_model_dir(tmp_path_factory, minilm_tokenizer):
     out = root / "encoder"
     model.save(str(out))
     return out
+
+
+@contextlib.contextmanager
+def private_cache(cache: Path) -> Iterator[Path]:
+    """``DANCE_CACHE`` set to ``cache`` inside the block, restored (or unset) after it."""
+    old = os.environ.get("DANCE_CACHE")
+    os.environ["DANCE_CACHE"] = str(cache)
+    try:
+        yield cache
+    finally:
+        if old is None:
+            os.environ.pop("DANCE_CACHE", None)
+        else:
+            os.environ["DANCE_CACHE"] = old
+
+
+@contextlib.contextmanager
+def tiny_training_setup(root: Path, *, collection: dict | None = None, **encoder) -> Iterator[dict]:
+    """One torch thread, ``DANCE_CACHE`` = ``root/cache``, a tiny collection in ``root/collection`` (options
+    ``collection`` of ``train_support.write_tiny_collection``) and a tiny encoder in ``root/model`` (options
+    ``encoder`` of ``train_support.tiny_encoder``). Yields ``{"root", "manifest", "encoder", "cache"}``; thread
+    count and environment are restored after the block."""
+    import train_support as ts
+
+    with torch_threads(1), private_cache(root / "cache") as cache:
+        yield {"root": root, "manifest": ts.write_tiny_collection(root / "collection", **(collection or {})),
+               "encoder": ts.tiny_encoder(root / "model", **encoder), "cache": cache}
+
+
+@pytest.fixture(scope="session")
+def tiny_setup():
+    """:func:`tiny_training_setup`, for fixtures that need other options or another scope than ``tiny_env``."""
+    return tiny_training_setup
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory, request) -> Iterator[dict]:
+    """A tiny training setup (:func:`tiny_training_setup` with the default collection and encoder) shared by the
+    tests of one module."""
+    with tiny_training_setup(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])) as env:
+        yield env

@@ -10,8 +10,6 @@ cluster -- against 0.0005 for a random pick.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -207,25 +205,6 @@ def test_check_index_spec_without_a_dimension_tries_common_ones():
 # The recipe option and the trainer
 
 
-@pytest.fixture(scope="module")
-def train_env(tmp_path_factory):
-    import torch
-
-    root = tmp_path_factory.mktemp("ann-train")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model")
-    yield {"root": root, "manifest": manifest, "encoder": encoder, "cache": root / "cache"}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
-
-
 def _recipe(env, **mining):
     from dance_analysis.training.config import recipe_from_dict
 
@@ -233,13 +212,13 @@ def _recipe(env, **mining):
     return recipe_from_dict(raw).validate()
 
 
-def test_recipe_default_is_exact_search(train_env):
-    recipe = _recipe(train_env)
+def test_recipe_default_is_exact_search(tiny_env):
+    recipe = _recipe(tiny_env)
     assert recipe.mining.index == "Flat" and recipe.mining.index_params == ""
 
 
-def test_recipe_with_an_ivf_index_validates(train_env):
-    recipe = _recipe(train_env, index="IVF16,Flat", index_params="nprobe=4")
+def test_recipe_with_an_ivf_index_validates(tiny_env):
+    recipe = _recipe(tiny_env, index="IVF16,Flat", index_params="nprobe=4")
     assert recipe.mining.index == "IVF16,Flat" and recipe.mining.index_params == "nprobe=4"
 
 
@@ -249,15 +228,15 @@ def test_recipe_with_an_ivf_index_validates(train_env):
     ({"index": "Flat", "index_params": "nprobe=4"}, "expected no parameters"),
     ({"index": 16}, "'mining.index' must be a string"),
 ])
-def test_recipe_with_a_bad_index_is_rejected(train_env, mining, expected):
+def test_recipe_with_a_bad_index_is_rejected(tiny_env, mining, expected):
     with pytest.raises(DanceError, match=expected):
-        _recipe(train_env, **mining)
+        _recipe(tiny_env, **mining)
 
 
-def test_recipe_index_via_set_override(train_env, tmp_path):
+def test_recipe_index_via_set_override(tiny_env, tmp_path):
     from dance_analysis.training.config import load_recipe
 
-    raw = ts.recipe_dict(train_env["manifest"], train_env["encoder"], train_env["cache"])
+    raw = ts.recipe_dict(tiny_env["manifest"], tiny_env["encoder"], tiny_env["cache"])
     path = ts.write_recipe(tmp_path / "r.yaml", raw)
     recipe = load_recipe(path, ["mining.index=HNSW16", "mining.index_params=efSearch=32"])
     assert recipe.mining.index == "HNSW16" and recipe.mining.index_params == "efSearch=32"
@@ -265,7 +244,7 @@ def test_recipe_index_via_set_override(train_env, tmp_path):
         load_recipe(path, ["mining.index=HNSW32,Flt"])
 
 
-def test_two_step_training_mines_with_the_ann_index(train_env, monkeypatch):
+def test_two_step_training_mines_with_the_ann_index(tiny_env, monkeypatch):
     """A 2-step ANCE run with mining.index set: the document search goes through ann_search, and the negatives
     are corpus documents from each query's exact top_k (nprobe = nlist is exact) without its positives."""
     import dance_analysis.ann as ann
@@ -281,17 +260,17 @@ def test_two_step_training_mines_with_the_ann_index(train_env, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ann, "ann_search", spy)
-    raw = ts.recipe_dict(train_env["manifest"], train_env["encoder"], train_env["cache"],
+    raw = ts.recipe_dict(tiny_env["manifest"], tiny_env["encoder"], tiny_env["cache"],
                          loss={"objective": "ance"},
                          optim={"max_steps": 2, "warmup_steps": 0},
                          mining={"refresh_every": 2, "index": "IVF4,Flat", "index_params": "nprobe=4"})
     from dance_analysis.training.config import recipe_from_dict
 
-    run_dir = train_env["root"] / "run"
+    run_dir = tiny_env["root"] / "run"
     train(recipe_from_dict(raw).validate(), run_dir)
     assert calls and all(call == ("IVF4,Flat", "nprobe=4") for call in calls)
 
-    collection = load_collection(str(train_env["manifest"]))
+    collection = load_collection(str(tiny_env["manifest"]))
     folder = run_dir / "checkpoint-0"
     negatives = NegativeSet.load(folder / "negatives")
     corpus = np.load(folder / "embeddings" / "corpus.npy")
@@ -357,12 +336,12 @@ def test_eval_with_an_exhaustive_ivf_index_equals_exact(tiny_model_dir, tmp_path
         assert ivf["metrics"][name] == pytest.approx(value, abs=0.01), name
 
 
-def test_trainer_checks_the_index_against_the_model_dimension_before_encoding(train_env, tmp_path):
+def test_trainer_checks_the_index_against_the_model_dimension_before_encoding(tiny_env, tmp_path):
     """"IVF4,PQ48" passes the recipe check (48 divides 384) but not the tiny model's 32-d vectors: the trainer
     stops at setup, before the first refresh encodes anything or a checkpoint is written."""
     from dance_analysis.training.loop import train
 
-    recipe = _recipe(train_env, index="IVF4,PQ48", index_params="nprobe=4")
+    recipe = _recipe(tiny_env, index="IVF4,PQ48", index_params="nprobe=4")
     run_dir = tmp_path / "run"
     with pytest.raises(DanceError, match="cannot be built for dimension 32"):
         train(recipe, run_dir)

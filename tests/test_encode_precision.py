@@ -303,14 +303,9 @@ def test_bf16_hardware_reads_the_cpu_flags(monkeypatch):
 # ---------------------------------------------------------------------------------- refreshes of a training run
 
 @pytest.fixture
-def run_env(tmp_path, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("DANCE_CACHE", str(tmp_path / "cache"))
-    manifest = ts.write_tiny_collection(tmp_path / "collection")
-    encoder = ts.tiny_encoder(tmp_path / "model")
-    yield {"root": tmp_path, "manifest": manifest, "encoder": encoder, "cache": tmp_path / "cache"}
-    torch.set_num_threads(threads)
+def run_env(tmp_path, tiny_setup):
+    with tiny_setup(tmp_path) as env:
+        yield env
 
 
 def _recipe(env, precision: str):

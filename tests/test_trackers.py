@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import pytest
-import torch
 import yaml
 
 import train_support as ts
@@ -17,25 +15,9 @@ from dance_analysis.training.config import dump_recipe, load_recipe, recipe_from
 from dance_analysis.training.loop import train
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trackers")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    yield {"root": root, "manifest": ts.write_tiny_collection(root / "collection"),
-           "encoder": ts.tiny_encoder(root / "model"), "cache": root / "cache"}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
-
-
-def _recipe(env, name: str, report_to):
+def _recipe(tiny_env, name: str, report_to):
     return recipe_from_dict(ts.recipe_dict(
-        env["manifest"], env["encoder"], env["cache"], name=name,
+        tiny_env["manifest"], tiny_env["encoder"], tiny_env["cache"], name=name,
         optim={"max_steps": 3, "warmup_steps": 1}, mining={"refresh_every": 3},
         log={"every": 1, "report_to": report_to, "progress": False})).validate()
 
@@ -53,11 +35,11 @@ def test_report_to_defaults_to_tensorboard_and_checks_its_names(tmp_path):
     assert yaml.safe_load(dump_recipe(load_recipe(path)))["log"]["report_to"] == ["tensorboard"]
 
 
-def test_tensorboard_gets_the_metrics_the_run_name_and_the_resolved_recipe(env):
+def test_tensorboard_gets_the_metrics_the_run_name_and_the_resolved_recipe(tiny_env):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = env["root"] / "tb-run"
-    recipe = _recipe(env, "tb-run-name", ["tensorboard"])
+    run_dir = tiny_env["root"] / "tb-run"
+    recipe = _recipe(tiny_env, "tb-run-name", ["tensorboard"])
     train(recipe, run_dir)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
@@ -72,25 +54,25 @@ def test_tensorboard_gets_the_metrics_the_run_name_and_the_resolved_recipe(env):
     assert yaml.safe_load(texts["run/recipe"]) == yaml.safe_load(dump_recipe(recipe))
 
 
-def test_none_and_the_old_switch_write_no_tracker(env):
-    run_dir = env["root"] / "none-run"
-    train(_recipe(env, "none-run", ["none"]), run_dir)
+def test_none_and_the_old_switch_write_no_tracker(tiny_env):
+    run_dir = tiny_env["root"] / "none-run"
+    train(_recipe(tiny_env, "none-run", ["none"]), run_dir)
     assert (run_dir / "metrics.jsonl").is_file()
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "wandb").exists()
-    off = recipe_from_dict(ts.recipe_dict(env["manifest"], env["encoder"], env["cache"], name="off",
+    off = recipe_from_dict(ts.recipe_dict(tiny_env["manifest"], tiny_env["encoder"], tiny_env["cache"], name="off",
                                           optim={"max_steps": 1, "warmup_steps": 0}, mining={"refresh_every": 1},
                                           log={"tensorboard": False, "progress": False})).validate()
     assert off.log.report_to == ["tensorboard"]
-    train(off, env["root"] / "off-run")
-    assert not (env["root"] / "off-run" / "tensorboard").exists()
+    train(off, tiny_env["root"] / "off-run")
+    assert not (tiny_env["root"] / "off-run" / "tensorboard").exists()
 
 
-def test_wandb_without_its_package_stops_before_any_work(env, monkeypatch):
+def test_wandb_without_its_package_stops_before_any_work(tiny_env, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    run_dir = env["root"] / "no-wandb"
+    run_dir = tiny_env["root"] / "no-wandb"
     with pytest.raises(DanceError, match=r"wandb package is not installed: pip install 'dance-analysis\[wandb\]'"):
-        train(_recipe(env, "no-wandb", ["tensorboard", "wandb"]), run_dir)
+        train(_recipe(tiny_env, "no-wandb", ["tensorboard", "wandb"]), run_dir)
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "tensorboard").exists()
 
 
@@ -117,14 +99,14 @@ def _wandb_records(path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="the wandb extra is not installed")
-def test_wandb_offline_run_has_the_run_name_the_recipe_and_the_metrics(env, monkeypatch):
+def test_wandb_offline_run_has_the_run_name_the_recipe_and_the_metrics(tiny_env, monkeypatch):
     from wandb.proto import wandb_internal_pb2
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(env["root"] / "wandb-config"))
-    run_dir = env["root"] / "wandb-run"
-    recipe = _recipe(env, "wandb-run-name", ["wandb"])
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tiny_env["root"] / "wandb-config"))
+    run_dir = tiny_env["root"] / "wandb-run"
+    recipe = _recipe(tiny_env, "wandb-run-name", ["wandb"])
     train(recipe, run_dir)
     assert not (run_dir / "tensorboard").exists()
     run_id = (run_dir / "wandb" / "run-id").read_text().strip()

@@ -5,11 +5,9 @@ rules' counts and the false-negative diagnostics in metrics.jsonl."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-import torch
 
 import train_support as ts
 from dance_analysis.errors import DanceError
@@ -18,33 +16,16 @@ from dance_analysis.training.config import recipe_from_dict
 from dance_analysis.training.loop import train
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mining-rules")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model")
-    yield {"root": root, "manifest": manifest, "encoder": encoder, "cache": root / "cache"}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
-
-
-def _recipe(env, **mining):
-    raw = ts.recipe_dict(env["manifest"], env["encoder"], env["cache"],
+def _recipe(tiny_env, **mining):
+    raw = ts.recipe_dict(tiny_env["manifest"], tiny_env["encoder"], tiny_env["cache"],
                          optim={"max_steps": 1}, mining={"refresh_every": 6, **mining})
     return recipe_from_dict(raw).validate()
 
 
-def test_rules_are_obeyed_by_a_refresh(env):
+def test_rules_are_obeyed_by_a_refresh(tiny_env):
     window, n = 10, 4
-    run_dir = env["root"] / "run"
-    train(_recipe(env, range_max=window, absolute_margin=0.0, sampling="top", n=n), run_dir)
+    run_dir = tiny_env["root"] / "run"
+    train(_recipe(tiny_env, range_max=window, absolute_margin=0.0, sampling="top", n=n), run_dir)
     folder = run_dir / "checkpoint-0"
     negatives = NegativeSet.load(folder / "negatives")
     assert negatives.meta["rules"]["sampling"] == "top" and negatives.meta["rules"]["range_max"] == window
@@ -86,12 +67,12 @@ def test_rules_are_obeyed_by_a_refresh(env):
     assert "negatives.partly_relevant" not in geometry
 
 
-def test_recipe_rule_errors(env):
+def test_recipe_rule_errors(tiny_env):
     with pytest.raises(DanceError, match="range_max"):
-        _recipe(env, range_max=30)                     # deeper than top_k 20: never retrieved
+        _recipe(tiny_env, range_max=30)                # deeper than top_k 20: never retrieved
     with pytest.raises(DanceError, match="sampling"):
-        _recipe(env, sampling="hardest")
+        _recipe(tiny_env, sampling="hardest")
     with pytest.raises(DanceError, match="query_top_k"):
-        _recipe(env, range_min=5, query_top_k=5)       # the query side keeps no candidate
+        _recipe(tiny_env, range_min=5, query_top_k=5)  # the query side keeps no candidate
     with pytest.raises(DanceError, match="exclude_grade"):
-        _recipe(env, exclude_grade=0)
+        _recipe(tiny_env, exclude_grade=0)

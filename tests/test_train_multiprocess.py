@@ -22,13 +22,11 @@ times that. Nothing here asserts a duration.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 
 import numpy as np
 import pytest
-import torch
 
 import train_support as ts
 from dance_analysis.training.config import recipe_from_dict
@@ -40,20 +38,9 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multiprocess")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model", dropout=0.0, pooling="mean")
-    yield {"root": root, "manifest": manifest, "encoder": encoder}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+def setup(tmp_path_factory, tiny_setup):
+    with tiny_setup(tmp_path_factory.mktemp("multiprocess"), dropout=0.0, pooling="mean") as env:
+        yield env
 
 
 def torchrun(recipe_path, run_dir, cache, *, env=None, workers=1):
