@@ -90,7 +90,7 @@ def test_a100_with_faiss_shadowed_by_faiss_cpu(capsys, monkeypatch):
     recipe = out["recipes"][0]
     assert code == 1 and recipe["device"] == "cuda" and recipe["problems"] == [out["machine"]["faiss"]["problem"]]
     assert recipe["precision"] == {"optim.precision": "fp32",
-                                   "mining.encode_precision": "fp32 (optim.precision is fp32)"}
+                                   "mining.encode_precision": "fp32"}
 
 
 def test_v100_cannot_run_a_bf16_recipe_and_auto_is_fp16(capsys, monkeypatch):

@@ -185,21 +185,27 @@ def _fast_bf16_encoding(monkeypatch):
 
 
 @pytest.mark.parametrize("train_precision, encode_precision, expected", [
-    ("fp32", "auto", ("fp32", "auto", "optim.precision is fp32")),   # fp32 training: the refreshes too
-    ("fp32", "bf16", ("bf16", "bf16", "requested")),                  # an explicit encode precision wins
-    ("bf16", "auto", ("bf16", "auto", "measured: the fastest in agreement")),
+    ("fp32", None, ("fp32", "fp32", "requested")),          # fp32 training, encode precision not set: fp32 too
+    ("fp32", "auto", ("bf16", "auto", "measured: the fastest in agreement")),   # a value given is taken as is
+    ("fp32", "bf16", ("bf16", "bf16", "requested")),
+    ("bf16", None, ("bf16", "auto", "measured: the fastest in agreement")),
 ])
-def test_optim_fp32_makes_auto_refreshes_encode_in_fp32(run_env, monkeypatch, caplog, train_precision,
-                                                        encode_precision, expected):
+def test_fp32_training_encodes_its_refreshes_in_fp32_unless_told_otherwise(run_env, monkeypatch, caplog,
+                                                                          train_precision, encode_precision,
+                                                                          expected):
     import logging
+
+    import yaml
 
     from dance_analysis.training.loop import train
 
     _native(monkeypatch)
     _fast_bf16_encoding(monkeypatch)
     raw = ts.recipe_dict(run_env["manifest"], run_env["encoder"], run_env["cache"],
-                         optim={"precision": train_precision, "max_steps": 6},
-                         mining={"encode_precision": encode_precision})
+                         optim={"precision": train_precision, "max_steps": 6})
+    del raw["mining"]["encode_precision"]
+    if encode_precision is not None:
+        raw["mining"]["encode_precision"] = encode_precision
     run = run_env["root"] / f"run-{train_precision}-{encode_precision}"
     with caplog.at_level(logging.INFO, logger="dance_analysis"):
         train(recipe_from_dict(raw).validate(), run)
@@ -207,20 +213,33 @@ def test_optim_fp32_makes_auto_refreshes_encode_in_fp32(run_env, monkeypatch, ca
         record = json.loads((run / f"checkpoint-{step}" / "refresh.json").read_text())["encode_precision"]
         assert (record["precision"], record["requested"], record["reason"]) == expected
     assert _state(run, 6)["train_precision"]["precision"] == train_precision
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["mining"]["encode_precision"] == expected[1]        # what the async miner and a resume read
     # the run log says the training precision before the first step, and the refreshes' encode precision
     assert f"training precision: {train_precision} (requested {train_precision}; requested" in caplog.text
     assert f"encode precision: {expected[0]} (requested {expected[1]}; {expected[2]}" in caplog.text
 
 
-def test_fp32_training_encode_on_cuda_too(monkeypatch):
-    """On CUDA ``auto`` would be the GPU's autocast: under ``optim.precision: fp32`` it is fp32 there as well."""
-    _native(monkeypatch)
-    recipe = recipe_from_dict({"optim": {"precision": "fp32"}}).validate()
-    decision = precision.fp32_training_encode(recipe, torch.device("cuda"))
-    assert (decision.precision, decision.requested, decision.device) == ("fp32", "auto", "cuda")
-    explicit = recipe_from_dict({"optim": {"precision": "fp32"}, "mining": {"encode_precision": "bf16"}}).validate()
-    assert precision.fp32_training_encode(explicit, torch.device("cuda")) is None
-    assert precision.fp32_training_encode(recipe_from_dict({}).validate(), torch.device("cuda")) is None
+def test_fp32_training_is_resolved_when_the_recipe_is_read(tmp_path):
+    from contextlib import nullcontext
+
+    from dance_analysis import encode
+    from dance_analysis.training.config import dump_recipe, load_recipe, recipe_differences
+
+    assert recipe_from_dict({"optim": {"precision": "fp32"}}).mining.encode_precision == "fp32"
+    assert recipe_from_dict({"optim": {"precision": "fp32"},
+                             "mining": {"encode_precision": "auto"}}).mining.encode_precision == "auto"
+    assert recipe_from_dict({}).mining.encode_precision == "auto"
+    assert recipe_from_dict({"optim": {"precision": "bf16"}}).mining.encode_precision == "auto"
+    demo = ts.REPO / "train" / "demo-dance.yaml"
+    assert load_recipe(demo).mining.encode_precision == "auto"
+    pinned = load_recipe(demo, ["optim.precision=fp32"])
+    assert pinned.mining.encode_precision == "fp32"
+    # config.yaml read back (a resume, the async miner) is the same recipe
+    (tmp_path / "config.yaml").write_text(dump_recipe(pinned))
+    assert recipe_differences(load_recipe(tmp_path / "config.yaml"), pinned) == []
+    # and on CUDA fp32 means no autocast at all (CUDA's auto would have been its autocast)
+    assert isinstance(encode.precision_context("fp32", torch.device("cuda")), nullcontext)
 
 
 @pytest.mark.parametrize("bf16_gpu, train_line, encode_line", [
@@ -243,7 +262,7 @@ def test_print_config_resolves_auto_on_a_gpu(monkeypatch, capsys, bf16_gpu, trai
     assert train_main([str(recipe), "--print-config", "--set", "optim.precision=fp32"]) == 0
     printed = capsys.readouterr().out
     assert "# optim.precision fp32: fp32\n" in printed
-    assert "# mining.encode_precision auto: fp32 (optim.precision is fp32)\n" in printed
+    assert "# mining.encode_precision fp32: fp32\n" in printed and "  encode_precision: fp32" in printed
     assert train_main([str(recipe), "--print-config", "--set", "optim.precision=fp16", "--set",
                        "optim.device=cpu"]) == 0
     assert "# optim.precision fp16: not possible here: fp16 needs a CUDA device" in capsys.readouterr().out

@@ -183,7 +183,9 @@ class OptimConfig:
     ``precision`` ``auto`` is the GPU's autocast on CUDA (bf16 where supported: Ampere and newer such as A100 and
     H100; else fp16 with a gradient scaler); on a CPU with native bf16, bf16 autocast when a timing of the first
     step shows a gain, else fp32 (:mod:`dance_analysis.training.precision`). ``fp32`` is honoured by the refreshes
-    too: ``mining.encode_precision: auto`` then encodes in fp32. ``grad_clip`` 0 turns clipping off.
+    too: a recipe with ``precision: fp32`` that does not set ``mining.encode_precision`` gets ``fp32`` there when
+    it is read (:func:`recipe_from_dict`; so ``config.yaml``, ``--print-config`` and the async miner see it).
+    ``grad_clip`` 0 turns clipping off.
     """
 
     optimizer: str = field(default="adamw", metadata={"help": "the optimiser: adamw, or lamb (the reference runs' "
@@ -214,9 +216,9 @@ class OptimConfig:
                                                              "e.g. A100, H100), else fp16 with a gradient scaler; on "
                                                              "a CPU with native bf16, bf16 when a timing of the "
                                                              "first step shows a gain, else fp32. fp32 also makes "
-                                                             "mining.encode_precision auto encode in fp32. What it "
-                                                             "resolves to: --print-config and the run log; kept on "
-                                                             "resume",
+                                                             "the refreshes encode in fp32 unless the recipe sets "
+                                                             "mining.encode_precision. What it resolves to: "
+                                                             "--print-config and the run log; kept on resume",
                                                      **_choices("auto", "fp32", "fp16", "bf16")})
     seed: int = field(default=42, metadata={"help": "seed of the initial head, the instance order, mining and "
                                                     "dropout"})
@@ -293,9 +295,9 @@ class MiningConfig:
                                                                     "the first refresh finds faster and whose "
                                                                     "top-20 neighbours of a probe agree with fp32 "
                                                                     "(>= 0.99), else fp32 (CUDA: its autocast, "
-                                                                    "bf16 where supported, else fp16); fp32 "
-                                                                    "whenever optim.precision is fp32; vectors are "
-                                                                    "float32; kept on resume",
+                                                                    "bf16 where supported, else fp16); left out of "
+                                                                    "a recipe whose optim.precision is fp32: fp32; "
+                                                                    "vectors are float32; kept on resume",
                                                             **_choices("auto", "fp32", "bf16", "bf16-weights")})
     device: str = field(default="auto", metadata={"help": "the async miner's device: auto is the first GPU that no "
                                                           "training process uses (an error when all of several "
@@ -609,7 +611,12 @@ def recipe_from_dict(raw: Any, where: str = "recipe") -> Recipe:
             kwargs[key] = _build_section(SECTIONS[key], value, key, where)
         else:
             raise _unknown(str(key), valid, where, "the recipe")
-    return Recipe(**kwargs)
+    recipe = Recipe(**kwargs)
+    mining = raw.get("mining") if isinstance(raw.get("mining"), dict) else {}
+    if recipe.optim.precision == "fp32" and "encode_precision" not in mining:
+        # fp32 training is honoured by the refreshes too; a value the recipe gives (auto included) is taken as is.
+        recipe.mining.encode_precision = "fp32"
+    return recipe
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -15,10 +15,12 @@ bf16`` compares the loss trajectories over 50 steps with the spread of two fp32 
 On CUDA, ``auto`` is bf16 autocast on GPUs that support bfloat16 (Ampere and newer: A100, H100, RTX 30xx and later)
 and fp16 autocast with a gradient scaler on older ones (V100, T4); the paper trained in fp16.
 
-``optim.precision: fp32`` is honoured by the refreshes as well: ``mining.encode_precision: auto`` then encodes in
-float32 too (:func:`fp32_training_encode`), on the CPU and on CUDA (whose ``auto`` would otherwise be its
-autocast); a reduced refresh precision under fp32 training is asked for by naming it (``bf16``, ``bf16-weights``).
-:func:`resolved_precisions` says what both settings resolve to on this machine (``dance-train --print-config``).
+``optim.precision: fp32`` is honoured by the refreshes as well: a recipe that trains in fp32 and does not set
+``mining.encode_precision`` encodes its refreshes in fp32 too, on the CPU and on CUDA (where ``auto`` would be the
+GPU's autocast); the value is set when the recipe is read
+(:func:`dance_analysis.training.config.recipe_from_dict`), so the run's ``config.yaml`` and the async miner hold
+it. A value the recipe gives, ``auto`` included, is taken as given. :func:`resolved_precisions` says what both
+settings resolve to on this machine (``dance-train --print-config``, ``dance-doctor``).
 """
 
 from __future__ import annotations
@@ -126,19 +128,6 @@ def measure_train_precision(run: Callable[[torch.dtype | None], float], device,
     return decision
 
 
-def fp32_training_encode(recipe, device) -> PrecisionDecision | None:
-    """The refreshes' encode decision when ``optim.precision`` is ``fp32`` and ``mining.encode_precision`` is
-    ``auto``: float32, on every device (CUDA's ``auto`` would be its autocast, a CPU's a timing); ``None`` for every
-    other combination (an explicit encode precision is taken as given)."""
-    if recipe.optim.precision != "fp32" or recipe.mining.encode_precision != "auto":
-        return None
-    device = torch.device(device)
-    hardware = bf16_hardware(device)[1] if device.type in ("cpu", "cuda") else ""
-    decision = PrecisionDecision("fp32", "auto", "optim.precision is fp32", device.type, hardware)
-    logger.info("%s", decision.describe())
-    return decision
-
-
 def _recipe_device(recipe) -> torch.device:
     """The device ``optim.device`` resolves to here (CUDA only when torch sees a GPU)."""
     wanted = str(recipe.optim.device).strip().lower()
@@ -174,9 +163,7 @@ def resolved_precisions(recipe, device=None) -> dict[str, str]:
     else:
         train_text = "bf16 if the first step times it faster, else fp32" if native else "fp32 (no native bf16)"
     encode = recipe.mining.encode_precision
-    if train == "fp32" and encode == "auto":
-        encode_text = "fp32 (optim.precision is fp32)"
-    elif encode == "fp32":
+    if encode == "fp32":
         encode_text = "fp32"
     elif encode in ("bf16", "bf16-weights"):
         encode_text = encode if native or not cuda else "not possible here: the GPU has no bf16"

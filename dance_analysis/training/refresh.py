@@ -174,19 +174,17 @@ def decide_encode_precision(model, data: TrainingData, recipe: Recipe, device=No
     """The encode precision of a run's refreshes (:func:`dance_analysis.encode.choose_precision` with
     ``mining.encode_precision``): for ``auto``, timed on the corpus' own batches and guarded by the agreement of
     the top-k documents (k = min(``mining.top_k``, 20)) of up to 256 training queries among up to 256 documents,
-    bf16 against float32; fp32 for ``auto`` under ``optim.precision: fp32``
-    (:func:`~dance_analysis.training.precision.fp32_training_encode`). Decided on rank 0 and shared with every rank."""
+    bf16 against float32. Decided on rank 0 and shared with every rank."""
     from ..encode import choose_precision
-    from .precision import fp32_training_encode
 
     dist = dist or DistContext()
     mining = recipe.mining
 
     def decide():
         target = torch.device(device) if device is not None else model.device
-        return fp32_training_encode(recipe, target) or choose_precision(
-            model, data.doc_tokens, mining.encode_precision, device=target, queries=data.query_tokens,
-            query_rows=data.train_query_rows, batch_size=mining.encode_batch_size, k=mining.top_k)
+        return choose_precision(model, data.doc_tokens, mining.encode_precision, device=target,
+                                queries=data.query_tokens, query_rows=data.train_query_rows,
+                                batch_size=mining.encode_batch_size, k=mining.top_k)
 
     decision = dist.on_main(decide, recipe.distributed.poll_seconds)
     return dist.broadcast_object(decision)
