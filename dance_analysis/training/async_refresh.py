@@ -26,7 +26,6 @@ after :data:`MAX_RESTARTS` restarts a further death stops training with an error
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -37,10 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import building_dir, publish_dir, replace_dir, write_json
+from .. import checkpoints
+from ..atomic import building_dir, publish_dir, read_json, remove_dir, replace_dir, write_json
+from ..checkpoints import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR, read_refresh_record
 from ..errors import DanceError
 from ..logs import NOTICE, show_messages
-from . import checkpoint as ckpt
 from .faults import fault_point
 
 logger = logging.getLogger("dance_analysis.training.async_refresh")  # __name__ is __main__ in the miner
@@ -78,10 +78,7 @@ def held_checkpoint(run_dir: str | os.PathLike) -> int | None:
     trainer's pruning never deletes that checkpoint (:func:`.state.commit`), however many checkpoint intervals the
     refresh spans. A marker left by a killed miner protects its checkpoint until the restarted miner moves on."""
     path = refresh_root(run_dir) / HELD_FILE
-    try:
-        step = json.loads(path.read_text(encoding="utf-8")).get("step")
-    except (OSError, ValueError, AttributeError):
-        return None
+    step = (read_json(path, kind=dict, invalid=None) or {}).get("step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
@@ -179,8 +176,6 @@ class MinerHandle:
     def read_set(self, set_dir: Path):
         """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
         from ..mining import NegativeSet
-        from .refresh import NEGATIVES_DIR, read_refresh_record
-
         return NegativeSet.load(set_dir / NEGATIVES_DIR), read_refresh_record(set_dir)
 
     def in_use(self, step: int) -> None:
@@ -188,7 +183,7 @@ class MinerHandle:
         self.using = step
         for other, path in list_sets(self.run_dir):
             if other < step:
-                ckpt.remove_dir(path)
+                remove_dir(path)
 
     def checkpoint_written(self, step: int) -> None:
         """Called after checkpoint ``step`` is committed (the miner finds it by watching the folder)."""
@@ -196,8 +191,6 @@ class MinerHandle:
 
     def record(self, step: int) -> dict[str, Any] | None:
         """The ``refresh.json`` record of set ``step``, if it exists."""
-        from .refresh import read_refresh_record
-
         return read_refresh_record(self.set_dir(step))
 
     def request_stop(self, final_step: int | None) -> None:
@@ -304,11 +297,9 @@ def _visible_device_ids() -> list[str]:
 def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
     """Move the refresh's embeddings and copy its negatives / dev metrics into the checkpoint folder; returns
     why nothing (or not everything) was attached, or ``None`` when all was."""
-    from .refresh import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR
-
     if not checkpoint_dir.exists():
         return "the checkpoint was deleted meanwhile"
-    if not ckpt.is_complete(checkpoint_dir):
+    if not checkpoints.is_complete(checkpoint_dir):
         return "the checkpoint is incomplete"
     try:
         emb = result_dir / EMBEDDINGS_DIR
@@ -320,7 +311,7 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
                 shutil.copytree(neg, staging, dirs_exist_ok=True)
         metrics = result_dir / DEV_METRICS_FILE
         if metrics.is_file():
-            write_json(checkpoint_dir / DEV_METRICS_FILE, json.loads(metrics.read_text(encoding="utf-8")))
+            write_json(checkpoint_dir / DEV_METRICS_FILE, read_json(metrics, "the refresh's dev metrics"))
     except FileNotFoundError as exc:
         return f"the checkpoint was deleted while the results were attached ({exc.filename})"
     return None
@@ -328,13 +319,10 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
 
 def _next_index(set_dir: Path) -> int:
     """The refresh count after the set in ``set_dir`` (its ``refresh_index`` + 1; 0 when unreadable)."""
-    from .refresh import NEGATIVES_DIR, next_refresh_index
+    from .refresh import next_refresh_index
 
-    try:
-        meta = json.loads((set_dir / NEGATIVES_DIR / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0
-    return next_refresh_index(meta) if isinstance(meta, dict) else 0
+    meta = read_json(set_dir / NEGATIVES_DIR / "meta.json", kind=dict, invalid=None)
+    return next_refresh_index(meta) if meta is not None else 0
 
 
 class Miner:
@@ -356,7 +344,7 @@ class Miner:
         # The encode precision decided at the first refresh, kept by a restarted miner from the newest set.
         self.precision = None
         if found:
-            from .refresh import kept_precision, read_refresh_record
+            from .refresh import kept_precision
 
             record = (read_refresh_record(found[-1][1]) or {}).get("encode_precision")
             self.precision = kept_precision(record, found[-1][1].name, self.device)
@@ -372,10 +360,7 @@ class Miner:
         path = refresh_root(self.run_dir) / STOP_FILE
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
+        return read_json(path, invalid=None)
 
     def _say(self, text: str) -> None:
         logger.log(NOTICE, text)
@@ -388,7 +373,7 @@ class Miner:
                 self._say("the trainer is gone; exiting")
                 return 0
             stop = self._stop_request()
-            pending = [(s, p) for s, p in ckpt.list_checkpoints(self.run_dir) if s > self.last_done]
+            pending = [(s, p) for s, p in checkpoints.list_checkpoints(self.run_dir) if s > self.last_done]
             if stop is not None and stop.get("final_step") is not None:
                 pending = [(s, p) for s, p in pending if s <= int(stop["final_step"])]
             if pending:

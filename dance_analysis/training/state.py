@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import read_json
+from ..checkpoints import NEGATIVES_DIR
 from ..errors import DanceError
 from ..mining import NegativeSet
 from . import checkpoint as ckpt
 from .config import Recipe
 from .faults import fault_point
-from .refresh import NEGATIVES_DIR
 
 STATE_FILE = "trainer_state.json"
 

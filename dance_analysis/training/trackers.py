@@ -21,8 +21,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..checkpoints import TENSORBOARD_DIR
 from ..errors import DanceError
-from .run_folder import TENSORBOARD_DIR
 
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "run-id"
