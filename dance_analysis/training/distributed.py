@@ -7,7 +7,9 @@ single-process no-op, so the trainer has one code path.
 
 Division of work: every rank trains on its share of each global batch (DDP averages the gradients); corpus and
 query encoding is split into contiguous row blocks, one per rank, gathered on rank 0 (:meth:`DistContext.gather_rows`);
-rank 0 searches, mines and writes checkpoints, and the negatives reach every rank through
+at a refresh with exact search every rank then receives the embeddings (:meth:`DistContext.broadcast_rows`) and
+searches its whole blocks of the queries against the whole corpus (:meth:`DistContext.block_bounds`), the rankings
+gathered on rank 0; rank 0 mines, evaluates and writes checkpoints, and the negatives reach every rank through
 :meth:`DistContext.broadcast_object`.
 
 No rank waits in a collective for work that can outlast the process-group timeout (``distributed.timeout_minutes``):
@@ -77,6 +79,16 @@ class DistContext:
         tensor = torch.from_numpy(array.copy()).to(self._comm_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.cpu().numpy()
+
+    def all_reduce_sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over all ranks of a small tensor, kept where it lives (no copy to the host under nccl,
+        so the host need not wait for the device). One process: ``tensor`` itself."""
+        if not self.enabled:
+            return tensor
+        comm = self._comm_device()
+        moved = tensor.to(comm)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        return moved.to(tensor.device)
 
     def any(self, flag: bool) -> bool:
         """True when ``flag`` is true on any rank."""
@@ -178,19 +190,31 @@ class DistContext:
         bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
         return int(bounds[self.rank]), int(bounds[self.rank + 1])
 
+    def block_bounds(self, n: int, block: int) -> np.ndarray:
+        """Row bounds ``[b_0 = 0, b_1, ..., b_world = n]`` that split ``n`` rows over the ranks in whole blocks of
+        ``block`` rows (the last block may be short): rank ``r`` takes rows ``[b_r, b_r+1)``, ranks differing by at
+        most one block. A search that runs over its queries in blocks of ``block`` rows then makes, on each rank,
+        exactly the calls it makes for those rows in one process (same rows per call), so the sharded results are
+        the single-process ones bit for bit."""
+        blocks = -(-n // max(1, int(block)))
+        cut = np.linspace(0, blocks, self.world_size + 1).round().astype(np.int64)
+        return np.minimum(cut * int(block), n)
+
     def gather_rows(self, block: np.ndarray, n: int, out: np.ndarray | None = None,
-                    chunk_rows: int = 65536) -> np.ndarray | None:
+                    chunk_rows: int = 65536, bounds: np.ndarray | None = None) -> np.ndarray | None:
         """Concatenate every rank's :meth:`shard` block of an ``[n, d]`` array on rank 0.
 
         ``out`` (rank 0 only) receives the rows, e.g. a memmap; other ranks get ``None``. Rows travel in chunks of
-        ``chunk_rows`` so memory stays bounded for large corpora.
+        ``chunk_rows`` so memory stays bounded for large corpora. ``bounds`` (e.g. :meth:`block_bounds`) replaces
+        the :meth:`shard` split.
         """
         if not self.enabled:
             if out is None:
                 return np.asarray(block)
             out[:] = block
             return out
-        bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
+        if bounds is None:
+            bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
         sizes = np.diff(bounds)
         width = block.shape[1]
         if self.is_main and out is None:
@@ -212,6 +236,28 @@ class DistContext:
                         start = int(bounds[r]) + offset
                         out[start:start + take] = part[:take].cpu().numpy()
         return out if self.is_main else None
+
+    def broadcast_rows(self, array: np.ndarray | None, shape: tuple[int, int], dtype,
+                       chunk_rows: int = 65536) -> np.ndarray:
+        """Rank 0's ``[n, d]`` array (e.g. a memory map of the refresh's embeddings) on every rank: rank 0 returns
+        ``array``, the others a new array in RAM, filled in chunks of ``chunk_rows`` rows (memory on the way stays
+        bounded). One process: ``array``."""
+        if not self.enabled:
+            return array
+        n, width = int(shape[0]), int(shape[1])
+        out = array if self.is_main else np.empty((n, width), dtype=dtype)
+        torch_dtype = torch.from_numpy(np.zeros(1, dtype=dtype)).dtype
+        comm = self._comm_device()
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            if self.is_main:
+                chunk = torch.from_numpy(np.ascontiguousarray(array[start:stop])).to(comm)
+            else:
+                chunk = torch.empty((stop - start, width), dtype=torch_dtype, device=comm)
+            dist.broadcast(chunk, src=0)
+            if not self.is_main:
+                out[start:stop] = chunk.cpu().numpy()
+        return out
 
     def close(self) -> None:
         """Leave the process group (when this module joined it)."""

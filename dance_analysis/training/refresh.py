@@ -67,10 +67,13 @@ class RefreshResult:
     embeddings_from_cache: bool = False
     geometry: dict[str, float] = field(default_factory=dict)
     precision: Any = None   # the encode PrecisionDecision of the refresh
+    parallel: dict[str, Any] = field(default_factory=dict)   # several processes: threads, each rank's searches
 
     def record(self) -> dict[str, Any]:
         """The JSON-able record of this refresh (the ``refresh.json`` file and the metrics.jsonl line)."""
         record = {"step": self.step, "dev": self.dev_metrics, "negatives": self.stats, "timings": self.timings}
+        if self.parallel:
+            record["parallel"] = self.parallel
         if self.precision is not None:
             record["encode_precision"] = self.precision.to_dict()
         if self.geometry:
@@ -155,6 +158,7 @@ def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, dev
     block = encode_tokens(model, tokens, side, batch_size=recipe.mining.encode_batch_size, dtype=dtype,
                           device=device, progress=progress and dist.is_main,
                           indices=np.arange(start, end, dtype=np.int64), precision=precision).vectors
+    fault_point("encode-shard", dist.rank)   # this rank has encoded its rows (the number is the rank)
     width = dist.broadcast_object(int(block.shape[1]) if dist.is_main else None)
     if block.shape[0] == 0:
         block = np.zeros((0, width), dtype=dtype)
@@ -233,8 +237,6 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     refresh, or from the checkpoint it resumed); ``None`` decides it now (:func:`decide_encode_precision`). The
     result carries it and ``refresh.json`` records it.
     """
-    from ..index import search
-
     dist = dist or DistContext()
     mining = recipe.mining
     was_training = model.training
@@ -278,24 +280,117 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     if was_training:
         model.train()
 
-    def mine_on_rank_0() -> RefreshResult:
-        fault_point("refresh", step)
-        # As encoded (float16 or float32, a memory map when written to out_dir): the searches upcast one block
-        # at a time, so no float32 copy of the corpus is made (9.9 GB for MS MARCO documents at 768-d).
-        mined = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search,
-                                   search_device or _search_device(device), refresh_index)
+    def finish(mined: RefreshResult) -> None:
         mined.embeddings_from_cache = cached is not None
         mined.precision = precision
         if out_dir is not None:
             write_refresh(mined, Path(out_dir))
-        return mined
 
-    # The other ranks meet rank 0 in small collectives while it searches (no collective waits for the search).
-    result = dist.on_main(mine_on_rank_0, recipe.distributed.poll_seconds)
+    result = search_and_mine(corpus, queries, data, recipe, step, dist=dist, timings=timings,
+                             search_device=search_device or _search_device(device), refresh_index=refresh_index,
+                             before_mining=lambda: fault_point("refresh", step), finish=finish)
     negatives = dist.broadcast_object(result.negatives if result is not None else None)
     if result is None:
         result = RefreshResult(step=step, negatives=negatives, precision=precision)
     return result
+
+
+# Queries per search call block (dance_analysis.index.search's batch_size): a sharded search gives each rank whole
+# blocks, so that every rank makes exactly the calls one process makes for those queries.
+SEARCH_QUERY_BLOCK = 4096
+
+
+def refresh_threads(dist: DistContext) -> dict[str, int] | None:
+    """Thread counts for the CPU parts of a refresh of a multi-process job (``None`` for one process, which keeps
+    the environment's): ``search``, while every rank of this machine searches at once, the machine's cores (those
+    this process may run on) shared among them (``LOCAL_WORLD_SIZE``); ``rank0``, for what rank 0 does alone while
+    the others wait (mining, evaluation, geometry), all of them. torchrun sets ``OMP_NUM_THREADS=1``, which would
+    otherwise leave those parts on one thread."""
+    if not dist.enabled:
+        return None
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)))
+    return {"search": max(1, cores // local), "rank0": max(1, cores)}
+
+
+def _threads(count: int | None):
+    """Run a block with ``count`` BLAS / OpenMP threads (threadpoolctl: numpy's BLAS, faiss' and torch's OpenMP) and
+    torch intra-op threads; ``None``: as they are."""
+    import contextlib
+
+    if count is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(threadpool_limits(limits=count))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    stack.callback(torch.set_num_threads, previous)
+    return stack
+
+
+def search_and_mine(corpus: np.ndarray | None, queries: np.ndarray | None, data: TrainingData, recipe: Recipe,
+                    step: int, *, dist: DistContext | None = None, timings: dict[str, float] | None = None,
+                    search_device: str = "cpu", refresh_index: int | None = None,
+                    query_block: int = SEARCH_QUERY_BLOCK, before_mining=None, finish=None) -> RefreshResult | None:
+    """Search, mine and evaluate from a refresh's embeddings (``corpus``, ``queries``: rank 0's; ``None`` on the
+    others); every rank must call it. Returns the :class:`RefreshResult` on rank 0, ``None`` on the others.
+
+    One process: the searches, mining, evaluation and geometry run here, as they always did. Several processes:
+    when the searches are exact (``mining.index`` Flat) every rank receives the embeddings
+    (:meth:`DistContext.broadcast_rows`) and runs its share of each search (the mined training queries against the
+    corpus, for DANCE the positive documents against the training queries, the dev queries against the corpus):
+    whole blocks of ``query_block`` queries (:meth:`DistContext.block_bounds`) against the whole corpus, on its own
+    device, with :func:`refresh_threads` threads; the rankings are gathered on rank 0, equal bit for bit to those
+    of one process (each rank makes exactly the search calls one process makes for those queries). An approximate
+    document search stays on rank 0. Then rank 0 mines, evaluates and measures the geometry alone while the others
+    meet it in small collectives (:meth:`DistContext.on_main`). ``before_mining`` and ``finish(result)`` run on
+    rank 0 before mining and after it (the caller's fault point and writing). The result's ``parallel`` records
+    the thread counts and how many queries each rank searched in how long; ``timings`` the seconds of each part
+    (``share``: sending the embeddings; ``search``: every search, the dev one included, when sharded).
+    """
+    from ..ann import is_exact
+    from ..index import search
+
+    dist = dist or DistContext()
+    timings = {} if timings is None else timings
+    rankings: dict[str, Any] = {}
+    parallel: dict[str, Any] = {}
+    threads = refresh_threads(dist)
+    if dist.enabled and is_exact(recipe.mining.index):
+        t0 = time.perf_counter()
+        shapes = dist.broadcast_object((corpus.shape, queries.shape, corpus.dtype.str, queries.dtype.str)
+                                       if dist.is_main else None)
+        corpus = dist.broadcast_rows(corpus, shapes[0], np.dtype(shapes[2]))
+        queries = dist.broadcast_rows(queries, shapes[1], np.dtype(shapes[3]))
+        timings["share"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with _threads(threads["search"]):
+            rankings, ranks = _sharded_searches(corpus, queries, data, recipe, step, refresh_index, search,
+                                                search_device, dist, query_block)
+        timings["search"] = time.perf_counter() - t0
+        parallel = {"threads": threads, "search_ranks": ranks}
+    elif threads is not None:
+        parallel = {"threads": threads}
+
+    def work() -> RefreshResult:
+        with _threads(threads["rank0"] if threads is not None else None):
+            if before_mining is not None:
+                before_mining()
+            # As encoded (float16 or float32, a memory map when written to out_dir): the searches upcast one block
+            # at a time, so no float32 copy of the corpus is made (9.9 GB for MS MARCO documents at 768-d).
+            mined = _mine_and_evaluate(corpus, queries, data, recipe, step, timings, search, search_device,
+                                       refresh_index, rankings=rankings, query_block=query_block)
+        mined.parallel = parallel
+        if finish is not None:
+            finish(mined)
+        return mined
+
+    # The other ranks meet rank 0 in small collectives while it works alone (no collective waits for it).
+    return dist.on_main(work, recipe.distributed.poll_seconds)
 
 
 def _search_device(device) -> str:
@@ -326,25 +421,94 @@ def _doc_search(search, mining):
     return approximate
 
 
+def _search_plan(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
+                 refresh_index: int | None) -> dict[str, tuple]:
+    """The searches of a refresh, ``name -> (query vectors, corpus vectors, k, query ids, doc ids)``: ``doc`` (the
+    chunk of training queries mined at this refresh against the corpus), ``query`` (DANCE: the positive documents
+    of that chunk against the training queries) and ``dev`` (the dev queries against the corpus), each when it
+    has queries."""
+    mining = recipe.mining
+    nq, ndocs = len(data.train_qids), data.num_docs
+    if refresh_index is None:
+        refresh_index = step // mining.refresh_every
+    mined_rows = rotation_slice(nq, mining.fraction, refresh_index, recipe.optim.seed)
+    train_vectors = queries[data.train_query_rows]
+    plan = {"doc": (train_vectors[mined_rows], corpus, min(mining.top_k, ndocs), data.train_qids[mined_rows],
+                    data.corpus_ids)}
+    if recipe.loss.objective == "dance":
+        slice_pairs = data.pairs[np.isin(data.pairs[:, 0], mined_rows)]
+        if len(slice_pairs):
+            query_top_k = mining.top_k if mining.query_top_k is None else mining.query_top_k
+            anchors = np.unique(slice_pairs[:, 1])
+            plan["query"] = (corpus[anchors], train_vectors, min(query_top_k, nq), data.corpus_ids[anchors],
+                             data.train_qids)
+    if len(data.dev_qids):
+        plan["dev"] = (queries[data.dev_query_rows], corpus, min(mining.dev_k, ndocs), data.dev_qids,
+                       data.corpus_ids)
+    return plan
+
+
+def _sharded_searches(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
+                      refresh_index: int | None, search, search_device: str, dist: DistContext,
+                      query_block: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every exact search of :func:`_search_plan`, each rank its whole blocks of queries (every rank calls it);
+    returns the rankings on rank 0 (``{}`` elsewhere) and, per rank, how many queries it searched in how long."""
+    from ..index import Rankings
+
+    out: dict[str, Any] = {}
+    searched, seconds = 0, 0.0
+    for name, (vectors, against, k, query_ids, doc_ids) in _search_plan(corpus, queries, data, recipe, step,
+                                                                        refresh_index).items():
+        bounds = dist.block_bounds(len(vectors), query_block)
+        start, end = int(bounds[dist.rank]), int(bounds[dist.rank + 1])
+        t0 = time.perf_counter()
+        if end > start:
+            part = search(vectors[start:end], against, k, query_ids=query_ids[start:end], doc_ids=doc_ids,
+                          device=search_device, batch_size=query_block)
+            indices, scores = part.indices, part.scores
+        else:
+            indices, scores = np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+        seconds += time.perf_counter() - t0
+        searched += end - start
+        indices = dist.gather_rows(np.ascontiguousarray(indices, dtype=np.int64), len(vectors), bounds=bounds)
+        scores = dist.gather_rows(np.ascontiguousarray(scores, dtype=np.float32), len(vectors), bounds=bounds)
+        if dist.is_main:
+            out[name] = Rankings(query_ids, doc_ids, indices, scores)
+    ranks = dist.all_gather_objects({"rank": dist.rank, "queries": searched, "seconds": round(seconds, 3)})
+    return out, ranks
+
+
 def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingData, recipe: Recipe, step: int,
                        timings: dict[str, float], search, search_device: str,
-                       refresh_index: int | None = None) -> RefreshResult:
+                       refresh_index: int | None = None, rankings: dict[str, Any] | None = None,
+                       query_block: int = SEARCH_QUERY_BLOCK) -> RefreshResult:
+    """Mine and evaluate on rank 0; the searches of :func:`_search_plan` not in ``rankings`` (already searched,
+    sharded over the ranks) run here."""
     mining = recipe.mining
     objective = recipe.loss.objective
     seed = recipe.optim.seed
-    nq, ndocs, n = len(data.train_qids), data.num_docs, mining.n
+    nq, n = len(data.train_qids), mining.n
     if refresh_index is None:
         refresh_index = step // mining.refresh_every
     mined_rows = rotation_slice(nq, mining.fraction, refresh_index, seed)
     train_vectors = queries[data.train_query_rows]
     rng = np.random.default_rng([seed, step])
+    rankings = rankings or {}
+    plan: dict[str, tuple] = {}
 
-    t0 = time.perf_counter()
-    k_docs = min(mining.top_k, ndocs)
-    doc_rankings = _doc_search(search, mining)(train_vectors[mined_rows], corpus, k_docs,
-                                               query_ids=data.train_qids[mined_rows], doc_ids=data.corpus_ids,
-                                               device=search_device)
-    timings["search"] = time.perf_counter() - t0
+    def ranked(name: str, how=search):
+        if name in rankings:
+            return rankings[name]
+        if not plan:
+            plan.update(_search_plan(corpus, queries, data, recipe, step, refresh_index))
+        vectors, against, k, query_ids, doc_ids = plan[name]
+        kwargs = {"batch_size": query_block} if how is search else {}
+        t0 = time.perf_counter()
+        found = how(vectors, against, k, query_ids=query_ids, doc_ids=doc_ids, device=search_device, **kwargs)
+        timings["search"] = timings.get("search", 0.0) + time.perf_counter() - t0
+        return found
+
+    doc_rankings = ranked("doc", _doc_search(search, mining))
     t0 = time.perf_counter()
     doc_rules = mining.rules("doc")
     doc_stats = MiningStats()
@@ -368,12 +532,7 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
         in_slice = np.isin(data.pairs[:, 0], mined_rows)
         slice_pairs = data.pairs[in_slice]
         if len(slice_pairs):
-            t0 = time.perf_counter()
-            anchors = np.unique(slice_pairs[:, 1])
-            query_rankings = search(corpus[anchors], train_vectors, min(query_top_k, nq),
-                                    query_ids=data.corpus_ids[anchors], doc_ids=data.train_qids,
-                                    device=search_device)
-            timings["search"] += time.perf_counter() - t0
+            query_rankings = ranked("query")
             t0 = time.perf_counter()
             query_rules = mining.rules("query")
             pair_pos = (pair_scores(train_vectors, corpus, slice_pairs) if query_rules.needs_positive_scores
@@ -402,9 +561,7 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
     if len(data.dev_qids):
         from ..metrics import evaluate
 
-        k_dev = min(mining.dev_k, ndocs)
-        dev_rankings = search(queries[data.dev_query_rows], corpus, k_dev, query_ids=data.dev_qids,
-                              doc_ids=data.corpus_ids, device=search_device)
+        dev_rankings = ranked("dev")
         measures = _measures_within(mining.dev_k)
         kwargs = {"measures": measures} if measures is not None else {}
         dev_metrics = {k: float(v) for k, v in evaluate(dev_rankings, data.collection.qrels,
