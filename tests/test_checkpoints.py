@@ -298,3 +298,32 @@ def test_prepared_check_reads_prepared_json(tmp_path):
     (run / checkpoints.PREPARED_FILE).write_text('{"settings": ')
     with pytest.raises(DanceError, match=r"prepared\.json:1: .*run --prepare again"):
         checkpoints.read_prepared(run)
+
+
+def test_dance_mine_on_a_run_folder_mines_with_its_best_checkpoint(tmp_path, capsys):
+    """The command itself: a run folder given as MODEL is its best checkpoint (by the recipe's MRR@100 here), so
+    its output equals that of naming the checkpoint, and differs from the checkpoint MRR@10 would pick."""
+    import numpy as np
+
+    from dance_analysis.cli.mine import main as mine_main
+    from report_support import write_beir, write_embeddings
+
+    docs = {f"d{i}": f"text of document {i}" for i in range(6)}
+    queries = {"q0": "first query", "q1": "second query"}
+    collection = write_beir(tmp_path / "beir", docs, queries, {"q0": {"d0": 2}, "q1": {"d3": 2}}, split="train")
+    rng = np.random.default_rng(0)
+    run = _fake_run(tmp_path / "run", DISAGREE, best_metric="MRR@100")
+    for step in DISAGREE:
+        write_embeddings(run / f"checkpoint-{step}" / "embeddings", list(docs), rng.normal(size=(6, 4)),
+                         list(queries), rng.normal(size=(2, 4)))
+
+    def mine(model: Path, name: str) -> str:
+        out = tmp_path / name
+        assert mine_main([str(model), "--collection", str(collection), "--split", "train", "--min-relevance", "2",
+                          "--out", str(out), "--top-k", "5", "--n", "3", "--sampling", "top"]) == 0
+        return out.read_text()
+
+    from_run = mine(run, "run.jsonl")
+    assert "run (its best checkpoint, checkpoint-20)" in capsys.readouterr().out
+    assert from_run == mine(run / "checkpoint-20", "best.jsonl")
+    assert from_run != mine(run / "checkpoint-10", "mrr10.jsonl")

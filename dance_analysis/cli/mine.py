@@ -165,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
                             save_embeddings=args.save_embeddings)
     written = FORMATS[args.format](output_path(args.out), result, collection)
     s = result.settings
-    print(f"{Path(str(args.model).rstrip('/')).name} on {collection.name} / {args.split}: {s['queries']} queries, "
-          f"{s['documents']} documents ({s['vectors']})")
+    name = Path(str(args.model).rstrip("/")).name
+    if s["model"] != str(args.model):   # a run folder: the checkpoint that stands for it
+        name += f" (its best checkpoint, {Path(s['model']).name})"
+    print(f"{name} on {collection.name} / {args.split}: {s['queries']} queries, {s['documents']} documents "
+          f"({s['vectors']})")
     if precision.used:
         print(f"{precision.describe()} "
               f"(--precision {args.precision})")
