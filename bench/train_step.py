@@ -20,6 +20,10 @@ over 10 steps) next to that noise.
     python bench/train_step.py --precisions fp32 bf16 --steps 50  # bf16 autocast training against fp32
     python bench/train_step.py --steps 30 --run-dir runs/demo-dance --json bench/train_step.json
     python bench/train_step.py --tiny                             # a tiny random encoder, a generated collection
+    python bench/train_step.py --tiny --set log.every=10          # values read on the host every 10 steps
+
+The trainer reads its logged values (losses, gradient norm, the non-finite check) on the host once per
+``log.every`` steps (docs/scaling.md, "Host synchronisation"); the dance-train side logs every step it reads.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dance_analysis.training.config import load_recipe
     from dance_analysis.training.loop import InstanceStream, Trainer, build_optimizer
+    from dance_analysis.training.refresher import SyncRefresher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(recipe, work / "run")
     trainer._setup()
     started = time.perf_counter()
-    trainer._sync_refresh()                       # initial negatives (not measured)
+    SyncRefresher(trainer).refresh()              # initial negatives (not measured)
     refresh_seconds = time.perf_counter() - started
     negatives = trainer.stream.negatives
     stream = InstanceStream(negatives, recipe.optim.seed)
@@ -118,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def trainer_step() -> float:
         t0 = time.perf_counter()
-        record = trainer._train_step()
-        trainer.log.log(record)
+        for record in trainer._train_step():    # the steps whose values reached the host (every log.every steps)
+            trainer.log.log(record)
         return time.perf_counter() - t0
 
     if args.precisions:

@@ -176,8 +176,8 @@ def uniformity_loss(x: Tensor, t: float = 2.0, normalize: bool = True) -> Tensor
 
 def dance_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = None, *, w_q2d: float = 1.0,
                w_d2q: float = 0.1, temperature: float = 1.0, in_batch: bool = False, w_align: float = 0.0,
-               w_uniform: float = 0.0, uniform_t: float = 2.0,
-               gather: Gather | None = None) -> tuple[Tensor, dict[str, float]]:
+               w_uniform: float = 0.0, uniform_t: float = 2.0, gather: Gather | None = None,
+               tensor_parts: bool = False) -> tuple[Tensor, dict[str, float]]:
     """The full training objective of ANCE / DANCE on a batch of quadruplets (q, d+, d-, q-).
 
     Inputs: q, d_pos [B, h]; d_neg [B, h] or [B, n, h]; q_neg like d_neg, or None when w_d2q == 0.
@@ -188,29 +188,31 @@ def dance_loss(q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = N
     regularisers are off by default (weights 0) and are then not computed. ``gather`` extends the in-batch
     negatives to every rank's instances (see :func:`contrastive_loss`).
     Returns (total loss tensor, parts) where parts holds plain floats: "q2d", "d2q" (when computed), "align",
-    "uniform" (when their weight is non-zero) and "total".
+    "uniform" (when their weight is non-zero) and "total"; with ``tensor_parts`` detached 0-d tensors of the same
+    values instead, so that the host need not wait for the device (the trainer reads them once per log interval).
     References: ANCE (Xiong et al., ICLR 2021); DANCE (Li et al., ICTIR 2021); Wang & Isola (ICML 2020).
     """
     parts: dict[str, float] = {}
+    value = (lambda t: t.detach()) if tensor_parts else (lambda t: float(t.detach()))
     l_q2d = q2d_loss(q, d_pos, d_neg, temperature, in_batch, gather)
-    parts["q2d"] = float(l_q2d.detach())
+    parts["q2d"] = value(l_q2d)
     total = w_q2d * l_q2d
     if w_d2q != 0:
         if q_neg is None:
             raise DanceError("the dual (d2q) loss has weight w_d2q="
                              f"{w_d2q} but no negative queries were given (q_neg is None)")
         l_d2q = d2q_loss(d_pos, q, q_neg, temperature, in_batch, gather)
-        parts["d2q"] = float(l_d2q.detach())
+        parts["d2q"] = value(l_d2q)
         total = total + w_d2q * l_d2q
     if w_align != 0:
         l_align = alignment_loss(q, d_pos)
-        parts["align"] = float(l_align.detach())
+        parts["align"] = value(l_align)
         total = total + w_align * l_align
     if w_uniform != 0:
         l_uniform = 0.5 * (uniformity_loss(q, uniform_t) + uniformity_loss(d_pos, uniform_t))
-        parts["uniform"] = float(l_uniform.detach())
+        parts["uniform"] = value(l_uniform)
         total = total + w_uniform * l_uniform
-    parts["total"] = float(total.detach())
+    parts["total"] = value(total)
     return total, parts
 
 
@@ -287,7 +289,8 @@ class DanceObjective:
         return self.w_d2q != 0
 
     def __call__(self, q: Tensor, d_pos: Tensor, d_neg: Tensor, q_neg: Tensor | None = None, *,
-                 gather: Gather | None = None) -> tuple[Tensor, dict[str, float]]:
+                 gather: Gather | None = None, tensor_parts: bool = False) -> tuple[Tensor, dict[str, float]]:
         """Compute :func:`dance_loss` with these weights; ``gather`` (multi-process runs with ``in_batch``) takes
-        the in-batch negatives from every rank."""
-        return dance_loss(q, d_pos, d_neg, q_neg, **dataclasses.asdict(self), gather=gather)
+        the in-batch negatives from every rank; ``tensor_parts``: the parts as detached tensors, not floats."""
+        return dance_loss(q, d_pos, d_neg, q_neg, **dataclasses.asdict(self), gather=gather,
+                          tensor_parts=tensor_parts)

@@ -212,7 +212,8 @@ def test_objective_from_the_recipe_is_the_one_loss_object():
 
     fields = [f.name for f in dataclasses.fields(DanceObjective)]
     keyword = [name for name, p in inspect.signature(dance_loss).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    assert fields + ["gather"] == keyword       # gather: a per-call argument (the ranks' batch), not a setting
+    # gather (the ranks' batch) and tensor_parts (parts left on the device): per-call arguments, not settings
+    assert fields + ["gather", "tensor_parts"] == keyword
     recipe_weights = [f.name for f in dataclasses.fields(LossConfig) if f.name != "objective"]
     assert set(recipe_weights) == set(fields) - {"temperature"}
 

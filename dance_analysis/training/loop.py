@@ -484,8 +484,17 @@ class Trainer:
             return sys.stderr.isatty()
         return bool(setting)
 
-    def _train_step(self) -> dict[str, Any]:
-        """One optimizer step; returns its log record (global means)."""
+    def _train_step(self) -> list[dict[str, Any]]:
+        """One optimizer step; returns the log records (global means) of the steps whose values reached the host.
+
+        The losses, the non-finite flag and the gradient norm stay on the device (:mod:`.step_values`) and are read
+        once per ``log.every`` steps and at every step that a refresh or a checkpoint follows (so the list is empty
+        between those steps): one all-reduce and one copy to the host instead of several per micro-step. The
+        divergence check reads them there, before this step updates the weights; a non-finite loss or gradient norm
+        of an earlier step of the interval stops training with the step where it appeared, before any checkpoint
+        holds the weights since."""
+        from .step_values import StepValues
+
         opt = self.recipe.optim
         dist = self.dist
         started = time.perf_counter()
@@ -495,9 +504,10 @@ class Trainer:
             self._decide_train_precision(rows[:self.micro])
             self.train_seconds += time.perf_counter() - started
             started = time.perf_counter()
+        values = getattr(self, "_step_values", None)
+        if values is None:
+            values = self._step_values = StepValues(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        nonfinite = None
         per_micro = opt.batch_size // opt.grad_accum
         for a in range(opt.grad_accum):
             chunk = rows[a * per_micro:(a + 1) * per_micro]
@@ -515,29 +525,31 @@ class Trainer:
                 q_neg = q_emb[m:].float() if use_qneg else None
                 # In-batch negatives come from the global batch: every rank's instances (gathered with gradients).
                 gather = dist.gather_with_grad if self.objective.in_batch and dist.enabled else None
-                loss, parts = self.objective(q, d_pos, d_neg, q_neg, gather=gather)
-                if not torch.isfinite(loss.detach()).item() and nonfinite is None:
-                    nonfinite = float(loss.detach())
+                loss, parts = self.objective(q, d_pos, d_neg, q_neg, gather=gather, tensor_parts=True)
+                values.add_micro(loss, parts, opt.grad_accum)
                 scaled = loss / opt.grad_accum
                 if self.scaler is not None:
                     self.scaler.scale(scaled).backward()
                 else:
                     scaled.backward()
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value / opt.grad_accum
-        keys = sorted(sums)
-        totals = dist.all_reduce_sum([sums[k] for k in keys] + [0.0 if nonfinite is None else 1.0])
-        means = {k: float(v) / dist.world_size for k, v in zip(keys, totals[:-1])}
-        if totals[-1] > 0:
-            self._diverged(f"the loss is {nonfinite if nonfinite is not None else 'not finite'} on "
-                           f"{int(totals[-1])} process(es)")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = opt.grad_clip if opt.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        if self.scaler is None and not math.isfinite(grad_norm):
-            self._diverged(f"the gradient norm is {grad_norm}")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         lr = float(self.scheduler.get_last_lr()[0])
+        values.end_step(grad_norm, {"step": self.step + 1, "lr": lr, "epoch": self.stream.epoch,
+                                    "negatives_step": self.stream.step})
+        step = self.step + 1
+        flushed = []
+        if (step % self.recipe.log.every == 0 or step % self.recipe.mining.refresh_every == 0
+                or step >= opt.max_steps):
+            flushed = values.flush(dist)   # the one host synchronisation of the interval
+            for done in flushed:
+                if done.nonfinite_ranks > 0:
+                    value = done.nonfinite_value if done.nonfinite_value is not None else "not finite"
+                    self._diverged(f"the loss is {value} on {done.nonfinite_ranks} process(es)", done.host["step"])
+                if self.scaler is None and not math.isfinite(done.grad_norm):
+                    self._diverged(f"the gradient norm is {done.grad_norm}", done.host["step"])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -545,14 +557,22 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
         self.train_seconds += elapsed
-        record = {"step": self.step, "loss": means.pop("total"), "lr": lr, **means,
-                  "grad_norm": grad_norm, "step_time": round(elapsed, 4), "epoch": self.stream.epoch,
-                  "negatives_step": self.stream.step}
-        return record
+        self._interval_seconds = getattr(self, "_interval_seconds", 0.0) + elapsed
+        if not flushed:
+            return []
+        # The device's time reaches the host at the synchronising step: each record gets the interval's mean.
+        step_time = round(self._interval_seconds / len(flushed), 4)
+        self._interval_seconds = 0.0
+        records = []
+        for done in flushed:
+            means = dict(done.means)
+            host = done.host
+            records.append({"step": host["step"], "loss": means.pop("total"), "lr": host["lr"], **means,
+                            "grad_norm": done.grad_norm, "step_time": step_time, "epoch": host["epoch"],
+                            "negatives_step": host["negatives_step"]})
+        return records
 
     def _decide_train_precision(self, rows: np.ndarray) -> None:
         """``optim.precision`` auto on a CPU with native bf16: rank 0 times forward and backward of its first
@@ -579,11 +599,18 @@ class Trainer:
         if self.dist.is_main:
             self._say(self.train_precision.describe())
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str, step: int | None = None) -> None:
+        """Stop with :class:`TrainingDiverged`: ``what`` went wrong at ``step`` (default: the step being taken),
+        found before this step updates the weights (:meth:`_train_step`)."""
         latest = ckpt.latest_checkpoint(self.run_dir)
         where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        now = self.step + 1
+        step = now if step is None else step
+        stopped = ("stopped before updating the weights" if step == now else
+                   f"found at step {now} (the values are read every log.every = {self.recipe.log.every} steps) and "
+                   f"stopped before any checkpoint held the weights since")
         raise TrainingDiverged(
-            f"training diverged at step {self.step + 1}: {what}; stopped before updating the weights, {where}. "
+            f"training diverged at step {step}: {what}; {stopped}, {where}. "
             f"Resume from it with a lower learning rate (e.g. --set optim.lr={self.recipe.optim.lr / 10:g}, "
             f"--resume), a longer warm-up or gradient clipping")
 
@@ -651,14 +678,7 @@ class Trainer:
                     wanted = (self.step // mining.refresh_every) * mining.refresh_every
                     if wanted > self.stream.step:
                         self._async_poll(wait_for=wanted)
-            record = self._train_step()
-            self.losses.append(record["loss"])
-            if dist.is_main:
-                if self.step % recipe.log.every == 0 or self.step == max_steps:
-                    self.log.log(record)
-                self.log.bar.update(1)
-                self.log.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                     step=f"{record['step_time']:.2f}s", refresh=self.stream.step)
+            self.log.steps(self._train_step(), self.losses, recipe.log.every, max_steps)
             at_refresh = self.step % mining.refresh_every == 0
             last = self.step == max_steps
             if is_async:

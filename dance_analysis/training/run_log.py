@@ -67,6 +67,24 @@ class RunLog:
                 for tracker in self.trackers:
                     tracker.log(scalars, int(record["step"]))
 
+    def steps(self, records: list[dict[str, Any]], losses: list[float], every: int, max_steps: int) -> None:
+        """After one training step: ``records`` are the steps whose values reached the host at it (the trainer
+        reads them once per ``log.every`` steps and before refreshes and checkpoints, so often none). Their losses
+        go into ``losses`` (on every rank); on the main rank the steps at ``every`` / ``max_steps`` get their
+        metrics line, the progress bar moves by one step and shows the newest values."""
+        losses.extend(record["loss"] for record in records)
+        if not self.is_main:
+            return
+        for record in records:
+            if record["step"] % every == 0 or record["step"] == max_steps:
+                self.log(record)
+        if self.bar is not None:
+            self.bar.update(1)
+            if records:
+                last = records[-1]
+                self.bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
+                                     step=f"{last['step_time']:.2f}s", refresh=last["negatives_step"])
+
     def say(self, text: str) -> None:
         """A message for the user (:data:`~dance_analysis.logs.NOTICE`; the command prints it without tearing
         the progress bar)."""
