@@ -21,6 +21,10 @@ from pathlib import Path
 from ..errors import DanceError
 from .cache import cache_root
 from .collection import Collection, Corpus, FileCorpus, InMemoryCorpus
+from .formats import FORMATS, folder_format
+from .irds import load_irds
+from .loaders import load_folder, load_manifest
+from .rag24 import DEFAULT_SEED, load_rag24, load_rag24_statements
 from .splits import cross_validation_splits, fold_splits, seeded_splits
 from .tokens import TokenCache, build_token_cache, cached_tokens
 
@@ -55,36 +59,23 @@ def load_collection(spec: str | os.PathLike | Mapping, *, min_relevance: int | N
         raise DanceError(f"cannot load a collection from {spec!r}; {_SPEC_HELP}")
     text = str(spec)
     if text == "rag24-sample":
-        from .rag24 import load_rag24
-
         return load_rag24(min_relevance=min_relevance)
     if text == "rag24-statements":
-        from .rag24 import load_rag24_statements
-
         return load_rag24_statements(min_relevance=min_relevance)
     if text.startswith("irds:"):
-        from .irds import load_irds
-
         return load_irds(text, min_relevance=min_relevance, strict=strict)
     path = Path(text).expanduser()
     if path.is_dir():
-        from .formats import folder_format
-        from .loaders import load_folder
-
         fmt = folder_format(path)
         if fmt is None:
             raise DanceError(f"{path} is a folder without corpus.jsonl; {_SPEC_HELP}")
         return load_folder(path, format=fmt.name, min_relevance=min_relevance, strict=strict)
     if path.is_file():
-        from .loaders import load_manifest
-
         return load_manifest(path, min_relevance=min_relevance, strict=strict)
     raise DanceError(f"unknown collection {text!r}: no such file or folder; {_SPEC_HELP}")
 
 
 def _with_doc_text(spec, doc_text: str, *, min_relevance: int | None, strict: bool) -> Collection:
-    from .loaders import load_manifest
-
     if isinstance(spec, Mapping) and "corpus" in spec:
         return load_manifest(spec, min_relevance=min_relevance, strict=strict, doc_text=doc_text)
     if isinstance(spec, (str, os.PathLike)) and Path(spec).expanduser().is_file():
@@ -99,24 +90,15 @@ def _load_source(spec: Mapping, *, min_relevance: int | None, strict: bool) -> C
     if min_relevance is None and "min_relevance" in spec:
         min_relevance = spec["min_relevance"]
     if fmt == "rag24-sample":
-        from .rag24 import DEFAULT_SEED, load_rag24
-
         return load_rag24(min_relevance=min_relevance, seed=int(spec.get("seed", DEFAULT_SEED)))
     if fmt == "rag24-statements":
-        from .rag24 import DEFAULT_SEED, load_rag24_statements
-
         return load_rag24_statements(min_relevance=min_relevance, seed=int(spec.get("seed", DEFAULT_SEED)))
     if fmt == "irds":
-        from .irds import load_irds
-
         ids = spec.get("ids") or spec.get("id")
         if not ids:
             raise DanceError("an irds collection source needs 'ids' (a list of ir_datasets ids)")
         return load_irds([ids] if isinstance(ids, str) else list(ids), min_relevance=min_relevance,
                          strict=strict)
-    from .formats import FORMATS
-    from .loaders import load_folder, load_manifest
-
     if isinstance(fmt, str) and fmt in FORMATS:
         if FORMATS[fmt].folder is not None and "corpus" not in spec:   # the source of a folder (BEIR)
             if "path" not in spec:

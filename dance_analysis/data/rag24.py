@@ -37,7 +37,8 @@ from .cache import cache_root
 from .collection import Collection, InMemoryCorpus
 from .formats import decode, iter_lines, read_qrels
 from .loaders import build_qrels
-from .splits import DEFAULT_FRACTIONS, DEFAULT_SEED, seeded_splits
+from .splits import DEFAULT_FRACTIONS, DEFAULT_SEED, seeded_splits, topic_splits
+from .statements import read_responses, with_statements
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +199,6 @@ def load_rag24_statements(*, min_relevance: int | None = None, seed: int = DEFAU
     """``rag24-statements``: the rag24-sample plus the kept statements of its RAG answers as queries
     (:mod:`dance_analysis.data.statements`); splits: :func:`~dance_analysis.data.splits.topic_splits` of the
     sample's seeded topic splits."""
-    from .splits import topic_splits
-    from .statements import read_responses, with_statements
-
     base = load_rag24(min_relevance=min_relevance, seed=seed, cache_dir=cache_dir)
     collection = with_statements(base, read_responses(sample_dir(cache_dir) / RESPONSES_FILE))
     return collection.with_splits(topic_splits(base.splits, collection.topics or {}))
