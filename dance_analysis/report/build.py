@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import load_collection
 from ..outputs import OUTPUT_ROOT, input_slug, safe_name
 from ..runtime import Timer
 from .comparison_figures import make_comparison_figures, projection_panels
@@ -29,6 +30,7 @@ from .encode_subjects import check_dims
 from .figures import make_figures
 from .inputs import RunInput, collection_spec, resolve_inputs
 from .progress import ReportProgress
+from .projections import write_projection_files
 from .render import build_tables, check_replaceable, earlier_report, render_html, write_report
 
 #: Packages whose versions the provenance section records.
@@ -128,8 +130,6 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     Raises :class:`DanceError` on bad input, and for an earlier report in the folder without ``overwrite``,
     before anything is computed or written; the folder appears only when the report is complete.
     """
-    from ..data import load_collection
-
     started = time.perf_counter()
     settings = settings or AnalysisSettings()
     progress = progress or ReportProgress(enabled=False)
@@ -177,8 +177,6 @@ def build_report(paths: Sequence[str], *, collection: str | None = None, out: st
     html = render_html(results, figures, tables, provenance, panels)
     extra = None
     if settings.export_projections and arrays.get("points"):
-        from .projections import write_projection_files
-
         def extra(folder: Path) -> None:
             write_projection_files(folder, arrays["points"], coll)
     index = write_report(out_dir, html, results, tables, overwrite=overwrite, extra=extra)

@@ -25,8 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import analysis as A
+from ..analysis import aligned_pca, count_distribution_stats, lorenz_curve, procrustes_align, umap_project
+from ..embeddings import Embeddings
 from ..errors import DanceError
-from ..metrics import RANKING_MEASURES
+from ..index import search
+from ..metrics import RANKING_MEASURES, evaluate
+from ..mining import NegativeSet, mine_document_negatives, mine_query_negatives
 from ..runtime import Timer, enable_numba_cache, single_threaded_blas
 from .claims_panel import compare_inputs
 from .encode_subjects import release_models, subject_embeddings
@@ -168,8 +173,6 @@ def _softmax_summary(stats: dict) -> dict:
 
 
 def _count_summary(counts: np.ndarray, what: str, source: str) -> dict:
-    from ..analysis import count_distribution_stats, lorenz_curve
-
     stats = count_distribution_stats(counts)
     xs, ys = lorenz_curve(counts, n_points=LORENZ_POINTS)
     return {**stats, "items": what, "source": source, "lorenz": {"x": xs.tolist(), "y": ys.tolist()}}
@@ -226,8 +229,6 @@ def _space(subject: Subject, corpus, queries, collection, selection: Selection,
     temperature, temperature_source = subject.temperature()
     negatives_meta: dict = {}
     if subject.negatives_dir is not None:
-        from ..mining import NegativeSet
-
         neg_set = NegativeSet.load(subject.negatives_dir)
         negatives_meta = dict(neg_set.meta)
     else:
@@ -241,10 +242,6 @@ def _space(subject: Subject, corpus, queries, collection, selection: Selection,
 
 def _ranking(space: _Space, collection, selection: Selection, settings: AnalysisSettings):
     """q2d (search + evaluate) and d2q (documents retrieving their queries): ``(rankings, section)``."""
-    from .. import analysis as A
-    from ..index import search
-    from ..metrics import evaluate
-
     depth = min(max(settings.k, space.top_k), space.nd)
     rankings = search(space.Q, space.D, depth, query_ids=selection.query_ids, doc_ids=selection.doc_ids,
                       device=settings.device)
@@ -267,8 +264,6 @@ def _geometry(space: _Space, D_geo: np.ndarray, doc_negatives: np.ndarray, label
               settings: AnalysisSettings) -> dict:
     """Per-side geometry (PCA, isotropy, norms, spectrum), the query-document geometry and the cosine
     histograms."""
-    from .. import analysis as A
-
     Q, D = space.Q, space.D
     sides = {}
     spectra = {}
@@ -303,8 +298,6 @@ def _geometry(space: _Space, D_geo: np.ndarray, doc_negatives: np.ndarray, label
 
 def _alignment_uniformity(space: _Space, D_geo: np.ndarray, settings: AnalysisSettings) -> dict:
     """Alignment of the positive pairs and uniformity of each side (Wang & Isola, ICML 2020)."""
-    from .. import analysis as A
-
     align = A.alignment(space.Q, space.D, space.pairs) if len(space.pairs) else float("nan")
     uni = A.uniformity_sides(space.Q, D_geo, t=settings.uniformity_t, seed=settings.seed)
     return {"alignment": align, "alpha": 2.0, "t": settings.uniformity_t, "uniformity": uni}
@@ -314,10 +307,6 @@ def _sampling(space: _Space, rankings, doc_negatives: np.ndarray, subject: Subje
               selection: Selection, settings: AnalysisSettings) -> dict:
     """Negative sampling: the softmax over the top-K candidates (q2d and d2q) and the draw counts of the
     samplers on the split and of the trainer's last refresh."""
-    from .. import analysis as A
-    from ..index import search
-    from ..mining import mine_query_negatives
-
     Q, D, pairs, top_k, n_neg = space.Q, space.D, space.pairs, space.top_k, space.n_neg
     k_soft = min(top_k, rankings.k)
     q2d_scores = _scores_with_padding(rankings)[:, :k_soft]
@@ -357,8 +346,6 @@ def analyse_subject(subject: Subject, corpus, queries, collection, selection: Se
     """Every statistic of one embedding space, one section at a time (ranking, geometry, alignment /
     uniformity, negative sampling). Returns ``(results, arrays)``: a JSON-able dict and the larger arrays the
     figures need (cosine histograms are in the results; nothing in ``arrays`` is written to JSON)."""
-    from ..mining import mine_document_negatives
-
     timer = timer or Timer()
     space = _space(subject, corpus, queries, collection, selection, settings)
 
@@ -413,10 +400,6 @@ def _trainer_counts(subject: Subject, neg_set, queries, corpus, collection, sett
     if subject.embeddings_dir is None or len(neg_set.pairs) == 0:
         out["queries_note"] = "no query negatives (ANCE) and no saved embeddings to recompute them"
         return out
-    from ..embeddings import Embeddings
-    from ..index import search
-    from ..mining import mine_query_negatives
-
     try:
         saved_q = Embeddings.load(subject.embeddings_dir / "queries")
         saved_d = Embeddings.load(subject.embeddings_dir / "corpus")
@@ -473,8 +456,6 @@ def umap_selection(selection: Selection, settings: AnalysisSettings) -> tuple[np
 def umap_coordinates(matrices: list[np.ndarray], settings: AnalysisSettings, n_queries: int) -> list[np.ndarray]:
     """One UMAP per subject, each picture moved onto the first one's over the documents (rows after the first
     ``n_queries``), so the panels share axes and differ where the models differ (see ``umap_project``)."""
-    from ..analysis import umap_project
-
     enable_numba_cache()
     return umap_project(matrices, fit="aligned", n_neighbors=settings.umap_neighbors, seed=settings.seed,
                         align_rows=slice(n_queries, None))
@@ -549,8 +530,6 @@ def compute_all(runs: Sequence[RunInput], collection, settings: AnalysisSettings
                 rankings_by_run[run.name] = arrays["rankings"]
                 representatives[run.name] = (corpus, queries)
             if settings.export_projections:
-                from ..analysis import aligned_pca
-
                 with single_threaded_blas():
                     pca_points[subject.label] = aligned_pca([corpus.vectors], [queries.vectors])[0]
             if subject.label in umap_wanted:
@@ -612,8 +591,6 @@ def projection_points(runs: Sequence[RunInput], selection: Selection, pca_points
     (:mod:`dance_analysis.report.projections`): the subject's own PCA of its unit vectors, moved onto the first
     subject's axes by orthogonal Procrustes over the documents (:func:`~dance_analysis.analysis.procrustes_align`),
     and the UMAP coordinates of the points the UMAP picture holds (NaN for the others)."""
-    from ..analysis import procrustes_align
-
     labels = [s.label for run in runs for s in run.subjects if s.label in pca_points]
     n_d = len(selection.doc_ids)
     stacked = [np.concatenate([pca_points[label][0], pca_points[label][1]]) for label in labels]

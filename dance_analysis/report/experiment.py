@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from .comparison_figures import make_comparison_figures, projection_panels
 from .figures import Figure
+from .render import _environment
 
 TEMPLATE = "experiment.html"
 
 
 def render_experiment(results: dict, arrays: dict, trajectory: Figure | None = None) -> str:
     """The whole page as a string."""
-    from .render import _environment
-
     labels = {a["name"]: a["label"] for a in results["experiment"]["arms"]}
     figures = make_comparison_figures(results, arrays, labels)
     if trajectory is not None:
