@@ -14,6 +14,6 @@ __all__ = ["build_report"]
 
 def build_report(*args, **kwargs):
     """See :func:`dance_analysis.report.build.build_report` (imported lazily: the report pulls in matplotlib)."""
-    from .build import build_report as _build_report  # heavy (scipy, matplotlib): the package itself stays light
+    from .build import build_report as _build_report  # heavy (scipy, 1.5 s): report.progress etc. stay light
 
     return _build_report(*args, **kwargs)
