@@ -6,18 +6,22 @@ DANCE, q-) and documents (d+ and d-) with the dual encoder and calls the recipe'
 :class:`dance_analysis.losses.DanceObjective`.
 AdamW with linear warm-up and linear decay; gradient clipping; fp16 / bf16 autocast on CUDA.
 
-Every ``mining.refresh_every`` steps the negatives are refreshed (:mod:`.refresh`): in ``sync`` mode training
+Every ``mining.refresh_every`` steps the negatives are refreshed (:mod:`.refresh`) by the run's refresher
+(:mod:`.refresher`, chosen once at setup; the loop calls it the same way in either mode): in ``sync`` mode training
 pauses, the refresh runs with the current weights and a checkpoint is written with them; in ``async`` mode a
 checkpoint is written and the miner process (:mod:`.async_refresh`) refreshes from it while training goes on, the
-trainer swapping to the newest complete negative set at a step boundary.
+trainer swapping to the newest complete negative set at a step boundary. The step-0 negatives are mined by the
+training processes (sharded over the ranks of a multi-process run) unless ``dance-train --prepare --mine-step0``
+mined them before.
 
 Determinism: instances of a negative set are drawn with ``numpy.random.default_rng([seed, negatives step,
 epoch])``; mining with ``default_rng([seed, refresh step])``; dropout from the torch generator, whose state is
 saved in every checkpoint. A run resumed from a checkpoint on the CPU therefore ends with exactly the weights of an
 uninterrupted run (sync mode; an async run depends on when the miner finishes).
 
-This module holds the loop itself (setup, the step, refreshes, the run); the other jobs have their modules:
-:mod:`.run_folder` (which directory, its files), :mod:`.run_log` (metrics log, TensorBoard, messages),
+This module holds the loop itself (the step, checkpoints of the trainer's state, the run); the other jobs have
+their modules: :mod:`.setup` (process group, start, model, optimisation), :mod:`.refresher` (the negatives: sync or
+async), :mod:`.run_folder` (which directory, its files), :mod:`.run_log` (metrics log, TensorBoard, messages),
 :mod:`.optim` (AdamW and the schedule), :mod:`.instances` (the instance stream and its batches), :mod:`.state`
 (trainer state for exact resume, committing checkpoints) and :mod:`.async_refresh` (the miner). Their public
 names are re-exported here, so ``from dance_analysis.training.loop import ...`` keeps working.
@@ -29,49 +33,47 @@ import contextlib
 import logging
 import math
 import os
-import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..atomic import write_json
+from ..checkpoints import NEGATIVES_DIR, read_dev_metrics
 from ..errors import DanceError
 from ..losses import DanceObjective
 from . import checkpoint as ckpt
 from .config import Recipe, dump_recipe
-from .distributed import DistContext, init_distributed
+from .data import TrainingData, prepare_data
+from .distributed import DistContext
 from .instances import InstanceStream, instance_batch
-from .optim import autocast_dtype, build_optimizer, build_scheduler, linear_schedule
-from .precision import dtype_of, fixed_precision, kept_train_precision, measure_train_precision, needs_measurement
-from .prepare import prepared_checkpoint, publish_prepared_set, require_prepared
-from .refresh import (
-    NEGATIVES_DIR,
-    TrainingData,
-    kept_precision,
-    next_refresh_index,
-    prepare_data,
-    run_refresh,
-    summary_line,
-)
+from .optim import autocast_dtype, build_optimizer, linear_schedule
+from .precision import dtype_of, kept_train_precision, measure_train_precision
+from .refresher import Refresher, make_refresher, poll_interval
+from .result import TrainResult, best_record, conclude
 from .run_folder import (
-    BEST_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
-    check_run_dir,
     init_run_dir,
     resolve_backbone,
-    start_model,
     truncate_metrics,
 )
 from .run_log import RunLog
+from .setup import Towers as _Towers
+from .setup import (
+    build_optimisation,
+    find_start,
+    load_model,
+    micro_batch,
+    open_process_group,
+    show_progress,
+    step_precision,
+    wrap_towers,
+)
 from .state import (
     checkpoint_meta,
     commit,
@@ -98,46 +100,6 @@ class TrainingDiverged(DanceError):
     exit_status = 3
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: where things are and how long they took."""
-
-    run_dir: Path
-    final_step: int
-    final_checkpoint: Path | None
-    best: dict[str, Any] | None
-    dev_metrics: dict[str, float] | None
-    wall_seconds: float
-    train_seconds: float
-    refresh_seconds: float
-    losses: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-able summary (written as ``summary.json`` in the run directory)."""
-        wall = max(self.wall_seconds, 1e-9)
-        return {
-            "final_step": self.final_step,
-            "final_checkpoint": str(self.final_checkpoint) if self.final_checkpoint else None,
-            "best": self.best,
-            "dev_metrics": self.dev_metrics,
-            "wall_seconds": round(self.wall_seconds, 2),
-            "train_seconds": round(self.train_seconds, 2),
-            "refresh_seconds": round(self.refresh_seconds, 2),
-            "refresh_share": round(self.refresh_seconds / wall, 4),
-        }
-
-
-class _Towers(nn.Module):
-    """Both sides in one forward call, so that DistributedDataParallel sees a single forward per micro-batch."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, q_ids, q_mask, d_ids, d_mask):
-        return self.model.encode(q_ids, q_mask, "query"), self.model.encode(d_ids, d_mask, "doc")
-
-
 # ------------------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -155,15 +117,15 @@ class Trainer:
         self.train_seconds = 0.0
         self.refresh_seconds = 0.0
         self.last_dev: dict[str, float] | None = None
-        self.encode_precision = None  # the refreshes' PrecisionDecision: decided at the first, kept on resume
-        self.miner = None
+        self.refresher: Refresher | None = None
+        self.final_checkpoint: Path | None = None   # the last checkpoint written (rank 0)
         self.log = RunLog(self.run_dir, is_main=False)  # replaced once the process group is known
 
     def _say(self, text: str) -> None:
         self.log.say(text)
 
     @contextlib.contextmanager
-    def _writing(self, target: Path, tmp: Path | None = None):
+    def writing(self, target: Path, tmp: Path | None = None):
         """Turn a failed write of ``target`` (disk full, file size limit, unwritable folder) into a one-line
         :class:`DanceError` naming it, the cause and the last complete checkpoint; removes ``tmp`` (a temporary
         checkpoint folder) first. Other errors pass unchanged."""
@@ -183,115 +145,45 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
-        from ..model import DualEncoder
-
+        """Set up by job (:mod:`.setup`): process group, run folder and start, model, data, optimisation, and the
+        refresher."""
         recipe = self.recipe
-        if self.dist is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # Before the process group exists: the caches and the step-0 negatives must not be built by rank 0
-            # while the others wait in a collective.
-            require_prepared(self.run_dir, recipe)
-        self.dist = self.dist or init_distributed(recipe.optim.device, recipe.distributed.timeout_minutes)
-        dist = self.dist
+        self.dist = dist = open_process_group(recipe, self.run_dir, self.dist)
         self.device = dist.device
-        opt = recipe.optim
-        per_rank = opt.batch_size // opt.grad_accum
-        if per_rank % dist.world_size:
-            raise DanceError(f"optim.batch_size / optim.grad_accum = {per_rank} instances per micro-step cannot be "
-                             f"split over {dist.world_size} processes; make it a multiple of the process count")
-        self.micro = per_rank // dist.world_size
-        if opt.deterministic and self.device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-
+        self.micro = micro_batch(recipe, dist.world_size)
         self.log = RunLog(self.run_dir, is_main=dist.is_main)
         # log.report_to; a tracker that cannot run (wandb not installed) stops the run before any work
         self._trackers = [name for name in recipe.log.report_to if recipe.log.tensorboard or name != "tensorboard"]
         if dist.is_main:
             check_trackers(self._trackers)
-        found = None
-        if dist.is_main:
-            resume_from = check_run_dir(self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite)
-            prepared = prepared_checkpoint(self.run_dir, recipe) if resume_from is None else None
-            found = [str(resume_from) if resume_from else None, str(prepared) if prepared else None]
-        resume_from, prepared = dist.broadcast_object(found)
-        self.resume_from = Path(resume_from) if resume_from else None
-        # A folder prepared by --prepare: training starts from its checkpoint-0 (weights and step-0 negatives).
-        self.prepared = Path(prepared) if prepared else None
-
-        # Identical initial weights on every rank (a new head is drawn from the torch generator).
-        torch.manual_seed(opt.seed)
-        np.random.seed(opt.seed % (2 ** 32))
-        random.seed(opt.seed)
-        self.start = None  # the checkpoint's encoder/ folder the weights come from, when they do
-        if self.resume_from is not None:
-            model = DualEncoder.load(str(self.resume_from / "encoder"))
-        elif self.prepared is not None:
-            self.start = self.prepared / "encoder"
-            model = DualEncoder.load(str(self.start))
-        else:
-            model, self.start = start_model(recipe)
-        from ..ann import check_index_spec
-
-        # Now that the embedding size is known, before the first refresh encodes the whole corpus.
-        check_index_spec(recipe.mining.index, recipe.mining.index_params, dim=model.dim)
-        self.model = model.to(self.device)
-        self.model.train()
-        if recipe.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        # Parameters that no forward pass uses get no gradient; DDP (built without find_unused_parameters) would
-        # stop on the second step waiting for them, and the optimiser has nothing to do with them: frozen.
-        unused = set(model.unused_parameters())
-        for name, param in self.model.named_parameters():
-            if name in unused:
-                param.requires_grad_(False)
-        if unused and dist.is_main:
-            logger.info("frozen (no forward pass uses them): %s", ", ".join(sorted(unused)))
-        torch.manual_seed(opt.seed + dist.rank)  # dropout differs between ranks
-
+        start = find_start(dist, self.run_dir, recipe, resume=self.resume, overwrite=self.overwrite)
+        self.resume_from = start.resume_from
+        # A checkpoint-0 mined before training (--prepare --mine-step0): training starts from its weights and
+        # negatives. A folder prepared without it: the refresher mines step 0.
+        self.prepared = start.prepared
+        # start: the checkpoint's encoder/ folder the weights come from, when they do
+        self.model, self.start = load_model(recipe, start, self.device, dist.rank)
+        model = self.model
         self.data: TrainingData = prepare_data(recipe, model.tokenizer, model.config.query_max_length,
                                                model.config.doc_max_length, dist,
                                                prompts=(model.config.query_prompt, model.config.document_prompt))
         if dist.is_main:
-            with self._writing(self.run_dir):
-                init_run_dir(self.run_dir, recipe, resume=self.resume or self.prepared is not None,
-                             overwrite=self.overwrite and self.prepared is None, fresh=self.resume_from is None)
+            with self.writing(self.run_dir):
+                init_run_dir(self.run_dir, recipe, resume=self.resume or start.prepared_folder,
+                             overwrite=self.overwrite and not start.prepared_folder, fresh=self.resume_from is None)
             if self._trackers:   # in the folder as init_run_dir left it (a fresh start drops old events)
                 self.log.open_trackers(self._trackers, recipe.name, recipe.to_dict(), dump_recipe(recipe),
-                                       purge_step=self._resume_step_hint())
+                                       purge_step=ckpt.checkpoint_step(self.resume_from) if self.resume_from else None)
         dist.barrier()
         self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
-
-        towers = _Towers(self.model)
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.towers = DDP(towers, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        else:
-            self.towers = towers
-        self.optimizer = build_optimizer(self.model, recipe)
-        self.scheduler = build_scheduler(self.optimizer, recipe)
+        self.towers = wrap_towers(self.model, dist, self.device)
+        self.optimizer, self.scheduler = build_optimisation(self.model, recipe)
         # The step's precision (.precision): decided now, or (auto on a CPU with native bf16) by timing the first
         # step; a resumed run keeps the one its checkpoint records.
-        self.train_precision = (None if needs_measurement(opt.precision, self.device)
-                                else fixed_precision(opt.precision, self.device))
-        self.amp = dtype_of(self.train_precision) if self.train_precision is not None else None
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.train_precision, self.amp, self.scaler = step_precision(recipe, self.device)
         self.step = 0
         self.stream: InstanceStream | None = None
-
-        if recipe.mining.mode == "async" and dist.is_main:
-            from .async_refresh import MinerHandle, place_miner
-
-            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) \
-                if self.device.type == "cuda" else 0
-            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            placed = place_miner(recipe.mining.device, training_gpus, visible)
-            self._say(f"async miner on {placed} (training on {training_gpus or 'no'} GPU(s) of {visible})")
-            self.miner = MinerHandle(self.run_dir, recipe, device=placed)
-
-    def _resume_step_hint(self) -> int | None:
-        return ckpt.checkpoint_step(self.resume_from) if self.resume_from is not None else None
+        self.refresher = make_refresher(self)
 
     # -------------------------------------------------------------------------------------- checkpoint I/O
     def _write_state(self, folder: Path | None, rng: tuple[list, list]) -> None:
@@ -308,8 +200,7 @@ class Trainer:
             "refresh_seconds": round(self.refresh_seconds, 3),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
-        if self.encode_precision is not None:
-            state["encode_precision"] = self.encode_precision.to_dict()
+        state.update(self.refresher.state())   # e.g. the encode precision of sync refreshes
         # null: auto, not decided yet (a checkpoint before the first step); decided at the first step after resume
         state["train_precision"] = self.train_precision.to_dict() if self.train_precision is not None else None
         save_trainer_state(folder, state, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model,
@@ -326,8 +217,7 @@ class Trainer:
             self.train_precision = kept_train_precision(state.get("train_precision"), folder.name,
                                                         self.recipe.optim.precision, self.device)
             self.amp = dtype_of(self.train_precision)
-        if self.recipe.mining.mode == "sync":   # (the async miner keeps its own: its sets record it)
-            self.encode_precision = kept_precision(state.get("encode_precision"), folder.name, self.device)
+        self.refresher.load_state(state, folder)
         restore_rng(folder, self.dist.rank)
         data_state = state.get("data")
         if data_state is None:
@@ -336,13 +226,11 @@ class Trainer:
         negatives = None
         if self.dist.is_main:
             step = int(data_state["negatives_step"])
-            negatives = find_negatives(folder, self.run_dir, step,
-                                       self.miner.set_dir(step) if self.miner is not None else None)
+            negatives = find_negatives(folder, self.run_dir, step, self.refresher.set_dir(step))
         negatives = self.dist.broadcast_object(negatives)
         self.stream = InstanceStream(negatives, self.recipe.optim.seed, int(data_state["epoch"]),
                                      int(data_state["position"]))
-        metrics = ckpt.read_dev_metrics(folder)
-        self.last_dev = metrics
+        self.last_dev = read_dev_metrics(folder)
 
     def _commit(self, tmp: Path | None, step: int) -> Path | None:
         if not self.dist.is_main or tmp is None:
@@ -354,136 +242,39 @@ class Trainer:
             protect += (self.stream.step,)
         return commit(tmp, self.run_dir, step, meta, self.recipe, protect)
 
-    def _write_checkpoint(self, tmp: Path | None, rng: tuple[list, list], with_negatives: bool) -> Path | None:
+    def write_checkpoint(self, tmp: Path | None, rng: tuple[list, list], with_negatives: bool) -> Path | None:
         """Rank 0 writes the trainer state (and the negatives in use) into ``tmp`` and commits it, while the other
-        ranks meet it in small collectives (a large encoder takes a while to write)."""
+        ranks meet it in small collectives (a large encoder takes a while to write); returns the checkpoint
+        (rank 0), also kept as ``final_checkpoint``."""
         def write() -> Path | None:
             self._write_state(tmp, rng)
             if with_negatives and self.stream is not None:
                 self.stream.negatives.save(tmp / NEGATIVES_DIR)
             return self._commit(tmp, self.step)
 
-        return self.dist.on_main(write, self._poll_seconds())
-
-    # ------------------------------------------------------------------------------------------------ refresh
-    def _sync_refresh(self) -> Path | None:
-        """Refresh with the current weights and write checkpoint-<step> with everything (sync mode)."""
-        started = time.perf_counter()
-        target = self.run_dir / f"checkpoint-{self.step}"
-        with self._writing(target):
-            tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
-        with self._writing(target, tmp):
-            result = run_refresh(self.model, self.data, self.recipe, self.step, out_dir=tmp, dist=self.dist,
-                                 device=self.device, progress=self._progress_enabled(),
-                                 reuse_cache=self.step == 0 and self.recipe.mining.cache_initial_embeddings,
-                                 start=self.start,
-                                 refresh_index=next_refresh_index(self.stream.negatives if self.stream else None),
-                                 precision=self.encode_precision)
-            if self.encode_precision is None and self.dist.is_main:
-                self._say(result.precision.describe())
-            self.encode_precision = result.precision
-            self.stream = InstanceStream(result.negatives, self.recipe.optim.seed)
-            rng = gather_rng(self.dist)
-            self.refresh_seconds += time.perf_counter() - started
-            final = self._write_checkpoint(tmp, rng, with_negatives=False)
-        self.dist.barrier()
-        if self.dist.is_main:
-            self.last_dev = result.dev_metrics
-            record = result.record()
-            self.log.log(record)
-            self._say(summary_line(record, self.recipe.checkpoint.best_metric,
-                                   f"| training so far {self.train_seconds:.1f}s"))
+        final = self.dist.on_main(write, self._poll_seconds())
+        if final is not None:
+            self.final_checkpoint = final
         return final
 
-    def _plain_checkpoint(self, with_negatives: bool) -> Path | None:
+    def checkpoint(self, with_negatives: bool) -> Path | None:
         """A checkpoint without a refresh: weights and state (async mode, or a final step without refresh)."""
         started = time.perf_counter()
         target = self.run_dir / f"checkpoint-{self.step}"
-        with self._writing(target):
+        with self.writing(target):
             tmp = ckpt.begin_checkpoint(self.run_dir, self.step) if self.dist.is_main else None
-        with self._writing(target, tmp):
+        with self.writing(target, tmp):
             rng = gather_rng(self.dist)
-            final = self._write_checkpoint(tmp, rng, with_negatives)
+            final = self.write_checkpoint(tmp, rng, with_negatives)
         self.dist.barrier()
         self.refresh_seconds += time.perf_counter() - started
         return final
 
-    def _adopt(self, set_dir: Path | None, waited: float = 0.0) -> None:
-        """Switch every rank to the negative set in ``set_dir`` (rank 0's argument; async mode)."""
-        negatives, record = None, None
-        if self.dist.is_main and set_dir is not None:
-            negatives, record = self.miner.read_set(set_dir)
-        negatives = self.dist.broadcast_object(negatives)
-        if negatives is None:
-            return
-        self.stream = InstanceStream(negatives, self.recipe.optim.seed)
-        if self.dist.is_main:
-            self.miner.in_use(int(negatives.meta["step"]))
-            if record is not None:
-                self.last_dev = record.get("dev")
-                self.log.log({**record, "swapped_at": self.step})
-                self._say(summary_line(record, self.recipe.checkpoint.best_metric,
-                                       f"| swapped in at step {self.step}"
-                                       + (f" after waiting {waited:.1f}s" if waited > 0.05 else "")))
-
-    def _async_poll(self, wait_for: int | None = None) -> None:
-        """Adopt the newest complete negative set; with ``wait_for``, wait until one of at least that step exists.
-
-        Waiting never happens inside a collective: rank 0 checks the miner without blocking and every rank meets
-        it in a small broadcast after each check (:meth:`DistContext.poll_until`), however long the miner takes.
-        """
-        started = time.perf_counter()
-        if wait_for is None:
-            decision = None
-            if self.dist.is_main:
-                found = self.miner.newer_than(self.stream.step if self.stream is not None else -1)
-                decision = str(found) if found is not None else None
-            decision = self.dist.broadcast_object(decision)
-        else:
-            def check():
-                found = self.miner.ready(wait_for)
-                return str(found) if found is not None else None
-
-            decision = self.dist.poll_until(check, self._poll_seconds(self.recipe.mining.poll_seconds))
-        waited = time.perf_counter() - started if wait_for is not None else 0.0
-        self.refresh_seconds += waited
-        if decision is not None or not self.dist.enabled:
-            self._adopt(Path(decision) if decision else None, waited)
-
     def _poll_seconds(self, wanted: float | None = None) -> float:
-        """How long all ranks sleep between two polls: ``wanted`` (e.g. mining.poll_seconds), at most
-        ``distributed.poll_seconds``."""
-        limit = self.recipe.distributed.poll_seconds
-        return limit if wanted is None else min(wanted, limit)
-
-    def _start_prepared(self, is_async: bool) -> None:
-        """Train on the step-0 negatives of the prepared ``checkpoint-0`` (``dance-train --prepare``)."""
-        from ..mining import NegativeSet
-        from .refresh import read_refresh_record
-
-        if is_async:
-            if self.dist.is_main:   # the miner goes on from the set of step 0 (its count of refreshes included)
-                publish_prepared_set(self.prepared, self.miner.set_dir(0))
-                self.miner.start()
-            self._async_poll(wait_for=0)
-            return
-        negatives = NegativeSet.load(self.prepared / NEGATIVES_DIR) if self.dist.is_main else None
-        self.stream = InstanceStream(self.dist.broadcast_object(negatives), self.recipe.optim.seed)
-        recorded = (read_refresh_record(self.prepared) or {}).get("encode_precision") if self.dist.is_main else None
-        self.encode_precision = kept_precision(self.dist.broadcast_object(recorded), self.prepared.name, self.device)
-        if self.dist.is_main:
-            record = read_refresh_record(self.prepared) or {"step": 0}
-            self.last_dev = record.get("dev")
-            self.log.log(record)
-            self._say(summary_line(record, self.recipe.checkpoint.best_metric, "| prepared by --prepare"))
+        """How long all ranks sleep between two polls (:func:`.refresher.poll_interval`)."""
+        return poll_interval(self.recipe, wanted)
 
     # --------------------------------------------------------------------------------------------- training
-    def _progress_enabled(self) -> bool:
-        setting = self.recipe.log.progress
-        if setting is None:
-            return sys.stderr.isatty()
-        return bool(setting)
-
     def _train_step(self) -> list[dict[str, Any]]:
         """One optimizer step; returns the log records (global means) of the steps whose values reached the host.
 
@@ -620,12 +411,12 @@ class Trainer:
         wall_start = time.perf_counter()
         try:
             self._setup()
-            with self._writing(self.run_dir):
+            with self.writing(self.run_dir):
                 return self._run(wall_start)
         finally:
             self.log.close()
-            if self.miner is not None:
-                self.miner.close()
+            if self.refresher is not None:
+                self.refresher.close()
             if self._owns_dist and self.dist is not None:
                 self.dist.close()
 
@@ -634,22 +425,17 @@ class Trainer:
 
         recipe = self.recipe
         dist = self.dist
-        mining = recipe.mining
         max_steps = recipe.optim.max_steps
-        is_async = mining.mode == "async"
         previous_wall = 0.0
         if self.resume_from is not None:
             if dist.is_main:
                 truncate_metrics(self.run_dir, ckpt.checkpoint_step(self.resume_from))
-            if is_async and dist.is_main:
-                self.miner.start()
             self._load_state(self.resume_from)
             self._say(f"resuming {self.run_dir} from {self.resume_from.name} (step {self.step})")
             if self.train_precision is not None:
                 self._say(self.train_precision.describe())
             previous_wall = self.train_seconds + self.refresh_seconds
-            if self.stream is None:           # an async checkpoint written before the first negatives arrived
-                self._async_poll(wait_for=int(self.step // mining.refresh_every) * mining.refresh_every)
+            self.refresher.resume()
         else:
             self._say(f"{recipe.name}: {recipe.loss.objective} on {self.data.collection.name}, "
                       f"{len(self.data.train_qids)} training queries ({len(self.data.pairs)} positive pairs), "
@@ -658,76 +444,24 @@ class Trainer:
                       f"{self.device}; output {self.run_dir}")
             if self.train_precision is not None:    # (auto on a CPU is said when the first step decides it)
                 self._say(self.train_precision.describe())
-            if self.prepared is not None:
-                self._start_prepared(is_async)
-            elif is_async:
-                if dist.is_main:
-                    self.miner.start()
-                self._plain_checkpoint(with_negatives=False)
-                self._async_poll(wait_for=0)
-            else:
-                self._sync_refresh()
+            self.refresher.start()       # the step-0 negatives (and checkpoint-0)
         if dist.is_main:
             self.log.bar = tqdm(total=max_steps, initial=self.step, desc=recipe.name, unit="step",
-                            disable=not self._progress_enabled(), dynamic_ncols=True, file=sys.stderr)
-        final_checkpoint = ckpt.latest_checkpoint(self.run_dir) if dist.is_main else None
+                            disable=not show_progress(recipe), dynamic_ncols=True, file=sys.stderr)
+            self.final_checkpoint = ckpt.latest_checkpoint(self.run_dir)
         while self.step < max_steps:
-            if is_async:
-                self._async_poll()
-                if mining.max_staleness is not None and self.step - self.stream.step >= mining.max_staleness:
-                    wanted = (self.step // mining.refresh_every) * mining.refresh_every
-                    if wanted > self.stream.step:
-                        self._async_poll(wait_for=wanted)
+            self.refresher.before_step()
             self.log.steps(self._train_step(), self.losses, recipe.log.every, max_steps)
-            at_refresh = self.step % mining.refresh_every == 0
-            last = self.step == max_steps
-            if is_async:
-                if at_refresh or last:
-                    final_checkpoint = self._plain_checkpoint(with_negatives=False)
-                    if dist.is_main:
-                        self.miner.checkpoint_written(self.step)
-            elif at_refresh or (last and mining.final_refresh):
-                final_checkpoint = self._sync_refresh()
-            elif last:
-                final_checkpoint = self._plain_checkpoint(with_negatives=True)
-        if is_async:
-            started = time.perf_counter()
-            if dist.is_main:
-                self.log.bar.close()
-                self.log.bar = None
-                self.miner.request_stop(self.step if mining.final_refresh else None)
-            # Every rank waits for the miner's last set by polling, not in a barrier.
-            dist.poll_until(self.miner.stopped if dist.is_main else None,
-                            self._poll_seconds(mining.poll_seconds))
-            self.refresh_seconds += time.perf_counter() - started
-        if is_async and dist.is_main:
-            record = self.miner.record(self.step) if mining.final_refresh else None
-            if record is not None:
-                self.last_dev = record.get("dev")
-                self.log.log(record)
-                self._say(summary_line(record, recipe.checkpoint.best_metric, "| final"))
+            self.refresher.after_step(last=self.step == max_steps)   # a refresh and / or a checkpoint when due
+        self.refresher.finish()
         wall = time.perf_counter() - wall_start + previous_wall
-        best = None
+        best = best_record(self.run_dir, recipe.checkpoint.best_metric) if dist.is_main else None
+        result = TrainResult(run_dir=self.run_dir, final_step=self.step, final_checkpoint=self.final_checkpoint,
+                             best=best, dev_metrics=self.last_dev, wall_seconds=wall,
+                             train_seconds=self.train_seconds, refresh_seconds=self.refresh_seconds,
+                             losses=self.losses)
         if dist.is_main:
-            found = ckpt.best_checkpoint(self.run_dir, recipe.checkpoint.best_metric)
-            if found is not None:
-                best = {"step": found[0], "path": str(found[1]), "metric": recipe.checkpoint.best_metric,
-                        "value": found[2]}
-                write_json(self.run_dir / BEST_FILE, best)
-        result = TrainResult(run_dir=self.run_dir, final_step=self.step,
-                             final_checkpoint=Path(final_checkpoint) if final_checkpoint else None, best=best,
-                             dev_metrics=self.last_dev, wall_seconds=wall, train_seconds=self.train_seconds,
-                             refresh_seconds=self.refresh_seconds, losses=self.losses)
-        if dist.is_main:
-            write_json(self.run_dir / SUMMARY_FILE, result.summary())
-            share = 100.0 * self.refresh_seconds / max(wall, 1e-9)
-            dev = ""
-            if self.last_dev and recipe.checkpoint.best_metric in self.last_dev:
-                dev = f", final dev {recipe.checkpoint.best_metric} {self.last_dev[recipe.checkpoint.best_metric]:.4f}"
-            self._say(f"done: {self.step} steps in {wall:.1f}s (training {self.train_seconds:.1f}s, refreshes and "
-                      f"checkpoints {self.refresh_seconds:.1f}s = {share:.0f}%){dev}; "
-                      f"best {best['metric']} {best['value']:.4f} at step {best['step']}" if best else
-                      f"done: {self.step} steps in {wall:.1f}s{dev}")
+            conclude(result, recipe.checkpoint.best_metric, self._say)   # best.json, summary.json, the last line
         dist.barrier()
         return result
 
