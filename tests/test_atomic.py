@@ -17,7 +17,8 @@ import types
 import numpy as np
 import pytest
 
-from dance_analysis import atomic
+from dance_analysis import atomic, checkpoints
+from dance_analysis.atomic import write_json
 from dance_analysis.training import async_refresh
 from dance_analysis.training import checkpoint as ckpt
 from dance_analysis.training.config import Recipe, dump_recipe
@@ -62,7 +63,7 @@ def test_miner_attach_replaces_negatives_without_a_gap(tmp_path, monkeypatch):
     checkpoint = tmp_path / "run" / "checkpoint-8"
     (checkpoint / "negatives").mkdir(parents=True)
     (checkpoint / "negatives" / "meta.json").write_text('{"version": "old"}')
-    ckpt.write_json(checkpoint / "checkpoint.json", {"step": 8, "complete": True})
+    write_json(checkpoint / "checkpoint.json", {"step": 8, "complete": True})
     result = tmp_path / "run" / "refresh" / ".tmp-step-8-1"
     (result / "negatives").mkdir(parents=True)
     (result / "negatives" / "meta.json").write_text('{"version": "new"}')
@@ -86,7 +87,7 @@ def test_miner_publishes_a_set_over_an_existing_one_without_a_gap(tmp_path, monk
     (run / "config.yaml").write_text(dump_recipe(Recipe(name="gap")), encoding="utf-8")
     checkpoint = run / "checkpoint-8"
     (checkpoint / "encoder").mkdir(parents=True)
-    ckpt.write_json(checkpoint / "checkpoint.json", {"step": 8, "complete": True})
+    write_json(checkpoint / "checkpoint.json", {"step": 8, "complete": True})
     old_set = run / "refresh" / "step-8"
     (old_set / "negatives").mkdir(parents=True)
     (old_set / "negatives" / "meta.json").write_text('{"version": "old"}')
@@ -130,7 +131,7 @@ def test_recommitting_a_checkpoint_swaps_it_without_a_gap(tmp_path, monkeypatch)
 
     make("old")
     final = tmp_path / "checkpoint-5"
-    reader = Reader(monkeypatch, {"checkpoint-5": lambda: ckpt.is_complete(final)})
+    reader = Reader(monkeypatch, {"checkpoint-5": lambda: checkpoints.is_complete(final)})
     make("new")
     assert reader.gaps == []
     assert (final / "payload.txt").read_text() == "new"

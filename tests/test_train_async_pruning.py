@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import train_support as ts
-from dance_analysis.training import checkpoint as ckpt
+from dance_analysis import checkpoints
 from dance_analysis.training.async_refresh import held_checkpoint
 from dance_analysis.training.faults import ENV as FAULT_ENV
 from dance_analysis.training.faults import SLOW_ENV
@@ -45,7 +45,7 @@ def _records(run_dir: Path) -> list[dict]:
 
 
 def _newest(run_dir: Path) -> int:
-    found = ckpt.list_checkpoints(run_dir)
+    found = checkpoints.list_checkpoints(run_dir)
     return found[-1][0] if found else -1
 
 
@@ -86,7 +86,7 @@ def test_the_checkpoint_a_slow_miner_holds_survives_pruning_and_gets_its_metrics
         assert _newest(run) >= held + 2 * EVERY, "the trainer did not get two checkpoints ahead of the miner"
         assert held_checkpoint(run) == held
         # Pruned to keep_last (+ the best, + the set in use) around it, yet the held checkpoint is there, complete.
-        assert ckpt.is_complete(run / f"checkpoint-{held}"), [s for s, _ in ckpt.list_checkpoints(run)]
+        assert checkpoints.is_complete(run / f"checkpoint-{held}"), [s for s, _ in checkpoints.list_checkpoints(run)]
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
@@ -111,7 +111,7 @@ def test_the_checkpoint_a_slow_miner_holds_survives_pruning_and_gets_its_metrics
     best = json.loads((run / "best.json").read_text())
     assert best["value"] == pytest.approx(max(refreshes.values()), abs=5e-5), (best, refreshes)
     assert refreshes[best["step"]] == pytest.approx(best["value"], abs=5e-5)
-    kept = [s for s, _ in ckpt.list_checkpoints(run)]
+    kept = [s for s, _ in checkpoints.list_checkpoints(run)]
     # the last keep_last, the best, the set in use and the one held at the final commit (nothing prunes after it)
     assert best["step"] in kept and MAX_STEPS in kept and len(kept) <= keep_last + 3, kept
     for step in refreshes:   # each refreshed checkpoint that is still there carries its refresh

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from dance_analysis import checkpoints
+from dance_analysis.atomic import write_json
 from dance_analysis.errors import DanceError
 from dance_analysis.training import checkpoint as ckpt
 
@@ -18,7 +20,7 @@ def _make(run_dir, step, mrr=None):
     tmp = ckpt.begin_checkpoint(run_dir, step)
     (tmp / "payload.txt").write_text(str(step))
     if mrr is not None:
-        ckpt.write_json(tmp / "dev_metrics.json", {"MRR@10": mrr})
+        write_json(tmp / "dev_metrics.json", {"MRR@10": mrr})
     return ckpt.commit_checkpoint(tmp, run_dir, step, {"objective": "ance"})
 
 
@@ -28,9 +30,9 @@ def test_commit_is_atomic_and_listing_is_numeric(tmp_path):
     # A half-written checkpoint (temporary folder) and a folder without checkpoint.json are not listed.
     (tmp_path / ".tmp-checkpoint-200-1-abc").mkdir()
     (tmp_path / "checkpoint-300").mkdir()
-    steps = [s for s, _ in ckpt.list_checkpoints(tmp_path)]
+    steps = [s for s, _ in checkpoints.list_checkpoints(tmp_path)]
     assert steps == [0, 9, 10, 100]
-    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-100"
+    assert checkpoints.latest_checkpoint(tmp_path).name == "checkpoint-100"
     meta = json.loads((tmp_path / "checkpoint-10" / "checkpoint.json").read_text())
     assert meta == {"objective": "ance", "step": 10, "complete": True}
     removed = {p.name for p in ckpt.clean_temporaries(tmp_path)}
@@ -43,8 +45,8 @@ def test_prune_keeps_last_k_and_the_best(tmp_path):
         _make(tmp_path, step, mrr)
     deleted = ckpt.prune_checkpoints(tmp_path, keep_last=2, keep_best=True, metric="MRR@10")
     assert deleted == [0, 10]
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [5, 15, 20]
-    assert ckpt.best_checkpoint(tmp_path, "MRR@10")[0] == 5
+    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path)] == [5, 15, 20]
+    assert checkpoints.best_checkpoint(tmp_path, "MRR@10")[0] == 5
     assert ckpt.prune_checkpoints(tmp_path, keep_last=1, keep_best=False, protect=(15,)) == [5]
     assert ckpt.prune_checkpoints(tmp_path, keep_last=None) == []
     assert not list(tmp_path.glob(".trash-*"))
@@ -54,8 +56,8 @@ def test_best_prefers_the_earliest_on_ties_and_skips_missing_metrics(tmp_path):
     _make(tmp_path, 1, 0.5)
     _make(tmp_path, 2)
     _make(tmp_path, 3, 0.5)
-    assert ckpt.best_checkpoint(tmp_path, "MRR@10")[0] == 1
-    assert ckpt.best_checkpoint(tmp_path, "nDCG@10") is None
+    assert checkpoints.best_checkpoint(tmp_path, "MRR@10")[0] == 1
+    assert checkpoints.best_checkpoint(tmp_path, "nDCG@10") is None
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

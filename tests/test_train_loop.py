@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import train_support as ts
+from dance_analysis import checkpoints
 from dance_analysis.cli.train import main as train_main
 from dance_analysis.mining import NegativeSet
-from dance_analysis.training import checkpoint as ckpt
 from dance_analysis.training.config import recipe_from_dict
 from dance_analysis.training.loop import TrainingDiverged, train
 
@@ -53,7 +53,7 @@ def sync_run(env):
 
 def test_sync_run_writes_the_checkpoint_contract(env, sync_run):
     run_dir, result = sync_run
-    assert [s for s, _ in ckpt.list_checkpoints(run_dir)] == [0, 6, 12]
+    assert [s for s, _ in checkpoints.list_checkpoints(run_dir)] == [0, 6, 12]
     assert result.final_step == 12 and result.final_checkpoint == run_dir / "checkpoint-12"
     from dance_analysis.data import load_collection
 
@@ -178,7 +178,7 @@ def test_non_empty_output_directory_is_refused(env, tmp_path, capsys):
     assert "optim.lr" in capsys.readouterr().err
     # --resume of a finished run is a no-op that keeps the checkpoints.
     assert train_main([str(recipe_path), "--output-dir", str(run), "--resume"]) == 0
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [0, 2]
+    assert [s for s, _ in checkpoints.list_checkpoints(run)] == [0, 2]
 
 
 def test_resume_of_a_finished_run_says_it_has_nothing_to_do(env, sync_run, tmp_path, capsys):
@@ -213,7 +213,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env, tmp_path, monkey
     assert train_main([str(recipe_path), "--output-dir", str(run)]) == TrainingDiverged.exit_status == 3
     err = capsys.readouterr().err
     assert "training diverged at step 8" in err and "checkpoint-6" in err and "optim.lr" in err
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [0, 6]
+    assert [s for s, _ in checkpoints.list_checkpoints(run)] == [0, 6]
     assert NegativeSet.load(run / "checkpoint-6" / "negatives").meta["step"] == 6
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
     state = json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())
@@ -235,7 +235,7 @@ def test_ance_in_batch_regularisers_accumulation_and_rotation(env, tmp_path):
     run = tmp_path / "run"
     result = train(recipe, run)
     assert result.final_step == 3 and len(result.losses) == 3
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [s for s in (0, 3) if s == 3 or
+    assert [s for s, _ in checkpoints.list_checkpoints(run)] == [s for s in (0, 3) if s == 3 or
                                                            result.best["step"] == 0]
     negatives = NegativeSet.load(run / "checkpoint-3" / "negatives")
     assert negatives.query_negatives is None and not negatives.query_counts.any()
@@ -262,7 +262,7 @@ def test_async_refresh_swaps_in_complete_sets(env, tmp_path):
     assert all(r["step"] - 1 - r["negatives_step"] < 6 for r in records if "loss" in r)
     assert [r["step"] for r in swaps][0] == 0 and len(swaps) >= 2
     assert [r["step"] for r in records if "dev" in r and "swapped_at" not in r] == [12]
-    steps = [s for s, _ in ckpt.list_checkpoints(run)]
+    steps = [s for s, _ in checkpoints.list_checkpoints(run)]
     assert steps == [0, 4, 8, 12]
     # The miner added negatives, embeddings and dev metrics to the checkpoints it refreshed, the final one included.
     final = run / "checkpoint-12"

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import train_support as ts
+from dance_analysis import checkpoints
 from dance_analysis.mining import NegativeSet
 from dance_analysis.model import DualEncoder
 from dance_analysis.training import checkpoint as ckpt
@@ -77,7 +78,7 @@ def test_msmarco_doc_ance_firstp_starts(standin):
     import numpy as np
 
     assert np.load(result.final_checkpoint / "embeddings" / "corpus.npy").dtype == np.float16
-    assert ckpt.read_dev_metrics(result.final_checkpoint)["MRR@100"] >= 0
+    assert checkpoints.read_dev_metrics(result.final_checkpoint)["MRR@100"] >= 0
     # The paper's optimiser and the reference input, as the recipe says.
     assert recipe.optim.optimizer == "lamb" and recipe.optim.decay_steps == 1_000_000
     assert not recipe.optim.deterministic and recipe.model.lowercase
@@ -94,7 +95,7 @@ def test_msmarco_doc_dance_two_stages_start(standin):
     assert model1.config.normalize and not model1.config.doc_layernorm and model1.config.temperature == 0.01
     assert json.loads((result1.final_checkpoint / "checkpoint.json").read_text())["objective"] == "ance"
 
-    best = ckpt.best_checkpoint(stage1_dir, "MRR@100")
+    best = checkpoints.best_checkpoint(stage1_dir, "MRR@100")
     assert resolve_backbone(str(stage1_dir), "best") == str(best[1] / "encoder")
     assert resolve_backbone(str(stage1_dir), "last") == str(stage1_dir / "checkpoint-2" / "encoder")
     recipe2, result2 = _start("msmarco-doc-dance-stage2.yaml", stage1_dir, standin, standin["root"] / "stage2")
