@@ -12,6 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from ..ann import ann_search, check_index_spec, is_exact
+from ..atomic import read_json, write_json
+from ..data import load_collection
+from ..errors import DanceError
+from ..metrics import evaluate
+from ..outputs import OUTPUT_ROOT, check_output_file, input_slug
+from ..runs import write_trec_run
 from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -94,8 +101,6 @@ def _is_trec_run(path: Path) -> bool:
 
 def _is_eval_metrics(path: Path) -> bool:
     """Whether ``path`` is a metrics.json that dance-eval wrote."""
-    from ..atomic import read_json
-
     record = read_json(path, kind=dict, invalid=None)
     return record is not None and {"model", "convention", "metrics"} <= set(record)
 
@@ -103,8 +108,6 @@ def _is_eval_metrics(path: Path) -> bool:
 def _output_paths(args) -> tuple[Path, Path]:
     """The run file and metrics.json paths, checked before any work: a path holding something dance-eval did not
     write is refused unless --overwrite (:mod:`dance_analysis.outputs`)."""
-    from ..outputs import OUTPUT_ROOT, check_output_file, input_slug
-
     out = args.out or OUTPUT_ROOT / "eval" / f"{input_slug(args.model)}-{args.split}"
     run_path = args.run or out / "run.trec"
     metrics_path = run_path.parent / "metrics.json"
@@ -117,14 +120,8 @@ def _output_paths(args) -> tuple[Path, Path]:
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Imported here so that `--help` answers at once.
-    from ..ann import ann_search, check_index_spec, is_exact
-    from ..atomic import write_json
-    from ..data import load_collection
-    from ..encode import encoding_precision
-    from ..metrics import evaluate
-    from ..pipeline import embed_corpus, embed_queries, load_model, rank
-    from ..runs import write_trec_run
+    from ..encode import encoding_precision  # heavy (torch): imported here so that `--help` answers at once
+    from ..pipeline import embed_corpus, embed_queries, load_model, rank  # heavy (torch), as above
 
     started = time.perf_counter()
     check_index_spec(args.index, args.index_params)  # a bad --index fails before the model is loaded
@@ -134,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     collection = load_collection(args.collection, min_relevance=args.min_relevance)
     query_ids = collection.evaluable(collection.split_queries(args.split))
     if not query_ids:
-        from ..errors import DanceError
         raise DanceError(f"split {args.split!r} of {collection.name} has no query with a relevant document")
 
     with encoding_precision(args.precision) as precision:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..outputs import check_output_folder
 from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -58,14 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..interop.sentence_transformers import export_sentence_transformers
+    from ..interop.sentence_transformers import export_sentence_transformers  # heavy (torch): --help stays quick
 
     overrides = encoder_overrides(args)
-    from ..outputs import check_output_folder
-
     check_output_folder(args.out, ours=None, what="an empty folder", overwrite=args.overwrite)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from ..interop.model_card import model_card
+    from ..interop.model_card import model_card  # heavy (scipy, 1.8 s): --help stays quick
 
     def card(report) -> str:
         return model_card(args.checkpoint, dim=report.dim, query_max_length=report.query_max_length,
