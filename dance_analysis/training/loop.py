@@ -41,7 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import NEGATIVES_DIR, read_dev_metrics
+from ..checkpoints import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    NEGATIVES_DIR,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    checkpoint_step,
+    latest_checkpoint,
+    read_dev_metrics,
+)
 from ..errors import DanceError
 from ..losses import DanceObjective
 from . import checkpoint as ckpt
@@ -53,15 +62,7 @@ from .optim import autocast_dtype, build_optimizer, linear_schedule
 from .precision import dtype_of, kept_train_precision, measure_train_precision
 from .refresher import Refresher, make_refresher, poll_interval
 from .result import TrainResult, best_record, conclude
-from .run_folder import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    SUMMARY_FILE,
-    TENSORBOARD_DIR,
-    init_run_dir,
-    resolve_backbone,
-    truncate_metrics,
-)
+from .run_folder import init_run_dir, resolve_backbone, truncate_metrics
 from .run_log import RunLog
 from .setup import Towers as _Towers
 from .setup import (
@@ -173,7 +174,7 @@ class Trainer:
                              overwrite=self.overwrite and not start.prepared_folder, fresh=self.resume_from is None)
             if self._trackers:   # in the folder as init_run_dir left it (a fresh start drops old events)
                 self.log.open_trackers(self._trackers, recipe.name, recipe.to_dict(), dump_recipe(recipe),
-                                       purge_step=ckpt.checkpoint_step(self.resume_from) if self.resume_from else None)
+                                       purge_step=checkpoint_step(self.resume_from) if self.resume_from else None)
         dist.barrier()
         self.objective = DanceObjective.from_config(recipe.loss, temperature=model.config.temperature)
         self.towers = wrap_towers(self.model, dist, self.device)
@@ -393,7 +394,7 @@ class Trainer:
     def _diverged(self, what: str, step: int | None = None) -> None:
         """Stop with :class:`TrainingDiverged`: ``what`` went wrong at ``step`` (default: the step being taken),
         found before this step updates the weights (:meth:`_train_step`)."""
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        latest = latest_checkpoint(self.run_dir)
         where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         now = self.step + 1
         step = now if step is None else step
@@ -429,7 +430,7 @@ class Trainer:
         previous_wall = 0.0
         if self.resume_from is not None:
             if dist.is_main:
-                truncate_metrics(self.run_dir, ckpt.checkpoint_step(self.resume_from))
+                truncate_metrics(self.run_dir, checkpoint_step(self.resume_from))
             self._load_state(self.resume_from)
             self._say(f"resuming {self.run_dir} from {self.resume_from.name} (step {self.step})")
             if self.train_precision is not None:
@@ -448,7 +449,7 @@ class Trainer:
         if dist.is_main:
             self.log.bar = tqdm(total=max_steps, initial=self.step, desc=recipe.name, unit="step",
                             disable=not show_progress(recipe), dynamic_ncols=True, file=sys.stderr)
-            self.final_checkpoint = ckpt.latest_checkpoint(self.run_dir)
+            self.final_checkpoint = latest_checkpoint(self.run_dir)
         while self.step < max_steps:
             self.refresher.before_step()
             self.log.steps(self._train_step(), self.losses, recipe.log.every, max_steps)

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import METRICS_FILE
 from ..logs import NOTICE
-from .run_folder import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 

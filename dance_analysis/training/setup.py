@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import check_prepared, prepared_checkpoint, require_prepared
+from ..checkpoints import check_prepared, list_checkpoints, prepared_checkpoint, require_prepared
 from ..errors import DanceError
-from . import checkpoint as ckpt
 from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .optim import build_optimizer, build_scheduler
@@ -86,7 +85,7 @@ def find_start(dist: DistContext, run_dir: Path, recipe: Recipe, *, resume: bool
     --mine-step0``, or the launched job's own) starts from it."""
     found = None
     if dist.is_main:
-        if check_prepared(run_dir, recipe) and not ckpt.list_checkpoints(run_dir):
+        if check_prepared(run_dir, recipe) and not list_checkpoints(run_dir):
             found = [None, None, True]
         else:
             resume_from = check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
