@@ -26,7 +26,9 @@ from collections.abc import Callable
 import numpy as np
 from transformers import TrainerCallback
 
+from ..encode import encode_texts
 from ..errors import DanceError
+from ..model import DualEncoder
 from .geometry import EvaluationSet, sentence_transformer_vectors, space_metrics
 
 logger = logging.getLogger(__name__)
@@ -72,9 +74,6 @@ class GeometryCallback(TrainerCallback):
         elif hasattr(model, "encode_query") and hasattr(model, "encode_document"):
             pair = sentence_transformer_vectors(model, self.eval_set, batch_size=self.batch_size)
         else:
-            from ..encode import encode_texts
-            from ..model import DualEncoder
-
             inner = getattr(model, "module", model)          # DistributedDataParallel / DataParallel
             if not isinstance(inner, DualEncoder):
                 raise DanceError(f"GeometryCallback cannot encode a {type(model).__name__}: give "

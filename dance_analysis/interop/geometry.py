@@ -46,8 +46,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import analysis as A
+from ..data import load_collection
 from ..errors import DanceError
+from ..index import search
 from ..metrics import PRIMARY_METRIC as _PRIMARY
+from ..metrics import evaluate
+from ..mining import mine_document_negatives, positive_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +102,6 @@ class EvaluationSet:
         """The queries of ``split`` of a collection (anything :func:`dance_analysis.data.load_collection` reads)
         with the whole corpus; with ``sample``, ``sample`` queries drawn with ``seed`` and a sub-corpus (their
         judged documents plus ``sample`` others), as ``dance-analyze --sample`` does."""
-        from ..data import load_collection
-
         collection = load_collection(spec, min_relevance=min_relevance)
         qids = collection.evaluable(collection.split_queries(split))
         rng = np.random.default_rng(seed)
@@ -153,11 +156,6 @@ def space_metrics(queries: np.ndarray, corpus: np.ndarray, eval_set: EvaluationS
                   ) -> dict[str, float]:
     """The numbers of the module docstring for query vectors ``queries`` [nq, d] (rows in
     ``eval_set.query_ids`` order) and document vectors ``corpus`` [nd, d] (``eval_set.doc_ids`` order)."""
-    from .. import analysis as A
-    from ..index import search
-    from ..metrics import evaluate
-    from ..mining import mine_document_negatives, positive_pairs
-
     q = np.asarray(queries, dtype=np.float32)
     d = np.asarray(corpus, dtype=np.float32)
     if q.shape[0] != len(eval_set.query_ids) or d.shape[0] != len(eval_set.doc_ids):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..analysis.snapshot import refresh_geometry
 from ..atomic import read_json
 from ..checkpoints import read_metrics_log
 
@@ -89,8 +90,6 @@ def _saved_geometry(checkpoint: Path) -> dict[str, float] | None:
     folder = checkpoint / "embeddings"
     if not (folder / "queries.npy").is_file() or not (folder / "corpus.npy").is_file():
         return None
-    from ..analysis.snapshot import refresh_geometry
-
     queries = np.load(folder / "queries.npy", mmap_mode="r", allow_pickle=False)
     corpus = np.load(folder / "corpus.npy", mmap_mode="r", allow_pickle=False)
     return refresh_geometry(queries, corpus)

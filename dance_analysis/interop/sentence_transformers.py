@@ -47,6 +47,7 @@ import numpy as np
 from ..atomic import building_dir
 from ..errors import DanceError
 from ..model import _quiet_transformers
+from ..pipeline import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +199,6 @@ def export_sentence_transformers(source: str | os.PathLike, out: str | os.PathLi
     ``card(report) -> str``, when given, makes the folder's ``README.md`` (a model card) from the checked export's
     :class:`ExportReport`; it is written before the folder is published."""
     import torch
-
-    from ..pipeline import load_model
 
     st, _ = _st_modules()
     model = load_model(str(source), **dict(overrides or {})).eval().to("cpu")
