@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_report(folder: Path) -> bool:
     """An earlier report of this experiment: its metrics.json names the experiment."""
-    return "experiment" in read_json(folder / "metrics.json", "the metrics.json of the experiment", kind=dict)
+    record = read_json(folder / "metrics.json", kind=dict, invalid=None)
+    return record is not None and "experiment" in record
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
