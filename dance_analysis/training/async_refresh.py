@@ -309,9 +309,9 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
         if neg.is_dir():
             with building_dir(checkpoint_dir / NEGATIVES_DIR) as staging:
                 shutil.copytree(neg, staging, dirs_exist_ok=True)
-        metrics = result_dir / DEV_METRICS_FILE
-        if metrics.is_file():
-            write_json(checkpoint_dir / DEV_METRICS_FILE, read_json(metrics, "the refresh's dev metrics"))
+        dev = read_json(result_dir / DEV_METRICS_FILE, "the refresh's dev metrics", missing=None)
+        if dev is not None:
+            write_json(checkpoint_dir / DEV_METRICS_FILE, dev)
     except FileNotFoundError as exc:
         return f"the checkpoint was deleted while the results were attached ({exc.filename})"
     return None
