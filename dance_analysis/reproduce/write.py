@@ -29,9 +29,13 @@ import numpy as np
 
 from ..atomic import building_dir, write_text
 from ..comparison import METRIC_BY_KEY, METRICS
+from ..comparison.pictures import figure_arrays
 from ..comparison.statistics import as_seed_lists, seed_labels
 from ..errors import DanceError
 from ..index import Rankings
+from ..report.build import git_revision, package_versions
+from ..report.comparison_figures import trajectory_figure
+from ..report.experiment import render_experiment
 from ..runs import write_trec_run
 from .timing import Clock, duration
 
@@ -448,11 +452,6 @@ def json_ready(results: dict) -> dict:
 
 def write_outputs(results: dict, out: Path, project_readme: Path, clock: Clock) -> Path:
     """Write the report folder (atomically) and update the project README; returns ``out``."""
-    from ..comparison.pictures import figure_arrays
-    from ..report.build import git_revision, package_versions
-    from ..report.comparison_figures import trajectory_figure
-    from ..report.experiment import render_experiment
-
     spaces = results["_spaces"]
     results["provenance"] = {"git": git_revision(), "versions": package_versions(), "machine": machine(),
                              "wall_seconds": round(clock.total(), 1), "stages": clock.stages()}
