@@ -16,7 +16,9 @@ The points:
 - ``checkpoint-write``: the trainer, inside ``.tmp-checkpoint-<step>-*`` after ``trainer_state.json`` and
   ``optimizer.pt``, before the encoder and ``checkpoint.json``;
 - ``miner-refresh``: the async miner, when it starts to handle checkpoint ``step``;
-- ``token-cache``: a token cache is about to be built (step 0: the caches are built before training).
+- ``token-cache``: a token cache is about to be built (step 0: the caches are built before training);
+- ``encode-shard``: a rank of a multi-process refresh has encoded its share of the rows (the number after ``@`` is
+  the rank, not a step).
 """
 
 from __future__ import annotations

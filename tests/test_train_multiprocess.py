@@ -129,7 +129,7 @@ def test_token_caches_slower_than_the_timeout_are_built_before_the_process_group
     assert "fault-slow token-cache" not in done.stderr      # the ranks only opened the caches
     assert len(losses(run)) == 2
     prepared = json.loads((run / "prepared.json").read_text())
-    assert prepared["workers"] == 2 and prepared["checkpoint"] == "checkpoint-0"
+    assert prepared["workers"] == 2 and prepared["checkpoint"] is None   # the ranks mined step 0 (test_train_step0)
 
 
 def test_prepare_resumes_and_refuses_another_recipe(setup, tmp_path):
@@ -139,8 +139,9 @@ def test_prepare_resumes_and_refuses_another_recipe(setup, tmp_path):
     recipe_path = ts.write_recipe(tmp_path / "recipe.yaml", recipe)
     run = tmp_path / "run"
     env = ts.subprocess_env(root / "cache")
-    # Killed while mining the step-0 negatives: the token caches are kept, checkpoint-0 is not there.
-    proc = subprocess.Popen(ts.train_command(recipe_path, run, "--prepare"), env={**env, FAULT_ENV: "refresh@0"},
+    # Killed while mining the step-0 negatives (--mine-step0): the token caches are kept, checkpoint-0 is not there.
+    proc = subprocess.Popen(ts.train_command(recipe_path, run, "--prepare", "--mine-step0"),
+                            env={**env, FAULT_ENV: "refresh@0"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if line.startswith("fault-point refresh@0"):
@@ -148,8 +149,8 @@ def test_prepare_resumes_and_refuses_another_recipe(setup, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (run / "prepared.json").exists() and not (run / "checkpoint-0").exists()
-    again = subprocess.run(ts.train_command(recipe_path, run, "--prepare"), env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(ts.train_command(recipe_path, run, "--prepare", "--mine-step0"), env=env,
+                           capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run / "prepared.json").is_file() and (run / "checkpoint-0" / "negatives").is_dir()
     assert not [p for p in run.iterdir() if p.name.startswith(".tmp")]

@@ -30,9 +30,10 @@ A non-empty run directory is refused unless --resume (continue from its last che
 the same) or --overwrite (delete it first) is given.
 
 A multi-process run (torchrun) starts from a prepared run directory: first run the same command with --prepare
-and without torchrun (one process: it builds the token caches with --workers processes and mines the step-0
-negatives into checkpoint-0; run it again to resume it), then launch torchrun. --resume and --overwrite are for
-the training command.
+and without torchrun (one process: it builds the token caches with --workers processes; run it again to resume
+it), then launch torchrun, whose processes mine the step-0 negatives together (encoding split over them) and
+write checkpoint-0. --prepare --mine-step0 mines them in the preparing process instead (one device, checkpoint-0
+before torchrun; the earlier behaviour). --resume and --overwrite are for the training command.
 
 The environment variable OMP_WAIT_POLICY defaults to PASSIVE (idle CPU threads sleep rather than spin).
 
@@ -55,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved recipe, each key with its help as a comment, and exit")
     parser.add_argument("--prepare", action="store_true",
-                        help="prepare the run directory and exit: token caches, step-0 negatives (checkpoint-0); "
+                        help="prepare the run directory and exit: token caches (the training job mines the step-0 "
+                             "negatives, sharded over its processes); "
                              "needed before a multi-process (torchrun) run, resumable")
+    parser.add_argument("--mine-step0", action="store_true",
+                        help="with --prepare: also mine the step-0 negatives in this one process (checkpoint-0)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="with --prepare: processes that tokenise the caches (default: the CPU count)")
     return parser
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.mine_step0 and not args.prepare:
+        raise DanceError("--mine-step0 is an option of --prepare (dance-train RECIPE --prepare --mine-step0)")
     if args.prepare:
         if world > 1:
             raise DanceError("--prepare runs in one process, before torchrun: run it without torchrun")
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DanceError("--prepare resumes by itself; --resume is for the training command")
         from ..training.prepare import prepare
 
-        prepare(recipe, run_dir, workers=args.workers, overwrite=args.overwrite)
+        prepare(recipe, run_dir, workers=args.workers, overwrite=args.overwrite, mine_step0=args.mine_step0)
         print(f"prepared: {run_dir}")
         return 0
     if world > 1:

@@ -1,12 +1,21 @@
 """Training of ANCE / DANCE dual encoders with negatives from a refreshed ANN index (``dance-train``).
 
-Modules: ``config`` (typed recipes; ``config_help`` prints them with their help), ``loop`` (the trainer's loop),
-``run_folder`` (the run directory), ``prepare`` (``dance-train --prepare``: token caches and step-0 negatives before a
-multi-process run), ``run_log`` (metrics log, TensorBoard, messages), ``optim`` (AdamW or LAMB, and the schedule),
-``instances`` (the instance stream), ``state`` (trainer state for exact resume, committing checkpoints),
-``refresh`` (encode, search, mine, evaluate), ``async_refresh`` (the separate miner process and its GPU),
-``checkpoint`` (checkpoint folders, exact resume state), ``distributed`` (torchrun / DDP, polled waits, gathers with
-gradients), ``faults`` (fault-injection points for the tests).
+Modules, one job each: ``config`` (typed recipes; ``config_help`` prints them with their help), ``loop`` (the trainer:
+the step, its checkpoints, the run), ``setup`` (setting the trainer up: process group, start, model, optimisation),
+``refresher`` (the one interface the loop calls for negatives: sync or async), ``refresh`` (one refresh: encode,
+search, mine, evaluate), ``async_refresh`` (the separate miner process and its GPU), ``data`` (the run's inputs:
+collection, query splits, token caches), ``embeddings_cache`` (vectors shared by initial refreshes), ``prepare``
+(``dance-train --prepare``: token caches before a multi-process run; with ``--mine-step0`` the step-0 negatives
+too), ``run_folder`` (the run directory), ``run_log`` (metrics log, TensorBoard, messages), ``result`` (what a run
+returns and writes at its end), ``optim`` (AdamW or LAMB, and the schedule), ``instances`` (the instance stream),
+``state`` (trainer state for exact resume, committing checkpoints), ``checkpoint`` (writing checkpoint folders),
+``distributed`` (torchrun / DDP, polled waits, gathers with gradients), ``faults`` (fault-injection points for the
+tests).
+
+Files a change touches: a new refresh mode is a class in ``refresher.py`` (the methods of ``Refresher`` and a
+``for_trainer`` constructor, placing what it needs), its entry in ``refresher.REFRESHERS``, its name among the choices
+of ``MiningConfig.mode`` (``config.py``) and its tests; ``loop.py`` and ``setup.py`` stay as they are. A new input of
+a run: ``data.py``. How the step-0 negatives are made: ``Refresher.start`` (``prepare.py`` for ``--mine-step0``).
 
     from dance_analysis.training import load_recipe, train
     result = train(load_recipe("train/demo-dance.yaml"), "runs/demo-dance")
