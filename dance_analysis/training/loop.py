@@ -11,8 +11,8 @@ Every ``mining.refresh_every`` steps the negatives are refreshed (:mod:`.refresh
 pauses, the refresh runs with the current weights and a checkpoint is written with them; in ``async`` mode a
 checkpoint is written and the miner process (:mod:`.async_refresh`) refreshes from it while training goes on, the
 trainer swapping to the newest complete negative set at a step boundary. The step-0 negatives are mined by the
-training processes (sharded over the ranks of a multi-process run) unless ``dance-train --prepare --mine-step0``
-mined them before.
+training processes, sharded over the ranks of a multi-process run (by the miner in a one-process async run), unless
+``dance-train --prepare --mine-step0`` mined them before.
 
 Determinism: instances of a negative set are drawn with ``numpy.random.default_rng([seed, negatives step,
 epoch])``; mining with ``default_rng([seed, refresh step])``; dropout from the torch generator, whose state is
