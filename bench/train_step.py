@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dance_analysis.training.config import load_recipe
     from dance_analysis.training.loop import InstanceStream, Trainer, build_optimizer
+    from dance_analysis.training.refresher import SyncRefresher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(recipe, work / "run")
     trainer._setup()
     started = time.perf_counter()
-    trainer._sync_refresh()                       # initial negatives (not measured)
+    SyncRefresher(trainer).refresh()              # initial negatives (not measured)
     refresh_seconds = time.perf_counter() - started
     negatives = trainer.stream.negatives
     stream = InstanceStream(negatives, recipe.optim.seed)
