@@ -157,6 +157,23 @@ def read_json(path: str | os.PathLike, expected: str = "a JSON document", *, kin
     return value
 
 
+def read_yaml(path: str | os.PathLike, expected: str = "a YAML document") -> Any:
+    """The YAML document in ``path`` (``yaml.safe_load``: plain data, never objects). An unreadable or malformed
+    file raises :class:`~dance_analysis.errors.InputError` naming the file, the line of a syntax error and
+    ``expected``."""
+    import yaml  # PyYAML is a dependency, but most writers and readers here never need it
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, expected, got=str(exc)) from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise InputError(path, expected, line=None if line is None else line + 1,
+                         got=str(getattr(exc, "problem", exc))) from None
+
+
 # ----------------------------------------------------------------------------------------------------- folders
 
 def temp_dir_beside(final: str | os.PathLike) -> Path:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .atomic import read_json
+from .atomic import read_json, read_yaml
 from .errors import DanceError, InputError
 from .metrics import PrimaryMetric, primary_metric
 
@@ -181,16 +181,7 @@ def run_metric(run_dir: str | os.PathLike) -> PrimaryMetric:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return primary_metric()
-    import yaml
-
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, "the run's YAML recipe", got=str(exc)) from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise InputError(path, "the run's YAML recipe", line=None if line is None else line + 1,
-                         got=str(getattr(exc, "problem", exc))) from None
+    recipe = read_yaml(path, "the run's YAML recipe")
     section = recipe.get("checkpoint") if isinstance(recipe, dict) else None
     name = section.get("best_metric") if isinstance(section, dict) else None
     return primary_metric(name if isinstance(name, str) and name else None)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import checkpoints
-from ..atomic import read_json
+from ..atomic import read_json, read_yaml
 from ..errors import DanceError, InputError
 from ..metrics import PRIMARY_METRIC
 
@@ -43,19 +43,6 @@ MINILM_ALIAS = "minilm"
 EXPECTED_PATH = ("a checkpoint folder (checkpoint.json), a run folder (checkpoint-<step>/ folders), a model "
                  "folder (encoder.json, config.json or modules.json), a folder of saved embeddings (corpus.npy, "
                  "corpus.ids.npy, queries.npy, queries.ids.npy) or the alias 'minilm'")
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, "a YAML recipe", got=str(exc)) from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise InputError(path, "a YAML recipe", line=None if line is None else line + 1,
-                         got=str(getattr(exc, "problem", exc))) from None
 
 
 @dataclass
@@ -314,7 +301,7 @@ def resolve_path(path: str, name: str | None = None) -> RunInput:
             raise DanceError(f"{text}: none of its checkpoint-<step>/ folders has a checkpoint.json; "
                              f"expected at least one complete checkpoint")
         config_file = folder / checkpoints.CONFIG_FILE
-        config = _read_yaml(config_file) if config_file.is_file() else None
+        config = read_yaml(config_file, "a YAML recipe") if config_file.is_file() else None
         index, selection = _select_representative(folder, subjects)
         metrics_log = folder / checkpoints.METRICS_FILE
         return RunInput(name=name or base, path=text, kind="run", subjects=subjects, representative_index=index,
