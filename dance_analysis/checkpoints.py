@@ -383,4 +383,4 @@ def require_prepared(run_dir: str | os.PathLike, recipe: Any, command: str | Non
         return
     command = command or f"dance-train RECIPE --output-dir {run_dir} --prepare"
     raise DanceError(f"{run_dir} is not prepared for a multi-process run: first run `{command}` (one process, "
-                     f"before torchrun: token caches and the step-0 negatives)")
+                     f"before torchrun: the token caches; the launched processes mine the step-0 negatives)")
