@@ -133,3 +133,23 @@ def test_a_nan_between_logging_steps_stops_training_naming_its_step(env, tmp_pat
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [0]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [4]
+
+
+def test_async_mode_looks_for_a_new_negative_set_once_per_logging_interval(env, tmp_path, monkeypatch):
+    """The check for a newer set of the miner is a broadcast from rank 0 (a pickled object: a host synchronisation
+    under nccl): made at the logging steps, not before every step."""
+    from dance_analysis.training.refresher import AsyncRefresher
+
+    real = AsyncRefresher._poll
+    polled: list[int] = []
+
+    def counted(refresher, wait_for=None):
+        if wait_for is None:
+            polled.append(refresher.trainer.step)
+        return real(refresher, wait_for)
+
+    monkeypatch.setattr(AsyncRefresher, "_poll", counted)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # for the miner process
+    train(_recipe(env, optim={"max_steps": 12}, mining={"mode": "async", "refresh_every": 4, "poll_seconds": 0.1},
+                  log={"every": 4, "tensorboard": False, "progress": False}), tmp_path / "run")
+    assert polled and all(step % 4 == 0 for step in polled), polled

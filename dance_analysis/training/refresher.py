@@ -251,11 +251,13 @@ class AsyncRefresher:
             self._poll(wait_for=int(trainer.step // every) * every)
 
     def before_step(self) -> None:
-        """Adopt a newer complete set; with ``mining.max_staleness``, wait for the set of the last refresh step
-        when the negatives in use are that old."""
+        """Adopt a newer complete set (looked for every ``log.every`` steps: rank 0 tells the others in a broadcast,
+        a host synchronisation); with ``mining.max_staleness``, wait for the set of the last refresh step when the
+        negatives in use are that old."""
         trainer = self.trainer
         mining = trainer.recipe.mining
-        self._poll()
+        if trainer.step % trainer.recipe.log.every == 0:   # a host sync (broadcast): with the step's, per interval
+            self._poll()
         if mining.max_staleness is not None and trainer.step - trainer.stream.step >= mining.max_staleness:
             wanted = (trainer.step // mining.refresh_every) * mining.refresh_every
             if wanted > trainer.stream.step:
