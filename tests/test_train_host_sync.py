@@ -153,3 +153,20 @@ def test_async_mode_looks_for_a_new_negative_set_once_per_logging_interval(env, 
     train(_recipe(env, optim={"max_steps": 12}, mining={"mode": "async", "refresh_every": 4, "poll_seconds": 0.1},
                   log={"every": 4, "tensorboard": False, "progress": False}), tmp_path / "run")
     assert polled and all(step % 4 == 0 for step in polled), polled
+
+
+def test_tensor_parts_are_the_float_parts():
+    """``dance_loss(tensor_parts=True)``: the same numbers as the floats, as detached 0-d tensors."""
+    from dance_analysis.losses import DanceObjective
+
+    torch.manual_seed(0)
+    q, d_pos = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+    d_neg, q_neg = torch.randn(6, 3, 8), torch.randn(6, 3, 8)
+    objective = DanceObjective(w_d2q=0.1, temperature=0.5, in_batch=True, w_align=0.2, w_uniform=0.3)
+    loss_f, floats = objective(q, d_pos, d_neg, q_neg)
+    loss_t, tensors = objective(q, d_pos, d_neg, q_neg, tensor_parts=True)
+    assert sorted(floats) == sorted(tensors) == ["align", "d2q", "q2d", "total", "uniform"]
+    for key, value in tensors.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
+        assert float(value) == floats[key], key
+    assert torch.equal(loss_f, loss_t) and loss_t.requires_grad
