@@ -117,3 +117,26 @@ def test_the_checkpoint_a_slow_miner_holds_survives_pruning_and_gets_its_metrics
     for step in refreshes:   # each refreshed checkpoint that is still there carries its refresh
         if step in kept:
             assert (run / f"checkpoint-{step}" / "dev_metrics.json").is_file(), step
+
+
+def test_a_refresh_that_cannot_be_attached_says_why(tmp_path, caplog):
+    """The reasons :func:`_attach` gives, and the miner's warning naming the step, the reason and the set."""
+    import logging
+
+    from dance_analysis.training import async_refresh
+
+    result = tmp_path / "refresh" / "step-4"
+    (result / "negatives").mkdir(parents=True)
+    (result / "dev_metrics.json").write_text('{"MRR@10": 0.5}')
+    assert async_refresh._attach(result, tmp_path / "checkpoint-4") == "the checkpoint was deleted meanwhile"
+    torn = tmp_path / "checkpoint-6"
+    torn.mkdir()
+    assert async_refresh._attach(result, torn) == "the checkpoint is incomplete"
+    assert not (torn / "dev_metrics.json").exists()
+
+    miner = async_refresh.Miner.__new__(async_refresh.Miner)
+    miner.run_dir = tmp_path
+    with caplog.at_level(logging.WARNING, logger=async_refresh.logger.name):
+        miner._report_attach(4, tmp_path / "checkpoint-4", result, "the checkpoint was deleted meanwhile")
+    assert ("the refresh of step 4 was not attached" in caplog.text and "deleted meanwhile" in caplog.text
+            and str(result) in caplog.text), caplog.text

@@ -429,8 +429,7 @@ class Miner:
         self.precision = result.precision
         missing = _attach(tmp, checkpoint_dir)
         if missing is not None:
-            logger.warning("warning: the refresh of step %d was not attached to %s: %s; its negatives and dev "
-                           "metrics are only in %s", step, checkpoint_dir, missing, root / f"step-{step}")
+            self._report_attach(step, checkpoint_dir, root / f"step-{step}", missing)
         replace_dir(tmp, root / f"step-{step}")
         self.last_done = step
         self.next_index += 1
@@ -441,6 +440,12 @@ class Miner:
             import torch
 
             torch.cuda.empty_cache()
+
+
+    def _report_attach(self, step: int, checkpoint_dir: Path, set_dir: Path, reason: str) -> None:
+        """One warning in ``miner.log``: the refresh of ``step`` could not be attached to its checkpoint."""
+        logger.warning("warning: the refresh of step %d was not attached to %s: %s; its negatives and dev metrics "
+                       "are only in %s", step, checkpoint_dir, reason, set_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
