@@ -11,13 +11,11 @@ single-process ones exactly, and the record must show that both ranks searched.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
 import train_support as ts
 from dance_analysis.mining import NegativeSet
@@ -55,14 +53,12 @@ dist.close()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sharded")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model")
+def setup(tmp_path_factory, tiny_setup):
+    with tiny_setup(tmp_path_factory.mktemp("sharded")) as env:
+        yield _setup(env["root"], env["manifest"], env["encoder"])
+
+
+def _setup(root, manifest, encoder):
     recipe_path = ts.write_recipe(root / "recipe.yaml", ts.recipe_dict(
         manifest, encoder, root / "cache", mining={"top_k": 20, "n": 4, "query_top_k": 12}))
     recipe = load_recipe(recipe_path)
@@ -77,13 +73,8 @@ def setup(tmp_path_factory):
     queries = rng.standard_normal((len(data.query_ids), 24)).astype(np.float32)
     np.save(vectors / "corpus.npy", corpus)
     np.save(vectors / "queries.npy", queries)
-    yield {"root": root, "recipe_path": recipe_path, "recipe": recipe, "encoder": encoder, "data": data,
-           "corpus": corpus, "queries": queries, "vectors": vectors}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+    return {"root": root, "recipe_path": recipe_path, "recipe": recipe, "encoder": encoder, "data": data,
+            "corpus": corpus, "queries": queries, "vectors": vectors}
 
 
 def _same_negatives(a: NegativeSet, b: NegativeSet) -> None:

@@ -9,11 +9,9 @@ encoded and gathered); the mined negatives are compared exactly.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-import torch
 
 import train_support as ts
 from dance_analysis.mining import NegativeSet
@@ -24,23 +22,12 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
+def setup(tmp_path_factory, tiny_setup):
     # No dropout (so the runs see the same network), mean pooling (well separated scores: exact mining ties).
-    encoder = ts.tiny_encoder(root / "model", dropout=0.0, pooling="mean", head="linear")
-    recipe = ts.recipe_dict(manifest, encoder, root / "cache", optim={"max_steps": 6, "batch_size": 8},
-                            mining={"refresh_every": 3}, log={"tensorboard": False, "progress": False})
-    yield {"root": root, "recipe": recipe}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+    with tiny_setup(tmp_path_factory.mktemp("ddp"), dropout=0.0, pooling="mean", head="linear") as env:
+        recipe = ts.recipe_dict(env["manifest"], env["encoder"], env["cache"], optim={"max_steps": 6, "batch_size": 8},
+                                mining={"refresh_every": 3}, log={"tensorboard": False, "progress": False})
+        yield {"root": env["root"], "recipe": recipe}
 
 
 def _lines(run_dir):

@@ -27,20 +27,9 @@ PACKAGE = os.sep + "dance_analysis" + os.sep
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("host-sync")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model")
-    yield {"root": root, "manifest": manifest, "encoder": encoder, "cache": root / "cache"}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+def env(tmp_path_factory, tiny_setup):
+    with tiny_setup(tmp_path_factory.mktemp("host-sync")) as env:
+        yield env
 
 
 def _recipe(env, **sections):

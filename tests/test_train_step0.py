@@ -12,13 +12,11 @@ vectors may differ in the last bits, rank them the same.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
 import numpy as np
 import pytest
-import torch
 
 import train_support as ts
 from dance_analysis.mining import NegativeSet
@@ -28,20 +26,9 @@ TIMEOUT_MINUTES = 0.12   # 7.2 s: the step-0 refresh of the launched job never w
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("step0")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("DANCE_CACHE")
-    os.environ["DANCE_CACHE"] = str(root / "cache")
-    manifest = ts.write_tiny_collection(root / "collection")
-    encoder = ts.tiny_encoder(root / "model", dropout=0.0, pooling="mean")
-    yield {"root": root, "manifest": manifest, "encoder": encoder, "env": ts.subprocess_env(root / "cache")}
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("DANCE_CACHE", None)
-    else:
-        os.environ["DANCE_CACHE"] = old
+def setup(tmp_path_factory, tiny_setup):
+    with tiny_setup(tmp_path_factory.mktemp("step0"), dropout=0.0, pooling="mean") as env:
+        yield {**env, "env": ts.subprocess_env(env["cache"])}
 
 
 def _run(command, env, extra_env=None):
