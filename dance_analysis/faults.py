@@ -1,5 +1,6 @@
-"""Fault-injection points, for the fault tests only (tests/test_train_faults.py, tests/test_train_multiprocess.py);
-inert unless the environment variable ``DANCE_FAULT_PAUSE`` or ``DANCE_FAULT_SLOW`` is set.
+"""Fault-injection points, for the fault tests only (tests/training/test_train_faults.py,
+tests/training/test_train_multiprocess.py); inert unless the environment variable ``DANCE_FAULT_PAUSE`` or
+``DANCE_FAULT_SLOW`` is set.
 
 ``DANCE_FAULT_PAUSE=<point>@<step>`` makes the process that reaches ``point`` at optimizer step ``step`` print
 ``fault-point <point>@<step> pid <pid>`` on stderr and sleep (at most 10 minutes), so that a test can kill it with

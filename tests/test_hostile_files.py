@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+import train_support as ts
 from dance_analysis.cli import analyze as analyze_cli
 from dance_analysis.cli import eval as eval_cli
 from dance_analysis.cli import train as train_cli
 from dance_analysis.errors import DanceError
-from tests import train_support as ts
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dance_analysis"
 
@@ -149,8 +149,8 @@ def test_auto_map_remote_code_is_not_run(tmp_path, capsys):
 
 
 def test_object_array_npy_is_refused(tmp_path, capsys):
+    import report_support as rs
     from dance_analysis.embeddings import Embeddings
-    from tests import report_support as rs
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "emb"

@@ -94,7 +94,7 @@ def doc_sample(space: Space) -> np.ndarray:
 # twice would pair with its own copy (cosine 1, distance 0) and bias every replicate; those pairs are left out, as
 # in the bootstrap of U-statistics (Arcones & Giné, Annals of Statistics 1992). The statistics are therefore
 # computed from kernel matrices over the fold's units, cached per space; at the full sample (every unit once) each
-# equals its reference function in dance_analysis.analysis (tests/test_comparison.py).
+# equals its reference function in dance_analysis.analysis (tests/comparison/test_comparison.py).
 def _pair_mean(kernel: np.ndarray, idx: np.ndarray) -> float:
     """Mean of ``kernel[i, j]`` over the pairs of positions of ``idx`` holding different units.
 

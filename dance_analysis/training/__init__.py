@@ -15,10 +15,10 @@ and its readers are :mod:`dance_analysis.checkpoints` (one floor down: the repor
 
 Files a change touches: a new refresh mode is a class in ``refresher.py`` (the methods of ``Refresher`` and a
 ``for_trainer`` constructor, placing what it needs), its entry in ``refresher.REFRESHERS``, its name among the choices
-of ``MiningConfig.mode`` (``config.py``) and its tests; ``loop.py`` and ``setup.py`` stay as they are. A new input of
-a run: ``data.py``. How the step-0 negatives are made: ``Refresher.start`` (``prepare.py`` for ``--mine-step0``). A new file in a
-checkpoint folder: its name in ``dance_analysis/checkpoints.py``, its writer (``checkpoint.py``, ``state.py`` or
-``refresh.py``) and, when something reads it, a reader in ``checkpoints.py``. A new ranking measure: one entry in
+of ``MiningConfig.mode`` (``config.py``) and its tests; ``loop.py`` and ``setup.py`` stay as they are. A new input of a
+run: ``data.py``. How the step-0 negatives are made: ``Refresher.start`` (``prepare.py`` for ``--mine-step0``). A new
+file in a checkpoint folder: its name in ``dance_analysis/checkpoints.py``, its writer (``checkpoint.py``, ``state.py``
+or ``refresh.py``) and, when something reads it, a reader in ``checkpoints.py``. A new ranking measure: one entry in
 ``dance_analysis.metrics.RANKING_MEASURES``.
 
     from dance_analysis.training import load_recipe, train

@@ -408,7 +408,7 @@ def test_bad_recipe_dance_train(case, tmp_path, capsys, tiny_model_dir):
 
 # ------------------------------------------------------------------------------------------------ dance-analyze
 def checkpoint_without_config(t, collection):
-    from tests import report_support as rs
+    import report_support as rs
 
     folder = rs.write_checkpoint(t / "run", 5, collection, objective="ance", encoder=None, dim=8)
     (folder / "checkpoint.json").unlink()
@@ -416,7 +416,7 @@ def checkpoint_without_config(t, collection):
 
 
 def run_without_configs(t, collection):
-    from tests import report_support as rs
+    import report_support as rs
 
     run = rs.write_run(t / "run", collection, objective="ance", steps=(1, 2), dim=8)
     for child in run.glob("checkpoint-*/checkpoint.json"):
@@ -425,7 +425,7 @@ def run_without_configs(t, collection):
 
 
 def embeddings_rows_disagree(t, collection):
-    from tests import report_support as rs
+    import report_support as rs
 
     doc_ids, docs, query_ids, queries = rs.fake_space(collection, 8, 0, concentrate=0.5, anisotropy=1.0)
     folder = rs.write_embeddings(t / "emb", doc_ids, docs[:-1], query_ids, queries)
@@ -433,7 +433,7 @@ def embeddings_rows_disagree(t, collection):
 
 
 def embeddings_ids_missing(t, collection):
-    from tests import report_support as rs
+    import report_support as rs
 
     doc_ids, docs, query_ids, queries = rs.fake_space(collection, 8, 0, concentrate=0.5, anisotropy=1.0)
     folder = rs.write_embeddings(t / "emb", doc_ids, docs, query_ids, queries)
@@ -442,7 +442,7 @@ def embeddings_ids_missing(t, collection):
 
 
 def embeddings_nan(t, collection):
-    from tests import report_support as rs
+    import report_support as rs
 
     doc_ids, docs, query_ids, queries = rs.fake_space(collection, 8, 0, concentrate=0.5, anisotropy=1.0)
     docs[2, 3] = np.nan

@@ -17,7 +17,7 @@ from dance_analysis.reproduce import arms
 from dance_analysis.training.config import recipe_from_dict
 from dance_analysis.training.run_folder import resolve_backbone
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_minilm_l3_is_the_first_three_layers_of_minilm(one_torch_thread):

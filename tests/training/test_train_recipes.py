@@ -23,7 +23,7 @@ from dance_analysis.training import checkpoint as ckpt
 from dance_analysis.training.config import load_recipe
 from dance_analysis.training.loop import resolve_backbone
 
-TRAIN = Path(__file__).resolve().parents[1] / "train"
+TRAIN = Path(__file__).resolve().parents[2] / "train"
 
 
 @pytest.fixture(scope="module")

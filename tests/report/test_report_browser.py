@@ -16,7 +16,7 @@ from dance_analysis.report.build import build_report
 from dance_analysis.report.compute import AnalysisSettings
 from report_support import payload_collection, payload_runs
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = find_chromium()
 
 pytestmark = [

@@ -22,7 +22,7 @@ import pytest
 import reproduce_support as rs
 from dance_analysis import reproduce
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "reports" / "rag24"
 
 committed = pytest.mark.skipif(not (REPORT / "metrics.json").is_file(), reason="reports/rag24 is not committed")

@@ -17,7 +17,7 @@ from dance_analysis.training.config import (
     recipe_from_dict,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "train").glob("*.yaml"))
 
 
