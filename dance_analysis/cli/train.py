@@ -19,9 +19,9 @@ from .common import user_errors_exit_2
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 EPILOG = """\
-RECIPE is a YAML file with the sections model, data, loss, optim, mining, checkpoint and log (see train/*.yaml
-and dance_analysis/training/config.py for every key and its default). --set overrides any key, e.g.
---set optim.lr=1e-5 --set data.collection=my-manifest.yaml; values are read as YAML.
+RECIPE is a YAML file with the sections model, data, loss, optim, mining, checkpoint, log and distributed (see
+train/*.yaml, --print-config and dance_analysis/training/config.py for every key and its default). --set
+overrides any key, e.g. --set optim.lr=1e-5 --set data.collection=my-manifest.yaml; values are read as YAML.
 
 The run directory (default runs/<recipe name>) receives config.yaml (the resolved recipe), metrics.jsonl,
 TensorBoard events (tensorboard/), summary.json and checkpoint-<step>/ folders with the encoder, the trainer
@@ -31,9 +31,9 @@ the same) or --overwrite (delete it first) is given.
 
 A multi-process run (torchrun) starts from a prepared run directory: first run the same command with --prepare
 and without torchrun (one process: it builds the token caches with --workers processes; run it again to resume
-it), then launch torchrun, whose processes mine the step-0 negatives together (encoding split over them) and
-write checkpoint-0. --prepare --mine-step0 mines them in the preparing process instead (one device, checkpoint-0
-before torchrun; the earlier behaviour). --resume and --overwrite are for the training command.
+it), then launch torchrun, whose processes mine the step-0 negatives together (encoding and search split over
+them) and write checkpoint-0. --prepare --mine-step0 mines them in the preparing process instead (one device,
+checkpoint-0 before torchrun; the earlier behaviour). --resume and --overwrite are for the training command.
 
 The environment variable OMP_WAIT_POLICY defaults to PASSIVE (idle CPU threads sleep rather than spin).
 
