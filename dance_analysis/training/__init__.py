@@ -34,6 +34,7 @@ __all__ = ["Recipe", "load_recipe", "train"]
 
 def train(recipe: Recipe, output_dir=None, **kwargs):
     """Train ``recipe`` into ``output_dir``; see :func:`dance_analysis.training.loop.train`."""
+    # torch: `import dance_analysis.training` (recipes, --help) stays light
     from .loop import train as _train
 
     return _train(recipe, output_dir, **kwargs)

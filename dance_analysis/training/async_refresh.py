@@ -41,6 +41,8 @@ from ..atomic import building_dir, publish_dir, read_json, remove_dir, replace_d
 from ..checkpoints import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR, read_refresh_record
 from ..errors import DanceError
 from ..logs import NOTICE, show_messages
+from ..mining import NegativeSet
+from .config import load_recipe
 from .faults import fault_point
 
 logger = logging.getLogger("dance_analysis.training.async_refresh")  # __name__ is __main__ in the miner
@@ -175,7 +177,6 @@ class MinerHandle:
 
     def read_set(self, set_dir: Path):
         """``(NegativeSet, refresh record or None)`` of the complete set in ``set_dir``."""
-        from ..mining import NegativeSet
         return NegativeSet.load(set_dir / NEGATIVES_DIR), read_refresh_record(set_dir)
 
     def in_use(self, step: int) -> None:
@@ -275,6 +276,7 @@ def miner_device(requested: str):
     (the trainer restricts the miner to the one GPU :func:`place_miner` chose), else the CPU."""
     import torch
 
+    # torch: the async miner (light module) starts without it
     from ..device import pick_device
 
     if requested == "auto":
@@ -319,6 +321,7 @@ def _attach(result_dir: Path, checkpoint_dir: Path) -> str | None:
 
 def _next_index(set_dir: Path) -> int:
     """The refresh count after the set in ``set_dir`` (its ``refresh_index`` + 1; 0 when unreadable)."""
+    # torch: the async miner (light module) starts without it
     from .refresh import next_refresh_index
 
     meta = read_json(set_dir / NEGATIVES_DIR / "meta.json", kind=dict, invalid=None)
@@ -329,7 +332,6 @@ class Miner:
     """The miner loop (runs in its own process)."""
 
     def __init__(self, run_dir: str | os.PathLike, parent_pid: int | None = None, device: str | None = None):
-        from .config import load_recipe
 
         self.run_dir = Path(run_dir)
         self.recipe = load_recipe(self.run_dir / "config.yaml")
@@ -344,6 +346,7 @@ class Miner:
         # The encode precision decided at the first refresh, kept by a restarted miner from the newest set.
         self.precision = None
         if found:
+            # torch: the async miner (light module) starts without it
             from .refresh import kept_precision
 
             record = (read_refresh_record(found[-1][1]) or {}).get("encode_precision")
@@ -397,7 +400,10 @@ class Miner:
             held.unlink(missing_ok=True)
 
     def _refresh_held(self, step: int, checkpoint_dir: Path, started: float) -> None:
+        # torch: the async miner (light module) starts without it
         from ..model import DualEncoder
+
+        # torch: the async miner (light module) starts without it
         from .refresh import prepare_data, run_refresh, summary_line
 
         fault_point("miner-refresh", step)

@@ -35,8 +35,10 @@ from typing import Any, Union
 
 import yaml
 
+from ..ann import check_index_spec
 from ..errors import DanceError
 from ..metrics import PRIMARY_METRIC
+from ..mining import CandidateRules
 
 
 def _choices(*values: str) -> dict:
@@ -350,7 +352,6 @@ class MiningConfig:
     def rules(self, side: str = "doc") -> Any:
         """The :class:`~dance_analysis.mining.CandidateRules` of ``side`` (``doc`` or ``query``: its
         ``range_max`` is cut to ``query_top_k``)."""
-        from ..mining import CandidateRules
 
         range_max = self.range_max
         if side == "query":
@@ -495,7 +496,6 @@ class Recipe:
         self.mining.rules("doc")
         if self.loss.objective == "dance":
             self.mining.rules("query")
-        from ..ann import check_index_spec
 
         try:  # the embedding dimension is not known yet: the description must build for a common one
             check_index_spec(self.mining.index, self.mining.index_params)

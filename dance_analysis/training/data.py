@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data import fold_splits, load_collection
+from ..data.tokens import cached_tokens
 from ..errors import DanceError
 from ..mining import positive_pairs
 from .config import Recipe
@@ -68,8 +70,6 @@ def prepare_data(recipe: Recipe, tokenizer, query_max_length: int, doc_max_lengt
     :class:`DanceError`), so that no rank waits in a collective for a cache build. ``prompts``: the model's
     ``(query_prompt, document_prompt)``, put before every query / document text of the caches.
     """
-    from ..data import fold_splits, load_collection
-    from ..data.tokens import cached_tokens
 
     dist = dist or DistContext()
     data_cfg = recipe.data

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import building_dir
+from ..checkpoints import EMBEDDINGS_DIR, read_refresh_record
+from ..data.cache import cache_root
+from ..embeddings import Embeddings
 from ..errors import DanceError
 from .data import TrainingData
 
@@ -44,13 +47,11 @@ def embeddings_cache_key(model, data: TrainingData, dtype, setting: str = "") ->
 
 
 def cache_folder(key: str) -> Path:
-    from ..data.cache import cache_root
 
     return cache_root() / "embeddings" / key
 
 
 def load_cached(key: str, data: TrainingData) -> tuple[np.ndarray, np.ndarray] | None:
-    from ..embeddings import Embeddings
 
     folder = cache_folder(key)
     if not (folder / "corpus.npy").is_file() or not (folder / "queries.npy").is_file():
@@ -66,7 +67,6 @@ def load_cached(key: str, data: TrainingData) -> tuple[np.ndarray, np.ndarray] |
 
 
 def store_cached(key: str, data: TrainingData, corpus: np.ndarray, queries: np.ndarray) -> None:
-    from ..embeddings import Embeddings
 
     final = cache_folder(key)
     if final.exists():
@@ -91,8 +91,6 @@ def vectors_of_start(model, data: TrainingData, start: Path | None, dtype,
     encoded in ``precision`` when the checkpoint's ``refresh.json`` records one (checkpoints from before the option
     record none and are taken as they are).
     """
-    from ..checkpoints import EMBEDDINGS_DIR, read_refresh_record
-    from ..embeddings import Embeddings
 
     if start is None or not (start.parent / EMBEDDINGS_DIR / "corpus.npy").is_file():
         return None

@@ -85,6 +85,7 @@ from .state import (
     restore_rng,
     save_trainer_state,
 )
+from .step_values import StepValues
 from .trackers import check_trackers
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,6 @@ class Trainer:
         divergence check reads them there, before this step updates the weights; a non-finite loss or gradient norm
         of an earlier step of the interval stops training with the step where it appeared, before any checkpoint
         holds the weights since."""
-        from .step_values import StepValues
 
         opt = self.recipe.optim
         dist = self.dist

@@ -25,18 +25,26 @@ import logging
 import os
 from pathlib import Path
 
-from ..atomic import write_json
+from ..atomic import building_dir, write_json
 from ..checkpoints import (  # noqa: F401 - the read-only part of preparing, re-exported for the trainer
+    DEV_METRICS_FILE,
+    NEGATIVES_DIR,
     PREPARED_FILE,
+    REFRESH_FILE,
     check_prepared,
     prepared_checkpoint,
     read_prepared,
     require_prepared,
 )
 from ..checkpoints import step0_settings as _step0_settings
+from ..device import pick_device
 from ..logs import NOTICE
 from . import checkpoint as ckpt
+from . import refresh
 from .config import Recipe
+from .data import prepare_data
+from .run_folder import CONFIG_FILE, check_run_dir, init_run_dir, start_model
+from .state import checkpoint_meta
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +60,6 @@ def prepare(recipe: Recipe, run_dir: str | os.PathLike, *, workers: int | None =
     """
     import time
 
-    from .data import prepare_data
-    from .run_folder import CONFIG_FILE, check_run_dir, init_run_dir, start_model
 
     run_dir = Path(run_dir)
     workers = max(1, int(workers or os.cpu_count() or 1))
@@ -96,19 +102,16 @@ def prepare(recipe: Recipe, run_dir: str | os.PathLike, *, workers: int | None =
 def _mine_step0(model, start: Path | None, data, recipe: Recipe, run_dir: Path, progress: bool | None) -> None:
     """The step-0 refresh in this one process, published as ``checkpoint-0`` with the starting encoder (``dance-train
     --prepare --mine-step0``)."""
-    from ..device import pick_device
-    from .refresh import run_refresh, summary_line
-    from .state import checkpoint_meta
 
     device = pick_device(recipe.optim.device)
     tmp = ckpt.begin_checkpoint(run_dir, 0)
     model = model.to(device)
-    result = run_refresh(model, data, recipe, 0, out_dir=tmp, device=device, progress=progress,
-                         reuse_cache=recipe.mining.cache_initial_embeddings, start=start, refresh_index=0)
+    result = refresh.run_refresh(model, data, recipe, 0, out_dir=tmp, device=device, progress=progress,
+                                 reuse_cache=recipe.mining.cache_initial_embeddings, start=start, refresh_index=0)
     model.save(tmp / "encoder")
     meta = checkpoint_meta(recipe, data.collection.source, model.config.temperature, world_size=1)
     ckpt.commit_checkpoint(tmp, run_dir, 0, {**meta, "prepared": True})
-    logger.log(NOTICE, summary_line(result.record(), recipe.checkpoint.best_metric, "| step-0 negatives"))
+    logger.log(NOTICE, refresh.summary_line(result.record(), recipe.checkpoint.best_metric, "| step-0 negatives"))
 
 
 def publish_prepared_set(checkpoint: Path, set_dir: Path) -> None:
@@ -116,8 +119,6 @@ def publish_prepared_set(checkpoint: Path, set_dir: Path) -> None:
     ``set_dir`` (``refresh/step-0``), so that the trainer adopts it and the miner goes on from it."""
     import shutil
 
-    from ..atomic import building_dir
-    from ..checkpoints import DEV_METRICS_FILE, NEGATIVES_DIR, REFRESH_FILE
 
     with building_dir(set_dir) as tmp:
         shutil.copytree(checkpoint / NEGATIVES_DIR, tmp / NEGATIVES_DIR)

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import ann, encode, metrics
 from ..analysis.snapshot import refresh_geometry
+from ..ann import is_exact
 from ..atomic import write_json
 from ..checkpoints import (  # noqa: F401  (read_refresh_record: its old home, the miner imports it here)
     DEV_METRICS_FILE,
@@ -30,8 +32,12 @@ from ..checkpoints import (  # noqa: F401  (read_refresh_record: its old home, t
     REFRESH_FILE,
     read_refresh_record,
 )
+from ..device import amp_dtype
+from ..embeddings import Embeddings, ids_path, new_npy_memmap, vectors_path, write_npy_atomic
+from ..encode import PrecisionDecision, bf16_hardware, encode_tokens
 from ..errors import DanceError
-from ..metrics import PRIMARY_METRIC, RANKING_MEASURES
+from ..index import Rankings, search
+from ..metrics import PRIMARY_METRIC, RANKING_MEASURES, evaluate
 from ..mining import (
     MiningStats,
     NegativeSet,
@@ -119,8 +125,6 @@ def summary_line(record: dict[str, Any], metric: str = PRIMARY_METRIC.name, extr
 
 def _measures_within(k: int) -> list[str] | None:
     """The default measures whose cut-off does not exceed ``k`` (R@1000 needs 1000 results)."""
-    from .. import metrics
-
     default = list(getattr(metrics, "DEFAULT_MEASURES", []))
     if not default:
         return None
@@ -141,8 +145,6 @@ def _encode_all(model, tokens, side: str, recipe: Recipe, dist: DistContext, dev
                 progress: bool, precision=None) -> np.ndarray | None:
     """Encode every row of ``tokens`` in ``precision`` (a PrecisionDecision); the result (on rank 0) is written to
     ``out_prefix`` when given."""
-    from ..embeddings import Embeddings, ids_path, new_npy_memmap, vectors_path, write_npy_atomic
-    from ..encode import encode_tokens
 
     dtype = np.float16 if recipe.mining.embeddings_dtype == "float16" else np.float32
     n = len(tokens.ids)
@@ -179,14 +181,13 @@ def decide_encode_precision(model, data: TrainingData, recipe: Recipe, device=No
     ``mining.encode_precision``): for ``auto``, timed on the corpus' own batches and guarded by the agreement of
     the top-k documents (k = min(``mining.top_k``, 20)) of up to 256 training queries among up to 256 documents,
     bf16 against float32. Decided on rank 0 and shared with every rank."""
-    from ..encode import choose_precision
 
     dist = dist or DistContext()
     mining = recipe.mining
 
     def decide():
         target = torch.device(device) if device is not None else model.device
-        return choose_precision(model, data.doc_tokens, mining.encode_precision, device=target,
+        return encode.choose_precision(model, data.doc_tokens, mining.encode_precision, device=target,
                                 queries=data.query_tokens, query_rows=data.train_query_rows,
                                 batch_size=mining.encode_batch_size, k=mining.top_k)
 
@@ -198,14 +199,12 @@ def kept_precision(record: dict | None, where: str, device=None):
     """The encode precision a resumed run keeps: the :class:`~dance_analysis.encode.PrecisionDecision` of
     ``record`` (what its checkpoint ``where`` recorded); without a record (a run from before the option), what
     it encoded in then: float32 on the CPU, the GPU's autocast on CUDA."""
-    from ..encode import PrecisionDecision, bf16_hardware
 
     if record:
         return PrecisionDecision.from_dict(record, reason=f"kept from {where}")
     device = torch.device(device or "cpu")
     hardware = bf16_hardware(device)[1] if device.type in ("cpu", "cuda") else ""
     if device.type == "cuda":
-        from ..device import amp_dtype
 
         precision = "bf16" if amp_dtype(device) == torch.bfloat16 else "fp16"
         return PrecisionDecision(precision, "auto", f"kept from {where} (CUDA autocast)", "cuda", hardware)
@@ -262,7 +261,6 @@ def run_refresh(model, data: TrainingData, recipe: Recipe, step: int, *, out_dir
     if cached is None and key:
         cached = vectors_of_start(model, data, start, dtype, precision.precision)
     if cached is not None:
-        from ..embeddings import Embeddings
 
         corpus, queries = cached
         if emb_dir is not None:
@@ -352,8 +350,6 @@ def search_and_mine(corpus: np.ndarray | None, queries: np.ndarray | None, data:
     the thread counts and how many queries each rank searched in how long; ``timings`` the seconds of each part
     (``share``: sending the embeddings; ``search``: every search, the dev one included, when sharded).
     """
-    from ..ann import is_exact
-    from ..index import search
 
     dist = dist or DistContext()
     timings = {} if timings is None else timings
@@ -409,13 +405,12 @@ def _search_device(device) -> str:
 def _doc_search(search, mining):
     """The search that mines document negatives: ``search`` (exact) when ``mining.index`` is ``Flat``, else
     :func:`dance_analysis.ann.ann_search` with that faiss index and ``mining.index_params`` (CPU)."""
-    from ..ann import ann_search, is_exact
 
     if is_exact(mining.index):
         return search
 
     def approximate(queries, corpus, k, *, query_ids, doc_ids, device):
-        return ann_search(queries, corpus, k, index=mining.index, params=mining.index_params,
+        return ann.ann_search(queries, corpus, k, index=mining.index, params=mining.index_params,
                           query_ids=query_ids, doc_ids=doc_ids)
 
     return approximate
@@ -453,8 +448,6 @@ def _sharded_searches(corpus: np.ndarray, queries: np.ndarray, data: TrainingDat
                       query_block: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every exact search of :func:`_search_plan`, each rank its whole blocks of queries (every rank calls it);
     returns the rankings on rank 0 (``{}`` elsewhere) and, per rank, how many queries it searched in how long."""
-    from ..index import Rankings
-
     out: dict[str, Any] = {}
     searched, seconds = 0, 0.0
     for name, (vectors, against, k, query_ids, doc_ids) in _search_plan(corpus, queries, data, recipe, step,
@@ -559,8 +552,6 @@ def _mine_and_evaluate(corpus: np.ndarray, queries: np.ndarray, data: TrainingDa
     dev_metrics = None
     t0 = time.perf_counter()
     if len(data.dev_qids):
-        from ..metrics import evaluate
-
         dev_rankings = ranked("dev")
         measures = _measures_within(mining.dev_k)
         kwargs = {"measures": measures} if measures is not None else {}

@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..checkpoints import NEGATIVES_DIR, read_refresh_record
+from ..mining import NegativeSet
 from . import checkpoint as ckpt
+from .async_refresh import MinerHandle, place_miner
 from .instances import InstanceStream
+from .prepare import publish_prepared_set
 from .refresh import kept_precision, next_refresh_index, run_refresh, summary_line
 from .setup import show_progress
 from .state import gather_rng
@@ -171,7 +174,6 @@ class SyncRefresher:
     def _take_prepared(self, checkpoint: Path) -> None:
         """Train on the step-0 negatives of a ``checkpoint-0`` mined before training (``--prepare
         --mine-step0``, or the launched job's own before it was interrupted)."""
-        from ..mining import NegativeSet
 
         trainer = self.trainer
         dist = trainer.dist
@@ -208,7 +210,6 @@ class AsyncRefresher:
         dist = trainer.dist
         miner = None
         if dist.is_main:
-            from .async_refresh import MinerHandle, place_miner
 
             training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) \
                 if trainer.device.type == "cuda" else 0
@@ -232,7 +233,6 @@ class AsyncRefresher:
             source = trainer.run_dir / "checkpoint-0"
         if dist.is_main:
             if source is not None:
-                from .prepare import publish_prepared_set
 
                 publish_prepared_set(source, self.miner.set_dir(0))
             self.miner.start()

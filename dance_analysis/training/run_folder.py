@@ -56,6 +56,7 @@ def start_model(recipe: Recipe):
     import numpy as np
     import torch
 
+    # torch: dance-train --help and dance-doctor import this module without it
     from ..model import DualEncoder
 
     seed = recipe.optim.seed
@@ -118,6 +119,7 @@ def init_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool
         for child in run_dir.iterdir():
             remove_dir(child) if child.is_dir() else child.unlink()
     if resume:
+        # torch (checkpoint.py): dance-train --help imports this module without it
         from .checkpoint import clean_temporaries
 
         clean_temporaries(run_dir)

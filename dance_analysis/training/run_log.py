@@ -12,6 +12,7 @@ from typing import Any
 
 from ..checkpoints import METRICS_FILE
 from ..logs import NOTICE
+from .trackers import open_trackers, scalars_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ class RunLog:
         (TensorBoard drops later events)."""
         if not self.is_main:
             return
-        from .trackers import open_trackers
-
         self.trackers = open_trackers(names, self.run_dir, run_name, recipe, recipe_yaml, purge_step)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -60,7 +59,6 @@ class RunLog:
         self._handle.write(json.dumps(finite(record)) + "\n")
         self._handle.flush()
         if self.trackers:
-            from .trackers import scalars_of
 
             scalars = scalars_of(record)
             if scalars:

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..ann import check_index_spec
 from ..checkpoints import check_prepared, list_checkpoints, prepared_checkpoint, require_prepared
 from ..errors import DanceError
+from ..model import DualEncoder
 from .config import Recipe
 from .distributed import DistContext, init_distributed
 from .optim import build_optimizer, build_scheduler
@@ -105,8 +107,6 @@ def load_model(recipe: Recipe, start: Start, device: torch.device, rank: int):
     mode, with gradient checkpointing when asked. Parameters that no forward pass uses get no gradient; DDP (built
     without ``find_unused_parameters``) would stop on the second step waiting for them, and the optimiser has
     nothing to do with them: frozen."""
-    from ..ann import check_index_spec
-    from ..model import DualEncoder
 
     opt = recipe.optim
     torch.manual_seed(opt.seed)

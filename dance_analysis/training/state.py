@@ -13,11 +13,13 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..atomic import read_json
 from ..checkpoints import NEGATIVES_DIR
 from ..errors import DanceError
 from ..mining import NegativeSet
 from . import checkpoint as ckpt
+from .async_refresh import held_checkpoint
 from .config import Recipe
 from .faults import fault_point
 
@@ -40,7 +42,6 @@ def _quiet_saving():
 
 def checkpoint_meta(recipe: Recipe, collection_source: Any, temperature: float, world_size: int) -> dict[str, Any]:
     """The ``checkpoint.json`` record of a training checkpoint (before ``step`` and ``complete`` are added)."""
-    from .. import __version__
 
     return {"objective": recipe.loss.objective, "collection": collection_source,
             "splits": {"train": recipe.data.train_split, "dev": recipe.data.dev_split},
@@ -117,7 +118,6 @@ def commit(tmp: Path, run_dir: Path, step: int, meta: dict[str, Any], recipe: Re
     (``protect``: steps that must stay). The checkpoint the async miner is refreshing from
     (:func:`.async_refresh.held_checkpoint`) stays too: its dev metrics, which ``best_metric`` chooses by, are
     attached only when that refresh ends, possibly many checkpoint intervals later."""
-    from .async_refresh import held_checkpoint
 
     final = ckpt.commit_checkpoint(tmp, run_dir, step, meta)
     held = held_checkpoint(run_dir)
