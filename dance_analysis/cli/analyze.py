@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import DanceError
+from ..report.progress import ReportProgress
 from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -108,11 +110,14 @@ def _num(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Analyse the PATHs, write the report, print the claims table and the report's path; 2 on bad input."""
     args = build_parser().parse_args(argv)
+    # torch: dance-analyze --help stays fast
     from ..encode import encoding_precision
-    from ..errors import DanceError
+
+    # scipy: dance-analyze --help stays fast
     from ..report.build import build_report, claims_text
+
+    # scipy: dance-analyze --help stays fast
     from ..report.compute import AnalysisSettings
-    from ..report.progress import ReportProgress
 
     for flag, value in (("--sample", args.sample), ("--umap-points", args.umap_points),
                         ("--batch-size", args.batch_size)):
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                   progress=progress, overwrite=args.overwrite)
     finally:
         progress.close()
+    # numpy: dance-analyze --help stays fast
     from ..metrics import PRIMARY_METRIC
 
     primary = PRIMARY_METRIC.name

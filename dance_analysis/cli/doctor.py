@@ -71,6 +71,7 @@ def torch_report() -> dict[str, Any]:
 def faiss_report(torch_gpus: int) -> dict[str, Any]:
     """Which faiss distributions are installed, which build is active and how many GPUs it sees; ``problem``
     names what stops a GPU search (:func:`dance_analysis.index.faiss_gpu_problem`), ``warning`` a fragile state."""
+    # numpy: dance-doctor --help stays fast
     from .. import index
 
     packages = index.faiss_packages()
@@ -100,6 +101,7 @@ def faiss_report(torch_gpus: int) -> dict[str, Any]:
 
 def cpu_report(timing: bool) -> dict[str, Any]:
     """Native bf16 of the CPU (its flags) and the CPU kernel decision of float32 encoding."""
+    # torch: dance-doctor --help stays fast
     from ..encode import bf16_hardware, cpu_linear_decision
 
     native, hardware = bf16_hardware("cpu")
@@ -124,6 +126,7 @@ def threads_report() -> dict[str, Any]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM"):
         report[name] = os.environ.get(name)
     try:
+        # numpy: dance-doctor --help stays fast
         from ..index import import_faiss
 
         report["faiss_threads"] = int(import_faiss().omp_get_max_threads())
@@ -134,6 +137,7 @@ def threads_report() -> dict[str, Any]:
 
 def cache_report() -> dict[str, Any]:
     """The cache root (``$DANCE_CACHE`` or the user cache) and the free disk where it lies."""
+    # numpy: dance-doctor --help stays fast
     from ..data.cache import CACHE_ENV, cache_root
 
     root = cache_root()
@@ -169,7 +173,10 @@ def recipe_report(recipe, machine: dict[str, Any]) -> dict[str, Any]:
     """What ``recipe`` resolves to on this machine and every reason it cannot run here (``problems``)."""
     import torch
 
+    # torch: dance-doctor --help stays fast
     from ..device import pick_device
+
+    # torch: dance-doctor --help stays fast
     from ..training.precision import resolved_precisions
 
     problems: list[str] = []
@@ -186,6 +193,7 @@ def recipe_report(recipe, machine: dict[str, Any]) -> dict[str, Any]:
     problems += [f"{key} {asked[key]}: {text}" for key, text in resolved.items() if text.startswith("not possible")]
     gpus = len(machine["torch"]["gpus"])
     if recipe.mining.mode == "async":
+        # numpy: dance-doctor --help stays fast
         from ..training.async_refresh import place_miner
 
         try:
@@ -255,6 +263,7 @@ def _text(machine: dict[str, Any], recipes: list[dict[str, Any]]) -> str:
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # yaml, numpy: dance-doctor --help stays fast
     from ..training.config import load_recipe
 
     recipes = [load_recipe(path, args.overrides) for path in args.recipes]   # unreadable: exit 2, before the rest

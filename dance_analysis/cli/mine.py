@@ -13,6 +13,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ..errors import DanceError
+from ..mining import CandidateRules
+from ..training.config import MiningConfig
 from .common import add_prompt_arguments, encoder_overrides, user_errors_exit_2
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -46,7 +49,6 @@ quantiles of s(q, d-) - s(q, d+), and (graded judgments) the share of drawn nega
 
 
 def _help(name: str) -> str:
-    from ..training.config import MiningConfig
 
     fields = {f.name: f for f in dataclasses.fields(MiningConfig)}
     return fields[name].metadata["help"].replace("%", "%%")
@@ -114,6 +116,7 @@ _OUR_KEYS = ({"query_id", "positive_ids", "negative_ids"}, {"query", "positive"}
 
 
 def _is_mined_jsonl(path: Path) -> bool:
+    # its imports: dance-mine --help stays fast
     from ..outputs import first_json_line
 
     record = first_json_line(path)
@@ -121,6 +124,7 @@ def _is_mined_jsonl(path: Path) -> bool:
 
 
 def _is_embeddings_folder(path: Path) -> bool:
+    # its imports: dance-mine --help stays fast
     from ..checkpoints import EMBEDDING_FILES
 
     names = {p.name for p in path.iterdir()}
@@ -131,6 +135,7 @@ def _is_embeddings_folder(path: Path) -> bool:
 def _check_outputs(args) -> None:
     """Refuse, before any work, paths that hold something dance-mine did not write (:mod:`dance_analysis.
     outputs`)."""
+    # its imports: dance-mine --help stays fast
     from ..outputs import check_output_file, check_output_folder
 
     check_output_file(args.out, ours=_is_mined_jsonl, what="a JSONL file of mined negatives",
@@ -143,12 +148,17 @@ def _check_outputs(args) -> None:
 @user_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # hashlib, subprocess, ...: dance-mine --help stays fast
     from ..data import load_collection
+
+    # torch: dance-mine --help stays fast
     from ..encode import encoding_precision
-    from ..errors import DanceError
+
+    # its imports: dance-mine --help stays fast
     from ..hard_negatives import mine_split, summary_table
+
+    # its imports: dance-mine --help stays fast
     from ..interop.training_data import FORMATS, output_path
-    from ..mining import CandidateRules
 
     if args.exclude_grade is not None and args.exclude_grade < 1:
         raise DanceError(f"--exclude-grade must be >= 1, got {args.exclude_grade}")

@@ -79,7 +79,10 @@ def _prepare_command(args) -> str:
 def _finished(run_dir, recipe) -> bool:
     """``--resume`` of a run whose last checkpoint is at ``optim.max_steps`` already: say that there is nothing
     to do (with its checkpoints) and return True. The recipe is checked against the run's as a resume checks it."""
+    # torch: dance-train --help stays fast
     from ..training import checkpoint as ckpt
+
+    # numpy: dance-train --help stays fast
     from ..training.run_folder import check_run_dir
 
     last = check_run_dir(run_dir, recipe, resume=True, overwrite=False)
@@ -104,6 +107,7 @@ def _check_gpu_search(recipe) -> None:
     import torch
 
     if torch.cuda.is_available():
+        # numpy: dance-train --help stays fast
         from ..index import check_gpu_search
 
         check_gpu_search()
@@ -117,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     # spinning threads of one process starve the other (2-4x slower steps measured on 2 cores). Set before torch
     # is imported; an explicit OMP_WAIT_POLICY in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # yaml, numpy: dance-train --help stays fast
     from ..training.config import load_recipe
+
+    # yaml, numpy: dance-train --help stays fast
     from ..training.config_help import dump_recipe_with_help
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print_config:
+        # torch: dance-train --help stays fast
         from ..training.precision import machine_note
 
         sys.stdout.write(dump_recipe_with_help(recipe) + machine_note(recipe))
@@ -138,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
             raise DanceError("--prepare runs in one process, before torchrun: run it without torchrun")
         if args.resume:
             raise DanceError("--prepare resumes by itself; --resume is for the training command")
+        # torch: dance-train --help stays fast
         from ..training.prepare import prepare
 
         prepare(recipe, run_dir, workers=args.workers, overwrite=args.overwrite, mine_step0=args.mine_step0)
         print(f"prepared: {run_dir}")
         return 0
     if world > 1:
+        # torch: dance-train --help stays fast
         from ..training.prepare import require_prepared
 
         try:
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
     if args.resume and _finished(run_dir, recipe):
         return 0
+    # torch: dance-train --help stays fast
     from ..training.loop import train
 
     try:
