@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DanceError
-from .index import Rankings, _as_matrix, _check_finite, _ids, import_faiss
+from .index import Rankings, _as_matrix, _check_finite, _ids, import_faiss, search
 
 __all__ = ["ann_search", "build_index", "search_index", "check_index_spec", "is_exact", "index_nbytes"]
 
@@ -111,8 +111,6 @@ def ann_search(queries: np.ndarray, corpus: np.ndarray, k: int, *, index: str, p
     """
     if is_exact(index):
         check_index_spec(index or "", params)   # exact search takes no parameters
-        from .index import search
-
         return search(queries, corpus, k, query_ids=query_ids, doc_ids=doc_ids, batch_size=batch_size,
                       device=device, progress=progress)
     queries = _as_matrix(queries, "queries")

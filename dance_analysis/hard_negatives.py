@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from . import checkpoints
-from .atomic import atomic_file
+from .atomic import atomic_file, building_dir
+from .embeddings import Embeddings
 from .errors import DanceError
+from .index import search
 from .mining import (
     CandidateRules,
     MiningStats,
@@ -105,7 +107,6 @@ def model_of(model: str | os.PathLike) -> str:
 def _vectors(model: str, collection, query_ids: list[str], *, reencode: bool, batch_size: int, device: str,
              overrides: dict, progress: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """(query vectors [nq, d] in ``query_ids`` order, corpus vectors [N, d] in corpus order, where they came from)."""
-    from .embeddings import Embeddings
 
     corpus_ids = np.asarray(collection.corpus.ids).astype(str)
     folder = None if reencode or overrides else saved_embeddings_folder(model)
@@ -120,6 +121,7 @@ def _vectors(model: str, collection, query_ids: list[str], *, reencode: bool, ba
             raise DanceError(f"{folder}: the saved embeddings do not cover {collection.name} (expected the corpus "
                              f"ids in collection order and every query of the split)")
         logger.info("%s: the saved embeddings are of another collection; encoding", folder)
+    # torch: mining from saved vectors (and this module's import) runs without it
     from .pipeline import embed_corpus, embed_queries, load_model
 
     encoder = load_model(str(model), **overrides)
@@ -132,8 +134,6 @@ def _vectors(model: str, collection, query_ids: list[str], *, reencode: bool, ba
 def save_vectors(folder: str | os.PathLike, corpus_ids, corpus_vectors, query_ids, query_vectors) -> Path:
     """Write a folder of saved embeddings (``corpus.npy``, ``corpus.ids.npy``, ``queries.npy``,
     ``queries.ids.npy``) atomically: what ``dance-mine`` and ``dance-analyze`` accept as MODEL."""
-    from .atomic import building_dir
-    from .embeddings import Embeddings
 
     with building_dir(folder) as tmp:
         Embeddings(np.asarray(corpus_ids).astype(str), np.asarray(corpus_vectors)).save(tmp / "corpus")
@@ -157,8 +157,8 @@ def mine_split(model: str | os.PathLike, collection, split: str, *, n: int = 20,
     Candidates: the exact top ``top_k`` documents, minus documents judged with a grade >= ``exclude_grade``
     (``None``: 1, as the trainer), narrowed by ``rules``; drawn with ``numpy.random.default_rng(seed)``.
     """
+    # scipy (analysis/): this module's import stays light for dance-mine
     from .analysis.snapshot import negative_score_margins, partly_relevant_share
-    from .index import search
 
     if n < 1:
         raise DanceError(f"n must be >= 1, got {n}")

@@ -560,6 +560,7 @@ def _pick_backend(device: str, k: int, gpu_float16: bool = False):
     import torch
 
     if torch.cuda.is_available():
+        # torch: this module imports torch late, only for a CUDA search
         from .device import pick_device
 
         target = pick_device(requested if requested != "auto" else "cuda")

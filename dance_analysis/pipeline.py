@@ -15,7 +15,7 @@ import numpy as np
 from .data.collection import Collection
 from .data.tokens import cached_tokens
 from .embeddings import Embeddings
-from .encode import encode_tokens
+from .encode import encode_texts, encode_tokens
 from .errors import DanceError
 from .index import Rankings, search
 from .model import DualEncoder
@@ -58,8 +58,6 @@ def encode_ids(model: DualEncoder, collection: Collection, side: str, wanted: np
     """The vectors of the ``wanted`` ids of one side (``"query"`` or ``"doc"``), in that order. Queries, and
     documents when at most half of the corpus is wanted, are tokenised directly; a whole (or most of a) corpus goes
     through the collection's token cache. An id the collection lacks is a :class:`DanceError`."""
-    from .encode import encode_texts
-
     if side == "query":
         missing = [key for key in wanted.tolist() if key not in collection.queries]
         if missing:

@@ -25,6 +25,7 @@ _LAST_MODEL: list = []
 
 def load_model(subject: Subject, overrides: dict | None = None):
     """Load the subject's encoder (a :class:`DanceError` names the folder when the weights are unreadable)."""
+    # torch: a report from saved vectors runs without it
     from ..model import DualEncoder
 
     if subject.model_source is None:
@@ -78,6 +79,7 @@ def check_dims(runs: Sequence[RunInput], overrides: dict | None = None) -> int:
 def _encode(model, collection, side: str, wanted: np.ndarray, *, batch_size: int, device, progress: bool,
             label: str):
     """:func:`dance_analysis.pipeline.encode_ids`, then every vector checked finite."""
+    # torch: a report from saved vectors runs without it
     from ..pipeline import encode_ids
 
     embeddings = encode_ids(model, collection, side, wanted, batch_size=batch_size, device=device, progress=progress)

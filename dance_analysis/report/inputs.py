@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import checkpoints
 from ..atomic import read_json, read_yaml
+from ..embeddings import Embeddings
 from ..errors import DanceError, InputError
 from ..metrics import PRIMARY_METRIC
 
@@ -380,7 +381,6 @@ def check_rows_finite(vectors: np.ndarray, ids: np.ndarray, file_rows: np.ndarra
 
 def saved_subset(prefix: Path, wanted: np.ndarray, what: str):
     """The saved vectors of ``wanted`` ids (the memmap itself when they are all rows in order), checked finite."""
-    from ..embeddings import Embeddings
 
     saved = Embeddings.load(prefix)
     if len(saved.ids) == len(wanted) and np.array_equal(saved.ids, wanted):
@@ -403,7 +403,6 @@ def saved_subset(prefix: Path, wanted: np.ndarray, what: str):
 def saved_dim(folder: Path) -> int:
     """The embedding size of a folder of saved embeddings, after checking every vector is finite
     (:func:`check_rows_finite`) and that queries and corpus have one size."""
-    from ..embeddings import Embeddings
 
     corpus = Embeddings.load(folder / "corpus")
     queries = Embeddings.load(folder / "queries")

@@ -19,6 +19,7 @@ from ..analysis.claim_metrics import mmd2_linear_unbiased
 from ..analysis.geometry import mean_pairwise_cosine
 from ..atomic import building_dir, read_json, write_json
 from ..comparison import Space, build_space, compare, fold_units, load_vectors
+from ..data import fold_splits, load_collection
 from ..errors import DanceError
 from ..index import search
 from ..metrics import evaluate_per_query
@@ -42,8 +43,10 @@ def _run_config(folder: Path):
 def encode_reference(runs_dir: Path, seed: int) -> Path:
     """Encode the corpus and all queries with the reference model (``minilm``, as published), at the ANCE runs'
     lengths, once; the vectors go to ``<runs_dir>/minilm/embeddings`` (a complete folder is reused)."""
-    from ..data import load_collection
+    # torch: the reproduce package loads it only to encode the reference
     from ..model import DualEncoder
+
+    # torch: as above
     from ..pipeline import embed_corpus, embed_queries
 
     folder = Path(runs_dir) / REFERENCE.name
@@ -136,7 +139,6 @@ def evaluate_all(runs_dir: Path, folds: int, seeds: Sequence[int], steps: dict[s
                  log: Callable[[str], None] = logger.info) -> dict:
     """Spaces of every arm on every fold (one per seed for the trained arms), then
     :func:`~dance_analysis.comparison.compare`; plus movement, trajectories, selections and the run folders."""
-    from ..data import fold_splits, load_collection
 
     first = run_dir(runs_dir, 0, TRAINED[0].name, seeds[0])
     recipe = _run_config(first)
