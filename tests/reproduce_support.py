@@ -270,16 +270,11 @@ def check_main_contrast_with_scipy(report: Path, metric: str = "q2d.MRR@10") -> 
 
 
 # ------------------------------------------------------------------------------ a synthetic experiment
-def synthetic_experiment(seeds=(1, 2), n_topics=16, statements=5, n_docs=160, dim=10):
-    """A collection with topics (real queries tNN, statements tNN.sK) and two folds of spaces: per fold, ``start``
-    (one model) and ``ance`` / ``dance`` (one model per training seed), made from a common base plus an arm shift
-    plus seed noise. Returns ``(collection, folds)`` as the experiment's evaluation hands them to the statistics."""
-    from dance_analysis.comparison import build_space, fold_units
+def topic_collection(n_topics=16, statements=5, n_docs=160, name="topics"):
+    """Real queries t00..t15 (each its own topic), statements tNN.sK citing their topic's passages (grades 2 / 3
+    for the real query's own passages, 1 for a third, 0 for a fourth). Returns ``(collection, doc_ids)``."""
     from dance_analysis.data.collection import Collection, InMemoryCorpus
-    from dance_analysis.data.splits import topic_splits
-    from dance_analysis.embeddings import Embeddings
 
-    rng = np.random.default_rng(7)
     doc_ids = [f"d{i:03d}" for i in range(n_docs)]
     queries, qrels, topics = {}, {}, {}
     for t in range(n_topics):
@@ -291,8 +286,22 @@ def synthetic_experiment(seeds=(1, 2), n_topics=16, statements=5, n_docs=160, di
             sid = f"{tid}.s{k}"
             queries[sid], topics[sid] = "statement", tid
             qrels[sid] = {own[k % 2]: 2, own[2]: 1}
-    coll = Collection("synthetic-topics", InMemoryCorpus(doc_ids, ["text"] * n_docs), queries, qrels, {},
-                      min_relevance=2, topics=topics)
+    coll = Collection(name, InMemoryCorpus(doc_ids, ["text"] * n_docs), queries, qrels, {}, min_relevance=2,
+                      topics=topics)
+    return coll, doc_ids
+
+
+def synthetic_experiment(seeds=(1, 2), n_topics=16, statements=5, n_docs=160, dim=10):
+    """A collection with topics (real queries tNN, statements tNN.sK) and two folds of spaces: per fold, ``start``
+    (one model) and ``ance`` / ``dance`` (one model per training seed), made from a common base plus an arm shift
+    plus seed noise. Returns ``(collection, folds)`` as the experiment's evaluation hands them to the statistics."""
+    from dance_analysis.comparison import build_space, fold_units
+    from dance_analysis.data.splits import topic_splits
+    from dance_analysis.embeddings import Embeddings
+
+    rng = np.random.default_rng(7)
+    coll, doc_ids = topic_collection(n_topics, statements, n_docs, name="synthetic-topics")
+    queries, qrels, topics = coll.queries, coll.qrels, coll.topics
     qids = np.array(sorted(queries))
     docs = rng.normal(size=(n_docs, dim)).astype(np.float32)
     base = np.stack([docs[[int(d[1:]) for d, g in qrels[q].items() if g >= 2]].mean(axis=0) for q in qids])

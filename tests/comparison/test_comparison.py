@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+import reproduce_support as rs
 from dance_analysis.analysis import claim_metrics as cm
 from dance_analysis.analysis.align_uniform import uniformity
 from dance_analysis.analysis.geometry import mean_pairwise_cosine
@@ -126,24 +127,6 @@ def test_sampling_probabilities_of_a_resample_are_the_marginals_of_its_pairs(spa
 
 
 # ------------------------------------------------------------------------ topics, statements and seeds
-def _topic_collection(rng, n_topics=16, statements=5, n_docs=160):
-    """Real queries t00..t15 (each its own topic), statements tNN.sK citing their topic's passages."""
-    doc_ids = [f"d{i:03d}" for i in range(n_docs)]
-    queries, qrels, topics = {}, {}, {}
-    for t in range(n_topics):
-        tid = f"t{t:02d}"
-        own = [doc_ids[(10 * t + j) % n_docs] for j in range(4)]
-        queries[tid], topics[tid] = "query", tid
-        qrels[tid] = {own[0]: 2, own[1]: 3, own[2]: 1, own[3]: 0}
-        for k in range(statements):
-            sid = f"{tid}.s{k}"
-            queries[sid], topics[sid] = "statement", tid
-            qrels[sid] = {own[k % 2]: 2, own[2]: 1}
-    coll = Collection("topics", InMemoryCorpus(doc_ids, ["text"] * n_docs), queries, qrels, {}, min_relevance=2,
-                      topics=topics)
-    return coll, doc_ids
-
-
 def _topic_splits(coll, fold):
     from dance_analysis.data.splits import topic_splits
 
@@ -157,7 +140,7 @@ def seeded():
     """Two folds; arms start (one seed), ance and dance (two seeds each): vectors of a common base plus an arm
     shift plus seed noise."""
     rng = np.random.default_rng(7)
-    coll, doc_ids = _topic_collection(rng)
+    coll, doc_ids = rs.topic_collection()
     qids = np.array(sorted(coll.queries))
     dim = 10
     docs = rng.normal(size=(len(doc_ids), dim)).astype(np.float32)
