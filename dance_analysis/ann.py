@@ -57,6 +57,7 @@ import numpy as np
 
 from .errors import DanceError
 from .index import Rankings, _as_matrix, _check_finite, _ids, import_faiss, search
+from .runtime import faiss_threads
 
 __all__ = ["ann_search", "build_index", "search_index", "check_index_spec", "is_exact", "index_nbytes"]
 
@@ -157,23 +158,16 @@ def build_index(corpus: np.ndarray, index: str, *, train_size: int | None = None
             if not finite.all():
                 raise DanceError(f"corpus row {int(picked[s0 + int(np.argmin(finite))])} holds NaN or infinite "
                                  f"values: expected finite vectors")
-        threads = faiss.omp_get_max_threads()
-        if _has_pq(faiss, built):
-            faiss.omp_set_num_threads(1)
-        try:
-            built.train(sample)
-        except RuntimeError as exc:
-            raise DanceError(f"index {index!r}: training on {rows:,} corpus vectors failed: "
-                             f"{_faiss_reason(exc)}; expected a corpus (or train_size) of at least as many "
-                             f"vectors as the index has lists / codebook entries") from None
-        finally:
-            faiss.omp_set_num_threads(threads)
+        with faiss_threads(faiss, 1, enabled=_has_pq(faiss, built)):
+            try:
+                built.train(sample)
+            except RuntimeError as exc:
+                raise DanceError(f"index {index!r}: training on {rows:,} corpus vectors failed: "
+                                 f"{_faiss_reason(exc)}; expected a corpus (or train_size) of at least as many "
+                                 f"vectors as the index has lists / codebook entries") from None
         del sample
     hnsw = _is_hnsw(faiss, built)
-    threads = faiss.omp_get_max_threads()
-    if hnsw and deterministic:
-        faiss.omp_set_num_threads(1)
-    try:
+    with faiss_threads(faiss, 1, enabled=hnsw and deterministic):
         from tqdm.auto import tqdm
 
         step = max(1, _ADD_BLOCK_BYTES // (4 * dim))
@@ -181,9 +175,6 @@ def build_index(corpus: np.ndarray, index: str, *, train_size: int | None = None
             block = np.ascontiguousarray(corpus[c0:c0 + step], dtype=np.float32)
             _check_finite(block, "corpus", c0)
             built.add(block)
-    finally:
-        if hnsw and deterministic:
-            faiss.omp_set_num_threads(threads)
     return built
 
 

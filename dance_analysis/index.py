@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DanceError
+from .runtime import faiss_threads
 
 __all__ = ["Rankings", "search", "exact_topk", "faiss_packages", "faiss_gpu_problem", "check_gpu_search"]
 
@@ -371,16 +372,12 @@ class _FaissKnn:
         settings.distance_compute_blas_query_bs = max(1, min(_FAISS_CPU_TILES[0], len(q)))
         settings.distance_compute_blas_database_bs = max(1, min(_FAISS_CPU_TILES[1], len(self.block)))
         # Tiny products run on one thread: waking a thread team costs more than the work.
-        threads = faiss.omp_get_max_threads()
         tiny = len(q) * len(self.block) * self.block.shape[1] < _TINY_FLOPS
-        if tiny:
-            faiss.omp_set_num_threads(1)
         try:
-            return faiss.knn(q, self.block, k, metric=faiss.METRIC_INNER_PRODUCT)
+            with faiss_threads(faiss, 1, enabled=tiny):
+                return faiss.knn(q, self.block, k, metric=faiss.METRIC_INNER_PRODUCT)
         finally:
             settings.distance_compute_blas_query_bs, settings.distance_compute_blas_database_bs = saved
-            if tiny:
-                faiss.omp_set_num_threads(threads)
 
 
 class _FaissScorer:

@@ -53,6 +53,24 @@ def torch_threads(count: int = 1) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+
+@contextlib.contextmanager
+def faiss_threads(faiss, count: int = 1, *, enabled: bool = True) -> Iterator[None]:
+    """Run the block with faiss' OpenMP threads at ``count`` (when ``enabled``), then restore the previous count
+    (also on error). ``faiss`` is the module the caller searches with.
+
+    Tiny products and PQ / HNSW builds run on one thread: waking a thread team costs more than tiny work, and a
+    multi-threaded HNSW build is not deterministic."""
+    if not enabled:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
 # ----------------------------------------------------------------------------------------------- timers
 class Timer:
     """Seconds spent per stage, summed when a stage runs more than once (rounded to ``digits``).

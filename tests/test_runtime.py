@@ -6,7 +6,14 @@ import pytest
 import threadpoolctl
 import torch
 
-from dance_analysis.runtime import Timer, blas_threads, enable_numba_cache, single_threaded_blas, torch_threads
+from dance_analysis.runtime import (
+    Timer,
+    blas_threads,
+    enable_numba_cache,
+    faiss_threads,
+    single_threaded_blas,
+    torch_threads,
+)
 
 
 def _blas_threads() -> list[int]:
@@ -74,3 +81,19 @@ def test_enable_numba_cache_switches_umap_dispatchers_to_the_disk_cache():
     # umap-learn's own functions are compiled without cache=True: without the switch most would hold a NullCache
     assert len(cached) > 0.8 * len(dispatchers)  # without it: 227 of 514 (umap-learn 0.5)
     assert enable_numba_cache() == 0  # nothing left that numba can cache
+
+
+def test_faiss_threads_sets_and_restores_faiss_threads_also_on_error():
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    wanted = 1 if before != 1 else 2
+    with faiss_threads(faiss, wanted):
+        assert faiss.omp_get_max_threads() == wanted
+    assert faiss.omp_get_max_threads() == before
+    with pytest.raises(RuntimeError), faiss_threads(faiss, wanted):
+        assert faiss.omp_get_max_threads() == wanted
+        raise RuntimeError("inside")
+    assert faiss.omp_get_max_threads() == before
+    with faiss_threads(faiss, wanted, enabled=False):   # disabled: the count is left alone
+        assert faiss.omp_get_max_threads() == before
