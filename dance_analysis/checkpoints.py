@@ -12,7 +12,8 @@ for a run. It imports nothing above the ground floor (no torch, no training code
         best.json            {"step", "path", "metric", "value"}: the best checkpoint at the end (BEST_FILE)
         prepared.json        written last by ``dance-train --prepare`` (PREPARED_FILE)
         tensorboard/         TensorBoard events (TENSORBOARD_DIR)
-        refresh/, miner.log  the asynchronous miner's sets and log (REFRESH_DIR, MINER_LOG)
+        refresh/, miner.log  the asynchronous miner's sets (step-<N>/), held.json (the checkpoint it is refreshing
+                             from, never pruned), STOP, and its log (REFRESH_DIR, HELD_FILE, STOP_FILE, MINER_LOG)
         checkpoint-<step>/
             checkpoint.json      {"step", "objective", "collection", "splits", "seed", "temperature",
                                  "complete": true} (CHECKPOINT_FILE)
@@ -55,6 +56,9 @@ PREPARED_FILE = "prepared.json"
 TENSORBOARD_DIR = "tensorboard"
 REFRESH_DIR = "refresh"
 MINER_LOG = "miner.log"
+#: In ``refresh/``: the step the miner is refreshing from (kept by pruning) and the trainer's request to stop.
+HELD_FILE = "held.json"
+STOP_FILE = "STOP"
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

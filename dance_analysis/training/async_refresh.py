@@ -38,7 +38,16 @@ from typing import Any
 
 from .. import checkpoints
 from ..atomic import building_dir, publish_dir, read_json, remove_dir, replace_dir, write_json
-from ..checkpoints import DEV_METRICS_FILE, EMBEDDINGS_DIR, NEGATIVES_DIR, read_refresh_record
+from ..checkpoints import (
+    DEV_METRICS_FILE,
+    EMBEDDINGS_DIR,
+    HELD_FILE,
+    MINER_LOG,
+    NEGATIVES_DIR,
+    REFRESH_DIR,
+    STOP_FILE,
+    read_refresh_record,
+)
 from ..errors import DanceError
 from ..logs import NOTICE, show_messages
 from ..mining import NegativeSet
@@ -47,10 +56,6 @@ from .faults import fault_point
 
 logger = logging.getLogger("dance_analysis.training.async_refresh")  # __name__ is __main__ in the miner
 
-REFRESH_DIR = "refresh"
-STOP_FILE = "STOP"
-HELD_FILE = "held.json"
-LOG_FILE = "miner.log"
 SET_RE = re.compile(r"^step-(\d+)$")
 MAX_RESTARTS = 3
 
@@ -92,7 +97,7 @@ class MinerHandle:
         self.recipe = recipe
         self.device = device      # where the miner runs: "cpu" or "cuda:N" of this process (see place_miner)
         self.proc: subprocess.Popen | None = None
-        self.log_path = self.run_dir / LOG_FILE
+        self.log_path = self.run_dir / MINER_LOG
         self._log_handle = None
         self.restarts = 0
         self.using: int | None = None
