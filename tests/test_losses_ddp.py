@@ -33,28 +33,34 @@ def _loss(model, x, gather=None):
 
 
 def _rank(rank: int, store: str, out: str) -> None:
+    import gc
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    _train_half(rank, out)
+    # The DDP module and the gathered tensors are gone before the group is torn down: a gloo group that outlives
+    # destroy_process_group (held by DDP's reducer) is destroyed during interpreter shutdown, which can abort.
+    gc.collect()
+    dist.barrier()   # both ranks are done with the store before either tears the group down
+    dist.destroy_process_group()
+
+
+def _train_half(rank: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from dance_analysis.training.distributed import DistContext
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     context = DistContext(rank=rank, world_size=2, backend="gloo")
     model = DDP(_model())
     x = {k: v[rank * B:(rank + 1) * B] for k, v in _inputs().items()}   # this rank's half of the global batch
-
-    class Encode(nn.Module):   # the DDP module encodes, the loss gathers across ranks
-        def __call__(self, t):
-            return model(t)
-
-    loss = _loss(Encode(), x, gather=context.gather_with_grad)
+    loss = _loss(model, x, gather=context.gather_with_grad)             # the DDP module encodes, the loss gathers
     loss.backward()
-    total = torch.tensor([float(loss)])
+    total = torch.tensor([float(loss.detach())])
     dist.all_reduce(total)
     torch.save({"loss": total / 2, "grads": {k: p.grad for k, p in model.module.named_parameters()}},
                f"{out}-{rank}.pt")
-    dist.barrier()   # both ranks are done with the store before either tears the group down (gloo aborts otherwise)
-    dist.destroy_process_group()
 
 
 def test_in_batch_negatives_gathered_across_ranks_equal_one_process(tmp_path):

@@ -123,14 +123,20 @@ def train_command(recipe: Path, output_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dance_analysis.cli.train", str(recipe), "--output-dir", str(output_dir), *extra]
 
 
-def torchrun_command(recipe: Path, output_dir: Path, *extra: str, nproc: int = 2) -> list[str]:
-    """``torchrun --standalone --nproc_per_node=<nproc> -m dance_analysis.cli.train RECIPE --output-dir DIR``."""
+TRAIN_ENTRY = ("-m", "dance_analysis.cli.train")
+
+
+def torchrun_command(recipe: Path, output_dir: Path, *extra: str, nproc: int = 2,
+                     entry: tuple[str, ...] = TRAIN_ENTRY) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=<nproc> -m dance_analysis.cli.train RECIPE --output-dir DIR``
+    (``entry``: what torchrun starts in place of ``-m dance_analysis.cli.train``, e.g. a script wrapping it)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "dance_analysis.cli.train", str(recipe), "--output-dir", str(output_dir), *extra]
+            *entry, str(recipe), "--output-dir", str(output_dir), *extra]
 
 
 def launch(recipe: Path, output_dir: Path, cache_dir: Path, *, nproc: int = 2, workers: int = 1,
-           env: dict | None = None, timeout: float = 600, extra: tuple[str, ...] = ()):
+           env: dict | None = None, timeout: float = 600, extra: tuple[str, ...] = (),
+           entry: tuple[str, ...] = TRAIN_ENTRY):
     """The multi-process launch sequence: ``dance-train RECIPE --prepare`` (one process), then ``torchrun`` with
     ``nproc`` processes (gloo on the CPU). Returns the two ``CompletedProcess`` results (the second is ``None`` when
     the preparation failed)."""
@@ -141,7 +147,7 @@ def launch(recipe: Path, output_dir: Path, cache_dir: Path, *, nproc: int = 2, w
                               env=full_env, capture_output=True, text=True, timeout=timeout)
     if prepared.returncode != 0:
         return prepared, None
-    trained = subprocess.run(torchrun_command(recipe, output_dir, *extra, nproc=nproc), env=full_env,
+    trained = subprocess.run(torchrun_command(recipe, output_dir, *extra, nproc=nproc, entry=entry), env=full_env,
                              capture_output=True, text=True, timeout=timeout)
     return prepared, trained
 

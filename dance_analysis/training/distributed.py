@@ -21,6 +21,7 @@ async miner: :meth:`DistContext.poll_until`) runs while every rank meets in a sm
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import threading
 import time
@@ -260,8 +261,16 @@ class DistContext:
         return out
 
     def close(self) -> None:
-        """Leave the process group (when this module joined it)."""
+        """Leave the process group (when this module joined it).
+
+        Whatever still holds the group (a DistributedDataParallel module's reducer, the work of a collective kept
+        in an autograd graph) keeps it alive past ``destroy_process_group``; gloo then tears it down during
+        interpreter shutdown, which can abort the process (SIGABRT, "terminate called without an active
+        exception") after a run that succeeded. Callers drop their DDP modules first; unreachable ones (reference
+        cycles) are collected here, while the interpreter is whole.
+        """
         if self.enabled and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 

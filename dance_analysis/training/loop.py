@@ -419,6 +419,7 @@ class Trainer:
             if self.refresher is not None:
                 self.refresher.close()
             if self._owns_dist and self.dist is not None:
+                self.towers = None    # DDP's reducer holds the process group: let it go first (DistContext.close)
                 self.dist.close()
 
     def _run(self, wall_start: float) -> TrainResult:

@@ -9,6 +9,7 @@ encoded and gathered); the mined negatives are compared exactly.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,9 +46,16 @@ def test_two_gloo_processes_match_one_process(setup):
 
     recipe_path = ts.write_recipe(root / "recipe.yaml", setup["recipe"])
     ddp = root / "ddp"
-    prepared, done = ts.launch(recipe_path, ddp, root / "cache")     # --prepare, then torchrun
+    probe = root / "exit"     # each rank's dance-train runs inside tests/exit_probe.py
+    prepared, done = ts.launch(recipe_path, ddp, root / "cache",     # --prepare, then torchrun
+                               entry=(str(Path(__file__).parents[1] / "exit_probe.py"), str(probe)))
     assert prepared.returncode == 0, prepared.stderr[-4000:]
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    # Both ranks left the group with no DDP module holding it: nothing is left for gloo to tear down at shutdown
+    # (where it can abort a rank that trained without fault).
+    for rank in range(2):
+        assert json.loads(Path(f"{probe}-{rank}.json").read_text()) == \
+            {"exit": 0, "ddp_alive": 0, "group_joined": False}
     meta = json.loads((ddp / "checkpoint-6" / "checkpoint.json").read_text())
     assert meta["world_size"] == 2
     assert "2 x cpu" in done.stderr
