@@ -13,7 +13,9 @@ for a run. It imports nothing above the ground floor (no torch, no training code
         prepared.json        written last by ``dance-train --prepare`` (PREPARED_FILE)
         tensorboard/         TensorBoard events (TENSORBOARD_DIR)
         refresh/, miner.log  the asynchronous miner's sets (step-<N>/), held.json (the checkpoint it is refreshing
-                             from, never pruned), STOP, and its log (REFRESH_DIR, HELD_FILE, STOP_FILE, MINER_LOG)
+                             from, never pruned), held.lock (taken while the miner marks a checkpoint and while the
+                             trainer prunes), STOP, and its log (REFRESH_DIR, HELD_FILE, HELD_LOCK, STOP_FILE,
+                             MINER_LOG)
         checkpoint-<step>/
             checkpoint.json      {"step", "objective", "collection", "splits", "seed", "temperature",
                                  "complete": true} (CHECKPOINT_FILE)
@@ -58,6 +60,8 @@ REFRESH_DIR = "refresh"
 MINER_LOG = "miner.log"
 #: In ``refresh/``: the step the miner is refreshing from (kept by pruning) and the trainer's request to stop.
 HELD_FILE = "held.json"
+#: In ``refresh/``: the lock that makes the miner's choice of a checkpoint and the trainer's pruning one at a time.
+HELD_LOCK = "held.lock"
 STOP_FILE = "STOP"
 
 CHECKPOINT_PREFIX = "checkpoint-"

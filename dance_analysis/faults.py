@@ -17,6 +17,7 @@ The points:
 - ``checkpoint-write``: the trainer, inside ``.tmp-checkpoint-<step>-*`` after ``trainer_state.json`` and
   ``optimizer.pt``, before the encoder and ``checkpoint.json``;
 - ``miner-refresh``: the async miner, when it starts to handle checkpoint ``step``;
+- ``miner-hold``: the async miner, holding ``refresh/held.lock``, before it marks checkpoint ``step`` as held;
 - ``token-cache``: a token cache is about to be built (step 0: the caches are built before training);
 - ``encode-shard``: a rank of a multi-process refresh has encoded its share of the rows (the number after ``@`` is
   the rank, not a step).

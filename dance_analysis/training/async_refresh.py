@@ -26,6 +26,7 @@ after :data:`MAX_RESTARTS` restarts a further death stops training with an error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from ..checkpoints import (
     DEV_METRICS_FILE,
     EMBEDDINGS_DIR,
     HELD_FILE,
+    HELD_LOCK,
     MINER_LOG,
     NEGATIVES_DIR,
     REFRESH_DIR,
@@ -87,6 +90,40 @@ def held_checkpoint(run_dir: str | os.PathLike) -> int | None:
     path = refresh_root(run_dir) / HELD_FILE
     step = (read_json(path, kind=dict, invalid=None) or {}).get("step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+@contextlib.contextmanager
+def held_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """The miner's marking of a checkpoint (:func:`hold_checkpoint`) and the trainer's pruning (:func:`.state.commit`),
+    one at a time: an exclusive advisory lock on ``refresh/held.lock``. Without it the trainer could read no marker,
+    the miner mark the newest checkpoint, and the trainer then prune it. A run without a ``refresh/`` folder
+    (synchronous refreshes) has no miner and takes no lock; neither does a system without ``fcntl`` (not POSIX)."""
+    root = refresh_root(run_dir)
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: the async layout is tested on Linux only
+        fcntl = None
+    if fcntl is None or not root.is_dir():
+        yield
+        return
+    with open(root / HELD_LOCK, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hold_checkpoint(run_dir: str | os.PathLike, step: int, checkpoint_dir: str | os.PathLike) -> bool:
+    """Mark ``checkpoint_dir`` (``step``) as the one the miner refreshes from (``refresh/held.json``), under
+    :func:`held_lock`; False, with nothing marked, when it was pruned (or is no longer complete) since it was
+    listed."""
+    with held_lock(run_dir):
+        if not checkpoints.is_complete(checkpoint_dir):
+            return False
+        fault_point("miner-hold", step)
+        write_json(refresh_root(run_dir) / HELD_FILE, {"step": int(step), "pid": os.getpid()})
+        return True
 
 
 class MinerHandle:
@@ -397,12 +434,13 @@ class Miner:
 
     def _refresh(self, step: int, checkpoint_dir: Path) -> None:
         started = time.perf_counter()
-        held = refresh_root(self.run_dir) / HELD_FILE
-        write_json(held, {"step": int(step), "pid": os.getpid()})   # the trainer's pruning keeps this checkpoint
+        if not hold_checkpoint(self.run_dir, step, checkpoint_dir):   # the trainer's pruning keeps it from now on
+            logger.info("checkpoint-%d was pruned before the miner could hold it; looking for the newest", step)
+            return
         try:
             self._refresh_held(step, checkpoint_dir, started)
         finally:
-            held.unlink(missing_ok=True)
+            (refresh_root(self.run_dir) / HELD_FILE).unlink(missing_ok=True)
 
     def _refresh_held(self, step: int, checkpoint_dir: Path, started: float) -> None:
         # torch: the async miner (light module) starts without it

@@ -94,7 +94,8 @@ class RefreshResult:
 
 
 def summary_line(record: dict[str, Any], metric: str = PRIMARY_METRIC.name, extra: str = "") -> str:
-    """``refresh@20: dev MRR@10 0.4123 (R@100 0.81) | 3000 doc negs (812 docs) | encode 12.1s ...``."""
+    """``refresh@20: dev MRR@10 0.4123 (R@100 0.81) | 3000 doc negs (812 docs) | encode 12.1s ...``: each timed
+    part of the refresh (``share`` only in a multi-process one)."""
     parts = [f"refresh@{record['step']}:"]
     dev = record.get("dev") or {}
     if dev:
@@ -113,7 +114,8 @@ def summary_line(record: dict[str, Any], metric: str = PRIMARY_METRIC.name, extr
     cached = " (cached)" if record.get("embeddings_from_cache") else ""
     if (record.get("encode_precision") or {}).get("precision", "fp32") != "fp32":
         cached += f" in {record['encode_precision']['precision']}"
-    parts.append(f"| encode {t.get('encode', 0):.1f}s{cached}, search {t.get('search', 0):.1f}s, "
+    share = f", share {t['share']:.1f}s" if "share" in t else ""    # a multi-process refresh sends the embeddings
+    parts.append(f"| encode {t.get('encode', 0):.1f}s{cached}{share}, search {t.get('search', 0):.1f}s, "
                  f"mine {t.get('mine', 0):.1f}s, eval {t.get('eval', 0):.1f}s, geometry {t.get('geometry', 0):.1f}s")
     geometry = record.get("geometry") or {}
     if "negatives.above_positive" in geometry:

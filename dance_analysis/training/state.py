@@ -19,7 +19,7 @@ from ..checkpoints import NEGATIVES_DIR
 from ..errors import DanceError
 from ..mining import NegativeSet
 from . import checkpoint as ckpt
-from .async_refresh import held_checkpoint
+from .async_refresh import held_checkpoint, held_lock
 from .config import Recipe
 from .faults import fault_point
 
@@ -120,9 +120,10 @@ def commit(tmp: Path, run_dir: Path, step: int, meta: dict[str, Any], recipe: Re
     attached only when that refresh ends, possibly many checkpoint intervals later."""
 
     final = ckpt.commit_checkpoint(tmp, run_dir, step, meta)
-    held = held_checkpoint(run_dir)
-    if held is not None:
-        protect = (*protect, held)
-    ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last, keep_best=recipe.checkpoint.keep_best,
-                           metric=recipe.checkpoint.best_metric, protect=protect)
+    with held_lock(run_dir):     # never between the miner's choice of a checkpoint and its marker
+        held = held_checkpoint(run_dir)
+        if held is not None:
+            protect = (*protect, held)
+        ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last, keep_best=recipe.checkpoint.keep_best,
+                               metric=recipe.checkpoint.best_metric, protect=protect)
     return final

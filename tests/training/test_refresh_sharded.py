@@ -11,6 +11,7 @@ single-process ones exactly, and the record must show that both ranks searched.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ import pytest
 import train_support as ts
 from dance_analysis.mining import NegativeSet
 from dance_analysis.training.config import load_recipe
-from dance_analysis.training.refresh import prepare_data, search_and_mine
+from dance_analysis.training.refresh import prepare_data, search_and_mine, summary_line
 
 BLOCK = 4
 
@@ -114,3 +115,9 @@ def test_sharded_search_over_two_ranks_equals_one_process(setup):
     assert threads["search"] >= 1 and threads["rank0"] >= threads["search"]
     for part in ("share", "search", "mine", "eval", "geometry"):
         assert part in record["timings"], record["timings"]
+    # ... and the run log's line names each timed part (sending the embeddings only when there was any)
+    line = summary_line({"step": 6, "dev": record["dev"], "timings": record["timings"]})
+    shown = dict(re.findall(r"(\w+) ([0-9.]+)s", line))
+    for part, seconds in record["timings"].items():
+        assert float(shown[part]) == round(seconds, 1), line
+    assert "share" not in summary_line({"step": 6, "dev": single.dev_metrics, "timings": single.timings})

@@ -135,3 +135,60 @@ def test_a_refresh_that_cannot_be_attached_says_why(tmp_path, caplog):
         miner._report_attach(4, tmp_path / "checkpoint-4", result, "the checkpoint was deleted meanwhile")
     assert ("the refresh of step 4 was not attached" in caplog.text and "deleted meanwhile" in caplog.text
             and str(result) in caplog.text), caplog.text
+
+
+# ----------------------------------------------------------------------------- the choice and the marker, one go
+def _complete_checkpoint(run_dir: Path, step: int) -> None:
+    folder = run_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "complete": True}))
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_the_trainer_never_prunes_between_the_miners_choice_and_its_marker(tmp_path, monkeypatch, locked):
+    """The miner has listed checkpoint-4 as the newest and is about to mark it held when the trainer commits
+    checkpoint-6 with keep_last 1. With the lock the trainer's pruning waits for the marker and keeps
+    checkpoint-4; without it (``locked`` False: the window this lock closes) the trainer prunes checkpoint-4 under
+    the miner's feet."""
+    import contextlib
+    import threading
+    from types import SimpleNamespace
+
+    from dance_analysis.training import async_refresh, state
+
+    run = tmp_path / "run"
+    (run / "refresh").mkdir(parents=True)
+    for step in (2, 4):
+        _complete_checkpoint(run, step)
+    choosing = threading.Event()
+
+    def slow_choice(point, step):    # the miner, between its choice and its marker, for a second
+        if point == "miner-hold":
+            choosing.set()
+            time.sleep(1.0)
+
+    monkeypatch.setattr(async_refresh, "fault_point", slow_choice)
+    if not locked:
+        monkeypatch.setattr(async_refresh, "held_lock", lambda run_dir: contextlib.nullcontext())
+        monkeypatch.setattr(state, "held_lock", lambda run_dir: contextlib.nullcontext())
+    marked = []
+    miner = threading.Thread(target=lambda: marked.append(async_refresh.hold_checkpoint(run, 4, run / "checkpoint-4")))
+    miner.start()
+    assert choosing.wait(30)
+    tmp = run / ".tmp-checkpoint-6"
+    tmp.mkdir()
+    recipe = SimpleNamespace(checkpoint=SimpleNamespace(keep_last=1, keep_best=True, best_metric="MRR@10"))
+    state.commit(tmp, run, 6, {}, recipe, protect=())
+    miner.join()
+    assert marked == [True] and held_checkpoint(run) == 4
+    steps = [step for step, _ in checkpoints.list_checkpoints(run)]
+    assert steps == ([4, 6] if locked else [6])
+
+
+def test_a_checkpoint_pruned_before_the_miner_holds_it_is_not_marked(tmp_path):
+    from dance_analysis.training.async_refresh import hold_checkpoint
+
+    run = tmp_path / "run"
+    (run / "refresh").mkdir(parents=True)
+    assert not hold_checkpoint(run, 4, run / "checkpoint-4")
+    assert held_checkpoint(run) is None
