@@ -418,8 +418,8 @@ class Trainer:
             self.log.close()
             if self.refresher is not None:
                 self.refresher.close()
+            self.towers = None    # DDP's reducer holds the process group: let it go before it (DistContext.close)
             if self._owns_dist and self.dist is not None:
-                self.towers = None    # DDP's reducer holds the process group: let it go first (DistContext.close)
                 self.dist.close()
 
     def _run(self, wall_start: float) -> TrainResult:
