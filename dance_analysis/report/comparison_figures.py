@@ -8,9 +8,11 @@ records (inline PNG), one colour per arm throughout.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
-from .figures import Figure, encode_figure, pyplot
+from .figures import Figure, encode_figure, pyplot, shorten
 
 #: Fixed colours of the experiment's arms; other arms (e.g. run names in dance-analyze) take the palette in turn.
 ARM_COLORS = {"zero-shot": "#8c8c8c", "minilm": "#8c8c8c", "start": "#2e4057", "ance": "#d1495b",
@@ -28,11 +30,29 @@ def arm_colors(arms) -> dict[str, str]:
     return out
 
 
+def _short_label(label: str) -> str:
+    """An arm's label without its explanation: ``DANCE (stage 2, + 0.1 dual loss)`` -> ``DANCE``,
+    ``start: MiniLM, first 3 layers (...)`` -> ``start``."""
+    return label.split(" (")[0].split(":")[0].strip() or label
+
+
+def _title(text: str, width: int = 34, lines: int = 3) -> str:
+    """``text`` wrapped to at most ``lines`` lines of ``width`` characters (the last one cut with an ellipsis)."""
+    wrapped = textwrap.wrap(text, width)
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1] + "…"
+    return "\n".join(wrapped)
+
+
 def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure:
+    """One panel per primary metric of ``claim``: each arm's value with its 95 % CI, the arms down the shared
+    y-axis (their short names, read horizontally) and the values across."""
     plt = pyplot()
     rows = [r for r in claim["rows"] if r["primary"]]
-    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.1), squeeze=False)
     arms = list(labels)
+    fig, axes = plt.subplots(1, len(rows), figsize=(1.0 + 2.5 * len(rows), 0.9 + 0.27 * len(arms)),
+                             squeeze=False, sharey=True)
     colors = arm_colors(arms)
     for ax, row in zip(axes[0], rows):
         levels = results["levels"][row["key"]]
@@ -42,24 +62,20 @@ def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure
                 continue
             lo, hi = lv.get("low"), lv.get("high")
             err = None if lo is None or hi is None else [[max(lv["value"] - lo, 0.0)], [max(hi - lv["value"], 0.0)]]
-            ax.errorbar([i], [lv["value"]], yerr=err, fmt="o", color=colors[arm], capsize=3, ms=5)
+            ax.errorbar([lv["value"]], [i], xerr=err, fmt="o", color=colors[arm], capsize=3, ms=5)
         ref = [lv.get("isotropic_reference") for lv in levels.values() if lv.get("isotropic_reference") is not None]
         if ref:
-            ax.axhline(float(np.mean(ref)), color="#555", ls=":", lw=1, label="isotropic sample")
-            ax.legend(fontsize=7, loc="upper right", frameon=False)
-        ax.set_xticks(range(len(arms)), [labels[a].split(" (")[0].replace("DANCE stage 1", "stage 1")
-                                         for a in arms], fontsize=7, rotation=20)
-        ax.set_title(_short(row["label"]), fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
+            ax.axvline(float(np.mean(ref)), color="#555", ls=":", lw=1)    # named in the caption
+        ax.set_yticks(range(len(arms)), [_short_label(labels[a]) for a in arms], fontsize=7)
+        ax.set_ylim(len(arms) - 0.5, -0.5)      # the first arm at the top
+        ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+        ax.set_title(_title(row["label"]), fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     return encode_figure(fig, f"fig-{claim['claim']}", f"{claim['claim']}: levels of the primary metrics",
                          "Each arm's value with its 95 % CI (pooled units, or mean over folds with the bootstrap "
                          "inside folds); dotted: the value of an isotropic Gaussian sample of the same size, where it "
                          "applies.")
-
-
-def _short(text: str, width: int = 38) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _differences_figure(diffs: np.ndarray, treatment: str = "DANCE", control: str = "ANCE") -> Figure | None:
@@ -139,7 +155,7 @@ def projection_panels(projections: dict[str, tuple[np.ndarray, np.ndarray]], lab
             _contours(ax, q, QUERY_COLOR)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_title(_short(labels.get(arm, arm), 40), fontsize=9)
+        ax.set_title(shorten(labels.get(arm, arm), 40), fontsize=9)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=6, loc="lower left", frameon=False, markerscale=2)
         fig.tight_layout()

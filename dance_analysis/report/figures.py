@@ -84,7 +84,8 @@ def _representatives(results: dict) -> list[tuple[int, dict, dict]]:
     return out
 
 
-def _short(text: str, limit: int = 40) -> str:
+def shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, ending in ``...`` when cut."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -121,7 +122,7 @@ def alignment_uniformity_plane(results: dict) -> Figure | None:
                 if subject["step"] is not None:
                     ax.annotate(str(subject["step"]), (x, y), textcoords="offset points", xytext=(4, 3),
                                 fontsize=7, color=colors[i])
-        ax.scatter(xs, ys, color=colors[i], s=22, label=_short(run["name"]), zorder=3)
+        ax.scatter(xs, ys, color=colors[i], s=22, label=shorten(run["name"]), zorder=3)
         rep = [k for k, s in enumerate(run["subjects"]) if s["label"] == run["representative"]]
         if rep and len(xs) > 1:
             ax.scatter([xs[rep[0]]], [ys[rep[0]]], marker="*", s=180, color=colors[i], edgecolor="black",
@@ -153,7 +154,7 @@ def pca_spectra(results: dict) -> Figure | None:
             ratio = np.asarray([_num(v) for v in subject["geometry"]["spectrum"].get(side, [])])
             if ratio.size and np.isfinite(ratio).any():
                 ax.plot(np.arange(1, ratio.size + 1), np.clip(ratio, 1e-8, None), style, color=colors[i],
-                        label=f"{_short(run['name'], 28)} {side}")
+                        label=f"{shorten(run['name'], 28)} {side}")
     ax.set_yscale("log")
     ax.set_xlabel("principal component")
     ax.set_ylabel("share of variance")
@@ -175,7 +176,7 @@ def cosine_histograms(results: dict) -> Figure | None:
         hist = subject["geometry"]["cosine_histogram"]
         for group, color in (("positive", "tab:green"), ("negative", "tab:red"), ("random", "tab:gray")):
             normalised_histogram(ax, hist["edges"], hist[group], color=color, label=group)
-        ax.set_title(_short(run["name"]), fontsize=9)
+        ax.set_title(shorten(run["name"]), fontsize=9)
         ax.set_xlabel("cosine(q, d)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of pairs")
@@ -203,7 +204,7 @@ def sampling_entropy(results: dict) -> Figure | None:
             hist = soft["entropy_norm_hist"]
             t = subject["sampling"]["temperature"]
             any_drawn |= normalised_histogram(ax, hist["edges"], hist["counts"], color=colors[i],
-                                              label=f"{_short(run['name'], 28)} (t={t:g})")
+                                              label=f"{shorten(run['name'], 28)} (t={t:g})")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("normalised entropy of the softmax (1 = uniform)")
         ax.grid(alpha=0.3)
@@ -236,7 +237,7 @@ def lorenz_curves(results: dict) -> Figure | None:
                     continue
                 xs = np.asarray(entry["lorenz"]["x"], dtype=float)
                 gini = entry.get("gini")
-                label = f"{_short(run['name'], 24)} {tag}" + (f" (Gini {gini:.2f})" if gini is not None else "")
+                label = f"{shorten(run['name'], 24)} {tag}" + (f" (Gini {gini:.2f})" if gini is not None else "")
                 ax.plot(xs, ys, style, color=colors[i], label=label)
         ax.set_title(f"{side} drawn as negatives", fontsize=9)
         ax.set_xlabel(f"share of {side} (least drawn first)")
@@ -262,7 +263,7 @@ def _over_steps(results: dict, runs: list, panels: list, fig_id: str, title: str
         for i, run in runs:
             steps, values = series(run)
             if len(steps):
-                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=shorten(run["name"], 28))
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -303,7 +304,7 @@ def training_loss(results: dict) -> Figure | None:
         log = run["training_log"]
         steps = np.asarray([r["step"] for r in log], dtype=float)
         loss = np.asarray([r["loss"] for r in log], dtype=float)
-        ax.plot(steps, loss, "-", color=colors[i], linewidth=1, alpha=0.8, label=_short(run["name"], 28))
+        ax.plot(steps, loss, "-", color=colors[i], linewidth=1, alpha=0.8, label=shorten(run["name"], 28))
         for subject in run["subjects"]:
             if subject["step"] is not None:
                 ax.axvline(subject["step"], color=colors[i], linestyle=":", linewidth=0.8, alpha=0.6)
@@ -351,7 +352,7 @@ def refresh_trajectories(results: dict) -> Figure | None:
             points = [(row["step"], row[key]) for row in run["refresh_log"] if key in row]
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=_short(run["name"], 28))
+                ax.plot(steps, values, "o-", color=colors[i], markersize=3, label=shorten(run["name"], 28))
             if band is not None:
                 rows_band = [(row["step"], row[band[0]], row[band[1]]) for row in run["refresh_log"]
                              if band[0] in row and band[1] in row]
