@@ -60,7 +60,7 @@ from .distributed import DistContext
 from .instances import InstanceStream, instance_batch
 from .optim import autocast_dtype, build_optimizer, linear_schedule
 from .precision import dtype_of, kept_train_precision, measure_train_precision
-from .refresher import Refresher, make_refresher, poll_interval
+from .refresher import Refresher, checkpoint_follows, make_refresher, poll_interval
 from .result import TrainResult, best_record, conclude
 from .run_folder import init_run_dir, resolve_backbone, truncate_metrics
 from .run_log import RunLog
@@ -333,8 +333,7 @@ class Trainer:
                                     "negatives_step": self.stream.step})
         step = self.step + 1
         flushed = []
-        if (step % self.recipe.log.every == 0 or step % self.recipe.mining.refresh_every == 0
-                or step >= opt.max_steps):
+        if step % self.recipe.log.every == 0 or checkpoint_follows(self.recipe, step):
             flushed = values.flush(dist)   # the one host synchronisation of the interval
             for done in flushed:
                 if done.nonfinite_ranks > 0:
@@ -454,7 +453,7 @@ class Trainer:
         while self.step < max_steps:
             self.refresher.before_step()
             self.log.steps(self._train_step(), self.losses, recipe.log.every, max_steps)
-            self.refresher.after_step(last=self.step == max_steps)   # a refresh and / or a checkpoint when due
+            self.refresher.after_step()   # a refresh and / or a checkpoint when due
         self.refresher.finish()
         wall = time.perf_counter() - wall_start + previous_wall
         best = best_record(self.run_dir, recipe.checkpoint.best_metric) if dist.is_main else None

@@ -9,7 +9,7 @@ from ``mining.mode`` (:data:`REFRESHERS`):
                     training processes, sharded over them) and ``checkpoint-0``
 ``resume()``        after the trainer state of a checkpoint was loaded: whatever the mode needs to go on
 ``before_step()``   before each optimizer step: take newer negatives if there are any (async)
-``after_step(last)`` after each optimizer step: refresh and / or write a checkpoint when one is due
+``after_step()``    after each optimizer step: refresh and / or write a checkpoint when one is due
 ``finish()``        after the last step: wait for the last refresh (async)
 ``close()``         always, at the end (stops a miner that still runs)
 ==================  =========================================================================================
@@ -47,7 +47,8 @@ from .refresh import kept_precision, next_refresh_index, run_refresh, summary_li
 from .setup import show_progress
 from .state import gather_rng
 
-__all__ = ["REFRESHERS", "AsyncRefresher", "Refresher", "SyncRefresher", "make_refresher", "poll_interval"]
+__all__ = ["REFRESHERS", "AsyncRefresher", "Refresher", "SyncRefresher", "checkpoint_follows", "make_refresher",
+           "poll_interval"]
 
 
 def poll_interval(recipe, wanted: float | None = None) -> float:
@@ -55,6 +56,13 @@ def poll_interval(recipe, wanted: float | None = None) -> float:
     ``distributed.poll_seconds``."""
     limit = recipe.distributed.poll_seconds
     return limit if wanted is None else min(wanted, limit)
+
+
+def checkpoint_follows(recipe, step: int) -> bool:
+    """True when optimizer step ``step`` is followed by a refresh and / or a checkpoint, in either mode: every
+    ``mining.refresh_every`` steps and after the last one (``optim.max_steps``). The trainer reads its logged values
+    there (:meth:`.loop.Trainer._train_step`), so a checkpoint never holds weights it has not checked."""
+    return step % recipe.mining.refresh_every == 0 or step >= recipe.optim.max_steps
 
 
 class Refresher(Protocol):
@@ -66,7 +74,7 @@ class Refresher(Protocol):
 
     def before_step(self) -> None: ...
 
-    def after_step(self, last: bool) -> None: ...
+    def after_step(self) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -106,14 +114,15 @@ class SyncRefresher:
     def before_step(self) -> None:
         """Nothing to do: the negatives change only at a refresh."""
 
-    def after_step(self, last: bool) -> None:
+    def after_step(self) -> None:
         """Refresh (and write the checkpoint) every ``mining.refresh_every`` steps and, with
         ``mining.final_refresh``, after the last step; else a checkpoint with the negatives in use after it."""
         trainer = self.trainer
-        mining = trainer.recipe.mining
-        if trainer.step % mining.refresh_every == 0 or (last and mining.final_refresh):
+        if not checkpoint_follows(trainer.recipe, trainer.step):
+            return
+        if trainer.step % trainer.recipe.mining.refresh_every == 0 or trainer.recipe.mining.final_refresh:
             self.refresh()
-        elif last:
+        else:    # the last step, without a final refresh
             trainer.checkpoint(with_negatives=True)
 
     def finish(self) -> None:
@@ -263,11 +272,11 @@ class AsyncRefresher:
             if wanted > trainer.stream.step:
                 self._poll(wait_for=wanted)
 
-    def after_step(self, last: bool) -> None:
+    def after_step(self) -> None:
         """A checkpoint (weights and state, no negatives) every ``mining.refresh_every`` steps and after the last
         one; the miner finds it by watching the folder."""
         trainer = self.trainer
-        if trainer.step % trainer.recipe.mining.refresh_every == 0 or last:
+        if checkpoint_follows(trainer.recipe, trainer.step):
             trainer.checkpoint(with_negatives=False)
             if trainer.dist.is_main:
                 self.miner.checkpoint_written(trainer.step)
