@@ -71,6 +71,7 @@ def _levels_figure(results: dict, claim: dict, labels: dict[str, str]) -> Figure
         ax.grid(axis="x", color="#e5e5e5", lw=0.6)
         ax.set_title(_title(row["label"]), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.locator_params(axis="x", nbins=4)    # a narrow panel: long tick labels (0.0125, -3.675) must not touch
     fig.tight_layout()
     return encode_figure(fig, f"fig-{claim['claim']}", f"{claim['claim']}: levels of the primary metrics",
                          "Each arm's value with its 95 % CI (pooled units, or mean over folds with the bootstrap "
